@@ -1,0 +1,185 @@
+"""Saving and loading: safetensors for tensors, JSON for the rest, never pickle.
+
+A model directory holds ``config.json`` (the class and its constructor
+arguments) and ``model.safetensors``; a trainer checkpoint adds
+``ema.safetensors``, ``state.safetensors`` (optimizer and RNG tensors) and
+``trainer.json``. Every directory is written beside its destination and moved
+into place only when complete, so a crash never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import MODEL_CLASSES, unwrap_model
+
+MODEL_FORMAT = "shortcut_fast.model/1"
+CONFIG_FILE, WEIGHTS_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
+
+
+def _umask_mode(mode: int) -> int:
+    # mkdtemp/mkstemp create private (0700/0600) entries; outputs follow the umask like any file
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """Yield a fresh temporary directory that replaces ``path`` when the block succeeds.
+
+    The temporary directory lives beside ``path`` (same file system, so the
+    final moves are renames). An existing ``path`` is moved aside first and
+    removed only after the new one is in place; on an exception the temporary
+    directory is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    aside = None
+    try:
+        yield tmp
+        for f in tmp.iterdir():  # the data is on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode(0o777))
+        if path.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / path.name
+            os.rename(path, aside)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None and not path.exists():
+            os.rename(aside, path)
+        if aside is not None:
+            shutil.rmtree(aside.parent, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary path beside ``path`` that replaces it when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _umask_mode(0o666))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON object, with an error naming the file when it is missing or malformed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save a flat dict of tensors as safetensors (moved to the CPU, contiguous)."""
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, with an error naming it when it is missing or damaged."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); the checkpoint is damaged") from err
+
+
+def model_spec(model: nn.Module) -> dict | None:
+    """``{"format", "class", "config"}`` for the package's models, ``None`` for other modules."""
+    base = unwrap_model(model)
+    name = type(base).__name__
+    if MODEL_CLASSES.get(name) is not type(base):
+        return None
+    return {"format": MODEL_FORMAT, "class": name, "config": dict(base.config)}
+
+
+def build_model(spec: dict, source: Path) -> nn.Module:
+    """Construct a model (random weights) from ``model_spec``'s dict; errors name ``source``."""
+    name, config = spec.get("class"), spec.get("config")
+    if spec.get("format") != MODEL_FORMAT or not isinstance(name, str) or name not in MODEL_CLASSES:
+        raise ValueError(f"{source} does not describe a shortcut_fast model (format {spec.get('format')!r}, "
+                         f"class {name!r}; known classes {sorted(MODEL_CLASSES)})")
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: 'config' must be an object of {name} settings, got {config!r}")
+    try:
+        return MODEL_CLASSES[name](**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: the model config does not fit {name} ({err})") from err
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into ``model`` (strict: every key must match)."""
+    state = load_tensors(path)
+    try:
+        unwrap_model(model).load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit the model: {err}") from err
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Save one of the package's models to ``directory`` (config.json + model.safetensors).
+
+    Returns the directory. Other modules: save their ``state_dict`` yourself,
+    e.g. with ``safetensors.torch.save_file``.
+    """
+    spec = model_spec(model)
+    if spec is None:
+        raise TypeError(f"save_model saves {sorted(MODEL_CLASSES)}; got {type(unwrap_model(model)).__name__}")
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        write_json(tmp / CONFIG_FILE, spec)
+        save_tensors(tmp / WEIGHTS_FILE, unwrap_model(model).state_dict())
+    return directory
+
+
+def load_model(directory: str | os.PathLike, *, ema: bool | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by ``save_model`` or ``Trainer.save``.
+
+    ``ema=None`` takes the EMA weights when the directory has them (a trainer
+    checkpoint), ``True`` requires them, ``False`` takes the live weights.
+    The model is returned in eval mode on ``device``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    model = build_model(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
+    has_ema = (directory / EMA_FILE).is_file()
+    if ema and not has_ema:
+        raise ValueError(f"{directory} has no {EMA_FILE}: it holds a model without EMA weights")
+    use_ema = has_ema if ema is None else ema
+    load_weights(model, directory / (EMA_FILE if use_ema else WEIGHTS_FILE))
+    return model.to(device).eval()

@@ -1,0 +1,207 @@
+"""The ``shortcut-fast`` command: ``demo``, ``train`` and ``sample``.
+
+``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
+``shortcut-fast train --data digits|FILE --out DIR [--config FILE.json|.toml] [...]``: train a model.
+``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_file, load_model
+from .data import load_digits, load_tensor_file
+from .demo import DemoConfig, run_demo
+from .images import save_grid
+from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
+from .sampling import sample
+from .trainer import TrainConfig, Trainer
+
+
+# ---------------------------------------------------------------- demo
+def _cmd_demo(args) -> int:
+    cfg = DemoConfig(seed=args.seed)
+    for name in ("train_steps", "batch_size", "samples_per_class"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    metrics = run_demo(args.out, cfg, progress=not args.quiet)
+    for steps, row in metrics["steps"].items():
+        print(f"{steps:>4} step(s): accuracy {row['accuracy']:.3f}  fd {row['fd']:.3f}")
+    print(f"reference fd {metrics['reference_fd']:.3f}; trained {metrics['train_seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def read_config_file(path: str | Path) -> dict:
+    """A run config from JSON or TOML: ``{"data", "labels", "steps", "model": {...}, "train": {...}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ValueError(f"config file {path} must end in .json or .toml")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {path} is malformed: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table/object at the top")
+    unknown = sorted(set(data) - {"data", "labels", "steps", "model", "train"})
+    if unknown:
+        raise ValueError(f"config file {path}: unknown keys {unknown}; allowed: data, labels, steps, model, train")
+    for key in ("model", "train"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ValueError(f"config file {path}: '{key}' must be a table/object")
+    return data
+
+
+def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.Module:
+    """A ShortcutDiT for square images (N, C, H, H) or a ShortcutMLP for vectors (N, D).
+
+    ``spec`` holds constructor settings, or ``{"preset": "DiT-S/2", ...}`` for images.
+    """
+    spec = dict(spec)
+    if x.dim() == 2:
+        return ShortcutMLP(dim=x.shape[1], num_classes=num_classes, **spec)
+    if x.dim() == 4 and x.shape[2] == x.shape[3]:
+        base = {"input_size": x.shape[2], "in_channels": x.shape[1], "num_classes": num_classes}
+        preset = spec.pop("preset", None)
+        if preset is not None:
+            return ShortcutDiT.preset(preset, **base, **spec)
+        defaults = {"patch_size": 2, "hidden_size": 384, "depth": 12, "num_heads": 6}
+        return ShortcutDiT(**{**base, **defaults, **spec})
+    raise ValueError(f"training data must be vectors (N, D) or square images (N, C, H, H); got {tuple(x.shape)}")
+
+
+def _cmd_train(args) -> int:
+    run = read_config_file(args.config) if args.config else {}
+    data_arg = args.data or run.get("data")
+    if not data_arg:
+        raise ValueError("give --data (digits or a .npy/.safetensors file), or 'data' in the config file")
+    if data_arg == "digits":
+        x, y = load_digits()
+    else:
+        x, y = load_tensor_file(data_arg, labels=args.labels or run.get("labels"))
+    model_spec = dict(run.get("model", {}))
+    if args.preset:
+        model_spec["preset"] = args.preset
+    num_classes = int(model_spec.pop("num_classes", 0 if y is None else int(y.max()) + 1))
+    model = build_model_for(x, num_classes, model_spec).to(args.device)
+
+    train = dict(run.get("train", {}))
+    overrides = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    train.update({k: v for k, v in overrides.items() if v is not None})
+    train["checkpoint_dir"] = str(args.out)
+    train.setdefault("checkpoint_every", 1000)
+    config = TrainConfig.from_dict(train)
+    steps = args.steps if args.steps is not None else int(run.get("steps", 1000))
+    data = x if y is None else (x, y)
+    if args.resume and (Path(args.out) / "trainer.json").is_file():
+        trainer = Trainer.resume(args.out, data, device=args.device)
+        steps = max(0, steps - trainer.step)
+    else:
+        trainer = Trainer(model, data, config)
+    trainer.fit(steps)
+    print(f"trained to step {trainer.step}; checkpoint in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- sample
+def _cmd_sample(args) -> int:
+    model = load_model(args.model, ema=None if args.weights == "auto" else args.weights == "ema", device=args.device)
+    num_classes = getattr(model, "num_classes", 0)
+    gen = torch.Generator(args.device).manual_seed(args.seed)
+    out = Path(args.out)
+    if isinstance(model, ShortcutDiT):
+        shape = (model.in_channels, model.input_size, model.input_size)
+    else:
+        shape = (model.dim,)
+    if num_classes and args.label is None:
+        labels = torch.arange(num_classes, device=args.device).repeat_interleave(args.n)
+        rows = num_classes
+    else:
+        labels = None if not num_classes else torch.full((args.n,), args.label, device=args.device)
+        rows = 1
+    count = rows * args.n
+    x = sample(model, shape=(count, *shape), steps=args.steps, y=labels, cfg_scale=args.cfg_scale, generator=gen)
+    if out.suffix == ".png":
+        if not isinstance(model, ShortcutDiT) or shape[0] not in (1, 3):
+            raise ValueError("a .png grid needs an image model with 1 or 3 channels; write .npy instead")
+        row_labels = [str(c) for c in range(num_classes)] if rows > 1 else None
+        save_grid(x.clamp(-1, 1).view(rows, args.n, *shape).cpu(), out, row_labels=row_labels)
+    elif out.suffix == ".npy":
+        with atomic_file(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, x.cpu().numpy())
+    else:
+        raise ValueError(f"--out must end in .png or .npy, got {out.name}")
+    print(f"wrote {count} samples ({args.steps} step(s)) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``shortcut-fast``."""
+    parser = argparse.ArgumentParser(prog="shortcut-fast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train on the bundled 8x8 digits, write sample grids and metrics.json")
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--steps", dest="train_steps", type=int, default=None,
+                      help=f"training steps (default {DemoConfig.train_steps})")
+    demo.add_argument("--batch-size", type=int, default=None, help=f"default {DemoConfig.batch_size}")
+    demo.add_argument("--samples-per-class", type=int, default=None,
+                      help=f"samples per class for the metrics (default {DemoConfig.samples_per_class})")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser("train", help="train a model on digits or on tensors from a file")
+    train.add_argument("--data", help="'digits', or a .npy / .safetensors file (tensor 'x', optional 'y')")
+    train.add_argument("--labels", help="a .npy file of integer labels for --data FILE.npy")
+    train.add_argument("--out", required=True, help="checkpoint directory")
+    train.add_argument("--config", help="a .json or .toml run config (keys: data, labels, steps, model, train)")
+    train.add_argument("--preset", choices=sorted(DIT_PRESETS), help="a DiT size for image data")
+    train.add_argument("--steps", type=int, help="total training steps (default: config or 1000)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if present")
+    train.set_defaults(func=_cmd_train)
+
+    smp = sub.add_parser("sample", help="sample a saved model into a .png grid or a .npy array")
+    smp.add_argument("--model", required=True, help="a directory written by save_model, train or demo")
+    smp.add_argument("--steps", type=int, default=1, help="sampling steps, a power of two (default 1)")
+    smp.add_argument("--out", required=True, help="grid.png (image models) or samples.npy")
+    smp.add_argument("--n", type=int, default=8, help="samples per class (or in all, unconditional)")
+    smp.add_argument("--label", type=int, help="sample only this class")
+    smp.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
+    smp.add_argument("--weights", choices=["auto", "ema", "live"], default="auto",
+                     help="EMA or live weights of a trainer checkpoint (default: EMA when present)")
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--device", default="cpu")
+    smp.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the command; user errors print one line and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        parser.exit(2, f"shortcut-fast {args.command}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

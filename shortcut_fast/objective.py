@@ -1,0 +1,219 @@
+"""The shortcut objective: flow matching at the smallest step plus self-consistency.
+
+One batch is split per sample. The flow part (``1 - bootstrap_fraction``)
+regresses ``v(x_t, t, d_min)`` on ``x1 - x0`` with ``t`` on the grid ``k / 2**K``.
+The self-consistency part draws a level ``d`` in ``{2 d_min, ..., 1}`` (spread
+evenly over the levels at any batch size), ``t`` on the grid of multiples of
+``d``, and regresses ``v(x_t, t, d)`` on the no-gradient target built from two
+half steps of the target model (the EMA weights by default)::
+
+    v1 = v(x_t, t, d/2);  x' = clip(x_t + d/2 v1);  v2 = v(x', t + d/2, d/2)
+    target = clip((v1 + v2) / 2)
+
+Rows ``[0, n_boot)`` of the batch are the self-consistency part, the rest the
+flow part. ``objective="flow"`` is plain flow matching through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from . import functional as SF
+from .models import unwrap_model
+from .steps import DEFAULT_MIN_STEP, num_doublings
+
+OBJECTIVES = ("shortcut", "flow")
+
+
+@dataclass
+class ShortcutConfig:
+    """Settings of the shortcut objective."""
+
+    min_step: float = DEFAULT_MIN_STEP  # d_min = 2**-K: the flow level and the finest sampling step
+    bootstrap_fraction: float = 0.25  # share of each batch trained for self-consistency
+    ema_targets: bool = True  # build targets with target_model (EMA) rather than the live weights
+    clip: float | None = 4.0  # clamp the midpoint and the target to [-clip, clip]; None disables
+    class_dropout: float = 0.1  # probability of the null label on the flow part
+    bootstrap_cfg_scale: float | None = None  # guided targets at the smallest bootstrap level; None = off
+    objective: str = "shortcut"  # "shortcut" or "flow" (plain flow matching baseline)
+
+    def __post_init__(self):
+        num_doublings(self.min_step)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check_number("bootstrap_fraction", self.bootstrap_fraction, 0.0, 1.0, high_open=True)
+        _check_number("class_dropout", self.class_dropout, 0.0, 1.0)
+        if not isinstance(self.ema_targets, bool):
+            raise TypeError(f"ema_targets must be a bool, got {type(self.ema_targets).__name__}")
+        if self.clip is not None:
+            _check_number("clip", self.clip, 0.0, math.inf, low_open=True, high_open=True)
+        if self.bootstrap_cfg_scale is not None:
+            _check_number("bootstrap_cfg_scale", self.bootstrap_cfg_scale, 0.0, math.inf, high_open=True)
+        if self.objective == "shortcut" and num_doublings(self.min_step) == 0:
+            raise ValueError("the shortcut objective needs min_step < 1 (at least two step levels)")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able settings."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ShortcutConfig:
+        """Settings from a dict, rejecting unknown keys."""
+        return cls(**_known_keys(cls, data))
+
+
+def _known_keys(cls, data: dict) -> dict:
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} settings must be a dict, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings {unknown}; allowed: {sorted(names)}")
+    return dict(data)
+
+
+def _check_number(name, value, low, high, low_open=False, high_open=False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    # written so that NaN fails both comparisons
+    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+
+
+def bootstrap_levels(n: int, num_levels: int, generator=None, device=None) -> torch.Tensor:
+    """Level indices in ``[1, num_levels]`` for ``n`` rows, spread evenly.
+
+    Row ``i`` gets level ``1 + (i + offset) % num_levels`` with a random offset,
+    so every batch holds each level ``n // num_levels`` or one more times and,
+    over batches, every level equally often, whatever ``n`` is.
+    """
+    offset = torch.randint(0, num_levels, (1,), generator=generator, device=device)
+    return 1 + (torch.arange(n, device=device) + offset) % num_levels
+
+
+@dataclass
+class ShortcutBatch:
+    """The inputs and regression targets of one training batch (rows: bootstrap, then flow)."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    d: torch.Tensor
+    y: torch.Tensor | None
+    target: torch.Tensor
+    n_boot: int
+
+
+def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
+    """Validate the loss inputs; return the model's null-class index (0 = unconditional)."""
+    base = unwrap_model(model)
+    if not isinstance(x1, torch.Tensor) or not x1.is_floating_point():
+        raise TypeError(f"x1 must be a floating-point tensor, got {getattr(x1, 'dtype', type(x1).__name__)}")
+    if x1.dim() < 2 or x1.shape[0] < 1:
+        raise ValueError(f"x1 must be a batch (B, ...) with B >= 1, got shape {tuple(x1.shape)}")
+    if not bool(torch.isfinite(x1).all()):
+        raise ValueError("x1 holds NaN or inf values")
+    model_min_step = getattr(base, "min_step", None)
+    if model_min_step is not None and model_min_step != config.min_step:
+        raise ValueError(f"config.min_step={config.min_step} differs from the model's min_step={model_min_step}")
+    num_classes = getattr(base, "num_classes", 0)
+    if y is not None:
+        if num_classes == 0:
+            raise ValueError("labels y were given but the model is unconditional (no num_classes > 0 attribute)")
+        if not isinstance(y, torch.Tensor) or y.shape != (x1.shape[0],):
+            raise ValueError(f"y must be a tensor of shape ({x1.shape[0]},), got {getattr(y, 'shape', type(y))}")
+        if y.device != x1.device:
+            raise ValueError(f"y is on {y.device} but x1 is on {x1.device}")
+    return num_classes
+
+
+def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None):
+    """``model(x, t, d, y)``; rows where ``guided`` is true get the guided velocity."""
+    if guided is None:
+        return model(x, t, d, y)
+    # conditional and unconditional rows in one batched forward
+    v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
+    v_cond, v_null = v.chunk(2)
+    mask = guided.view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(mask, SF.guided_velocity(v_cond, v_null, scale), v_cond)
+
+
+def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
+               generator: torch.Generator | None = None) -> ShortcutBatch:
+    """Draw noise, times and step sizes for ``x1`` and build the regression targets.
+
+    The self-consistency targets come from ``target_model`` (no gradient) when
+    ``config.ema_targets`` and it is given, else from ``model``.
+    """
+    config = config or ShortcutConfig()
+    null_class = _check_batch(model, x1, y, config)
+    if generator is not None and generator.device.type != x1.device.type:
+        raise ValueError(f"generator is on {generator.device} but x1 is on {x1.device}")
+    B, device, K = x1.shape[0], x1.device, num_doublings(config.min_step)
+    n_boot = round(B * config.bootstrap_fraction) if config.objective == "shortcut" else 0
+    n_flow = B - n_boot
+    expand = (-1,) + (1,) * (x1.dim() - 1)
+
+    # step sizes and times: bootstrap rows on the grid of their d, flow rows on the finest grid
+    level_b = bootstrap_levels(n_boot, K, generator, device)
+    d_b = torch.exp2((level_b - K).float())
+    t_b = torch.floor(torch.rand(n_boot, generator=generator, device=device) * torch.exp2((K - level_b).float())) * d_b
+    t_f = torch.randint(0, 2**K, (n_flow,), generator=generator, device=device).float() / 2**K
+    t = torch.cat([t_b, t_f])
+    d = torch.cat([d_b, torch.full((n_flow,), config.min_step, device=device)])
+
+    x0 = torch.randn(x1.shape, generator=generator, device=device, dtype=x1.dtype)
+    x_t = (1 - t.view(expand)) * x0 + t.view(expand) * x1
+
+    y_in = None
+    if y is not None:
+        drop = torch.rand(n_flow, generator=generator, device=device) < config.class_dropout
+        y_in = torch.cat([y[:n_boot], torch.where(drop, torch.full_like(y[n_boot:], null_class), y[n_boot:])])
+
+    target_f = x1[n_boot:] - x0[n_boot:]
+    if n_boot == 0:
+        return ShortcutBatch(x_t, t, d, y_in, target_f, 0)
+
+    teacher = target_model if (config.ema_targets and target_model is not None) else model
+    guided = None
+    if config.bootstrap_cfg_scale is not None and y is not None:
+        guided = level_b == 1  # the half step d/2 is d_min: the level trained by flow matching
+    with torch.no_grad():
+        xb, tb, db, yb = x_t[:n_boot], t_b, d_b, (None if y is None else y[:n_boot])
+        v1 = _velocity(teacher, xb, tb, db / 2, yb, null_class, guided, config.bootstrap_cfg_scale)
+        x_mid = SF.bootstrap_midpoint(xb, v1, db, config.clip)
+        v2 = _velocity(teacher, x_mid, tb + db / 2, db / 2, yb, null_class, guided, config.bootstrap_cfg_scale)
+        target_b = SF.bootstrap_target(v1, v2, config.clip).to(x1.dtype)
+    return ShortcutBatch(x_t, t, d, y_in, torch.cat([target_b, target_f]), n_boot)
+
+
+def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
+                  generator: torch.Generator | None = None):
+    """The shortcut (or flow-matching) loss of one batch ``x1`` (B, ...) with labels ``y`` (B,).
+
+    ``model`` is any module called as ``model(x, t, d, y)``; class-conditional
+    models expose ``num_classes`` (the null-class index). ``target_model`` (the
+    EMA weights) builds the self-consistency targets when ``config.ema_targets``.
+    Randomness comes from ``generator`` (on the device of ``x1``) when given.
+
+    Returns ``(loss, logs)``: the scalar loss to backpropagate and detached
+    tensors ``loss``, ``flow_loss`` and ``consistency_loss`` (NaN when that part
+    of the batch is empty).
+    """
+    batch = make_batch(model, x1, y, config, target_model, generator)
+    v = model(batch.x_t, batch.t, batch.d, batch.y)
+    if v.shape != x1.shape:
+        raise ValueError(f"the model returned shape {tuple(v.shape)}, expected the shape of x1 {tuple(x1.shape)}")
+    err = (v.float() - batch.target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    loss = err.mean()
+    logs = {
+        "loss": loss.detach(),
+        "flow_loss": err[batch.n_boot:].detach().mean(),
+        "consistency_loss": err[: batch.n_boot].detach().mean(),
+    }
+    return loss, logs
