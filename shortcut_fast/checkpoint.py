@@ -20,11 +20,13 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import FSDPModule
 
 from .models import MODEL_CLASSES, unwrap_model
 
 MODEL_FORMAT = "shortcut_fast.model/1"
 CONFIG_FILE, WEIGHTS_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
+LATEST_FILE = "latest"  # in a run's checkpoint_dir: the name of the newest complete checkpoint
 
 
 def _umask_mode(mode: int) -> int:
@@ -44,6 +46,8 @@ def atomic_directory(path: str | os.PathLike):
     directory is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory; it is not replaced by a checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     aside = None
@@ -95,8 +99,8 @@ def read_json(path: Path) -> dict:
         raise FileNotFoundError(f"{path} does not exist")
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({type(err).__name__}); the checkpoint is damaged") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return data
@@ -120,8 +124,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def model_spec(model: nn.Module) -> dict | None:
     """``{"format", "class", "config"}`` for the package's models, ``None`` for other modules."""
     base = unwrap_model(model)
-    name = type(base).__name__
-    if MODEL_CLASSES.get(name) is not type(base):
+    # fully_shard swaps in a class FSDP<Class>(FSDPModule, Class): look past it
+    cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+    name = cls.__name__
+    if MODEL_CLASSES.get(name) is not cls:
         return None
     return {"format": MODEL_FORMAT, "class": name, "config": dict(base.config)}
 
@@ -140,9 +146,20 @@ def build_model(spec: dict, source: Path) -> nn.Module:
         raise ValueError(f"{source}: the model config does not fit {name} ({err})") from err
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors state dict whose tensors are all finite floating-point values."""
+    state = load_tensors(path)
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise ValueError(f"{path}: {key} holds {value.dtype} values; weights are floating point")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: {key} holds NaN or inf values; the checkpoint is damaged")
+    return state
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a safetensors state dict into ``model`` (strict: every key must match)."""
-    state = load_tensors(path)
+    state = read_weights(path)
     try:
         unwrap_model(model).load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -165,17 +182,52 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def point_latest(root: Path, name: str) -> None:
+    """Atomically make ``root/latest`` name the checkpoint directory ``root/name``."""
+    with atomic_file(root / LATEST_FILE) as tmp:
+        tmp.write_text(name + "\n")
+
+
+def resolve_checkpoint(directory: str | os.PathLike) -> Path:
+    """The checkpoint a directory stands for: the one its ``latest`` file names, else itself."""
+    directory = Path(directory)
+    latest = directory / LATEST_FILE
+    if not latest.is_file():
+        return directory
+    try:
+        name = latest.read_text().strip()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{latest} is not text naming a checkpoint directory; it is damaged") from err
+    if not name or Path(name).name != name or not (directory / name).is_dir():
+        raise ValueError(f"{latest} names {name!r}, which is not a checkpoint directory beside it")
+    return directory / name
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """A device this torch can use, or a ValueError naming it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name such as 'cpu' or 'cuda:0'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this torch has no usable CUDA device")
+    return device
+
+
 def load_model(directory: str | os.PathLike, *, ema: bool | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by ``save_model`` or ``Trainer.save``.
 
     ``ema=None`` takes the EMA weights when the directory has them (a trainer
     checkpoint), ``True`` requires them, ``False`` takes the live weights.
+    A training run's ``checkpoint_dir`` stands for its latest checkpoint.
     The model is returned in eval mode on ``device``.
     """
+    device = parse_device(device)
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
+    directory = resolve_checkpoint(directory)
     model = build_model(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
     has_ema = (directory / EMA_FILE).is_file()
     if ema and not has_ema:

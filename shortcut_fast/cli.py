@@ -1,7 +1,8 @@
 """The ``shortcut-fast`` command: ``demo``, ``train`` and ``sample``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
-``shortcut-fast train --data digits|FILE --out DIR [--config FILE.json|.toml] [...]``: train a model.
+``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
+(under ``torchrun`` too).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
 """
 
@@ -16,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_file, load_model
-from .data import load_digits, load_tensor_file
+from .checkpoint import atomic_file, load_model, resolve_checkpoint
+from .data import DIGITS_CLASSES, load_digits, load_tensor_file
+from .datasets import ImageFolder, TensorShards, find_shards
 from .demo import DemoConfig, run_demo
 from .images import save_grid
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, init_distributed
 
 
 # ---------------------------------------------------------------- demo
@@ -40,7 +42,7 @@ def _cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------- train
 def read_config_file(path: str | Path) -> dict:
-    """A run config from JSON or TOML: ``{"data", "labels", "steps", "model": {...}, "train": {...}}``."""
+    """A run config from JSON or TOML: ``{"data", "labels", "image_size", "steps", "model": {...}, "train": {...}}``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -51,17 +53,34 @@ def read_config_file(path: str | Path) -> dict:
             data = json.loads(path.read_text())
         else:
             raise ValueError(f"config file {path} must end in .json or .toml")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"config file {path} is malformed: {err}") from err
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"config file {path} is malformed: {type(err).__name__}: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a table/object at the top")
-    unknown = sorted(set(data) - {"data", "labels", "steps", "model", "train"})
+    allowed = ["data", "labels", "image_size", "steps", "model", "train"]
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ValueError(f"config file {path}: unknown keys {unknown}; allowed: data, labels, steps, model, train")
+        raise ValueError(f"config file {path}: unknown keys {unknown}; allowed: {', '.join(allowed)}")
     for key in ("model", "train"):
         if not isinstance(data.get(key, {}), dict):
             raise ValueError(f"config file {path}: '{key}' must be a table/object")
+    for key in ("data", "labels"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) or (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
+            raise ValueError(f"config file {path}: '{key}' must be a path or a list of paths, got {value!r}")
+    for key, low in (("steps", 0), ("image_size", 1)):
+        if key in data:
+            _setting_int(f"config file {path}: '{key}'", data[key], low)
+    if "num_classes" in data.get("model", {}):
+        _setting_int(f"config file {path}: 'model.num_classes'", data["model"]["num_classes"], 0)
     return data
+
+
+def _setting_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
 
 
 def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.Module:
@@ -82,20 +101,60 @@ def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.M
     raise ValueError(f"training data must be vectors (N, D) or square images (N, C, H, H); got {tuple(x.shape)}")
 
 
+_IN_MEMORY_BYTES = 1 << 30  # a single data file up to 1 GiB is loaded whole; larger ones are memory-mapped
+
+
+def open_training_data(data: str | list[str], labels: str | list[str] | None = None,
+                       image_size: int | None = None) -> tuple[object, torch.Tensor, int]:
+    """Open ``--data`` for training: returns (data for ``Trainer``, an example batch (1, ...), number of classes).
+
+    ``data`` is ``digits``; a folder of class sub-folders of images (needs
+    ``image_size``); or one or more ``.npy``/``.safetensors`` files, folders of
+    them or glob patterns. A single file up to 1 GiB is loaded into memory;
+    anything else is read as memory-mapped ``TensorShards``. ``labels`` names
+    ``.npy`` label files (files, folders or patterns), one per data file.
+    """
+    sources = [data] if isinstance(data, str) else list(data)
+    label_sources = [labels] if isinstance(labels, str) else list(labels or [])
+    if sources == ["digits"]:
+        x, y = load_digits()
+        return (x, y), x[:1], DIGITS_CLASSES
+    folder = Path(sources[0])
+    # hidden folders (.cache, .git) beside shard files do not make an image folder
+    if len(sources) == 1 and folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
+                                                     for p in folder.iterdir()):
+        if image_size is None:
+            raise ValueError(f"--data {folder} is a folder of class sub-folders of images: give --image-size "
+                             "(the side length images are resized and center-cropped to)")
+        if label_sources:
+            raise ValueError(f"--labels does not apply to the image folder {folder}: its sub-folders are the classes")
+        images = ImageFolder(folder, image_size)
+        return images, images[0][0][None], images.num_classes
+    files = [f for source in sources for f in find_shards(source)]
+    label_files = [f for source in label_sources for f in find_shards(source)]
+    if len(files) == 1 and len(label_files) <= 1 and files[0].stat().st_size <= _IN_MEMORY_BYTES:
+        x, y = load_tensor_file(files[0], labels=label_files[0] if label_files else None)
+        return (x if y is None else (x, y)), x[:1], 0 if y is None else int(y.max()) + 1
+    shards = TensorShards(files, label_files or None)
+    item = shards[0]
+    example = item[0] if isinstance(item, tuple) else item
+    return shards, example[None], shards.num_classes
+
+
 def _cmd_train(args) -> int:
     run = read_config_file(args.config) if args.config else {}
     data_arg = args.data or run.get("data")
     if not data_arg:
-        raise ValueError("give --data (digits or a .npy/.safetensors file), or 'data' in the config file")
-    if data_arg == "digits":
-        x, y = load_digits()
-    else:
-        x, y = load_tensor_file(data_arg, labels=args.labels or run.get("labels"))
+        raise ValueError("give --data (digits, an image folder or .npy/.safetensors files), "
+                         "or 'data' in the config file")
+    device = init_distributed(args.device)
+    image_size = args.image_size if args.image_size is not None else run.get("image_size")
+    data, example, num_classes = open_training_data(data_arg, args.labels or run.get("labels"), image_size)
     model_spec = dict(run.get("model", {}))
     if args.preset:
         model_spec["preset"] = args.preset
-    num_classes = int(model_spec.pop("num_classes", 0 if y is None else int(y.max()) + 1))
-    model = build_model_for(x, num_classes, model_spec).to(args.device)
+    num_classes = int(model_spec.pop("num_classes", num_classes))
+    model = build_model_for(example, num_classes, model_spec).to(device)
 
     train = dict(run.get("train", {}))
     overrides = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -104,9 +163,8 @@ def _cmd_train(args) -> int:
     train.setdefault("checkpoint_every", 1000)
     config = TrainConfig.from_dict(train)
     steps = args.steps if args.steps is not None else int(run.get("steps", 1000))
-    data = x if y is None else (x, y)
-    if args.resume and (Path(args.out) / "trainer.json").is_file():
-        trainer = Trainer.resume(args.out, data, device=args.device)
+    if args.resume and (resolve_checkpoint(args.out) / "trainer.json").is_file():
+        trainer = Trainer.resume(args.out, data, device=device)
         steps = max(0, steps - trainer.step)
     else:
         trainer = Trainer(model, data, config)
@@ -164,17 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    train = sub.add_parser("train", help="train a model on digits or on tensors from a file")
-    train.add_argument("--data", help="'digits', or a .npy / .safetensors file (tensor 'x', optional 'y')")
-    train.add_argument("--labels", help="a .npy file of integer labels for --data FILE.npy")
+    train = sub.add_parser("train", help="train a model on digits, an image folder or tensor files (torchrun too)")
+    train.add_argument("--data", nargs="+",
+                       help="'digits'; a folder of class sub-folders of images (with --image-size); or "
+                            ".npy / .safetensors files (tensor 'x', optional 'y'), folders of them or glob "
+                            "patterns: one file up to 1 GiB is loaded into memory, more or larger ones are "
+                            "memory-mapped")
+    train.add_argument("--labels", nargs="+", help="integer labels: .npy files, one per --data file")
+    train.add_argument("--image-size", type=int,
+                       help="for an image folder: resize the shorter side to this and center-crop a square")
     train.add_argument("--out", required=True, help="checkpoint directory")
-    train.add_argument("--config", help="a .json or .toml run config (keys: data, labels, steps, model, train)")
+    train.add_argument("--config", help="a .json or .toml run config (keys: data, labels, image_size, steps, "
+                                        "model, train)")
     train.add_argument("--preset", choices=sorted(DIT_PRESETS), help="a DiT size for image data")
     train.add_argument("--steps", type=int, help="total training steps (default: config or 1000)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's LOCAL_RANK GPU)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if present")
     train.set_defaults(func=_cmd_train)
 

@@ -30,15 +30,18 @@ from .trainer import TrainConfig, Trainer
 class DemoConfig:
     """Settings of the digits demo; the defaults train in a few minutes on 2 CPU cores."""
 
-    train_steps: int = 1600
+    train_steps: int = 2000
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 50
     ema_decay: float = 0.995
     # In a run this short an EMA lags hundreds of steps behind the live weights,
     # and targets built from it slow the level-by-level bootstrap several times
     # over (measured); the EMA still supplies the weights that are evaluated.
     ema_targets: bool = False
+    # half of each batch trains self-consistency: the 1-step level sees twice the rows
+    # of the default split, which lowered the 1-step FD in the time budget (measured)
+    bootstrap_fraction: float = 0.5
     hidden_size: int = 192
     depth: int = 4
     num_heads: int = 4
@@ -96,7 +99,8 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", config: DemoConfig | None 
     train_cfg = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                             ema_decay=cfg.ema_decay, seed=cfg.seed, progress=progress,
                             log_every=max(1, cfg.train_steps // 20),
-                            shortcut=ShortcutConfig(ema_targets=cfg.ema_targets))
+                            shortcut=ShortcutConfig(ema_targets=cfg.ema_targets,
+                                                    bootstrap_fraction=cfg.bootstrap_fraction))
     trainer = Trainer(model, (x, y), train_cfg)
     start = time.perf_counter()
     trainer.fit(cfg.train_steps)

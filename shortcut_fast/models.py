@@ -7,9 +7,15 @@ level) to the embedding of ``t`` and of the class label.
 
 Any ``nn.Module`` called as ``model(x, t, d, y)`` works with the objective, the
 sampler and the trainer; these two are the package's own.
+
+Constructors reject settings that would build more than ``MAX_PARAMETERS``
+weights (counted before anything is allocated) or more than ``MAX_DEPTH``
+blocks; raise these module constants for a larger model.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -17,6 +23,10 @@ import torch.nn as nn
 
 from . import functional as SF
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
+
+MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
+MAX_DEPTH = 1024  # blocks per model
+FREQ_DIM = 256  # sinusoidal features of t
 
 #################################################################################
 #                        Input validation shared by models                      #
@@ -27,6 +37,8 @@ def _as_batch_vector(name: str, value, batch: int, device: torch.device) -> torc
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a float tensor of shape ({batch},), got {type(value).__name__}")
     if not isinstance(value, torch.Tensor):
+        if isinstance(value, int) and abs(value) > 2**53:  # float(value) may overflow; never in [0, 1] anyway
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
         value = torch.tensor(float(value), device=device)
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must be a real float tensor, got dtype {value.dtype}")
@@ -40,12 +52,37 @@ def _as_batch_vector(name: str, value, batch: int, device: torch.device) -> torc
 
 
 def _check_sizes(**sizes) -> None:
-    """Every size a positive int; ``num_classes`` an int >= 0 (0 = unconditional)."""
+    """Every size a positive int; ``num_classes`` an int >= 0 (0 = unconditional); ``depth <= MAX_DEPTH``."""
     for name, value in sizes.items():
         low = 0 if name == "num_classes" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}{' (0 = unconditional)' if low == 0 else ''}, "
                              f"got {value!r}")
+    if sizes.get("depth", 0) > MAX_DEPTH:
+        raise ValueError(f"depth must be at most MAX_DEPTH={MAX_DEPTH}, got {sizes['depth']}")
+
+
+def _check_mlp_ratio(mlp_ratio, hidden_size: int) -> int:
+    """The width of the blocks' MLPs, ``int(hidden_size * mlp_ratio)``, which must be >= 1."""
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
+        raise TypeError(f"mlp_ratio must be a positive number (e.g. 4.0), got {type(mlp_ratio).__name__}")
+    if not (math.isfinite(hidden_size * mlp_ratio) and hidden_size * mlp_ratio >= 1):
+        raise ValueError(f"mlp_ratio must be a finite number with hidden_size * mlp_ratio >= 1, got {mlp_ratio}")
+    return int(hidden_size * mlp_ratio)
+
+
+def _check_parameter_count(count: int, settings: dict) -> None:
+    """Refuse, before allocating, a model of more than ``MAX_PARAMETERS`` weights."""
+    if count > MAX_PARAMETERS:
+        shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+        raise ValueError(f"these settings ({shown}) make a model of {count:.3g} weights, more than "
+                         f"MAX_PARAMETERS={MAX_PARAMETERS:.3g}; lower the sizes")
+
+
+def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int) -> int:
+    """Weights of ``ConditionEmbedder``."""
+    h = hidden_size
+    return FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
 
 
 class ShortcutModule(nn.Module):
@@ -70,7 +107,9 @@ class ShortcutModule(nn.Module):
 
         ``t`` in [0, 1] and ``d`` (one of ``step_sizes``) are floats or (B,) tensors;
         ``y`` holds class indices in ``[0, num_classes]`` (``num_classes`` = no label)
-        for a class-conditional model; ``None`` means unlabelled.
+        for a class-conditional model; ``None`` means unlabelled. ``x`` is not scanned
+        for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
+        non-finite row of the output and leaves the others as they are.
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -98,9 +137,9 @@ class ShortcutModule(nn.Module):
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         if self.num_classes == 0:
             raise ValueError("this model is unconditional (num_classes=0) but labels y were given; pass y=None")
-        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype in (torch.bool, torch.uint8):
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
             got = getattr(y, "dtype", type(y).__name__)
-            raise TypeError(f"y must be an integer tensor of class indices, got {got}")
+            raise TypeError(f"y must be an integer tensor of class indices (int8/16/32/64), got {got}")
         if y.shape != (batch,):
             raise ValueError(f"y must have shape ({batch},) to match the batch of x, got {tuple(y.shape)}")
         if y.device != device:
@@ -141,7 +180,7 @@ class ShortcutModule(nn.Module):
 class ConditionEmbedder(nn.Module):
     """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y]``: (B,) inputs -> (B, hidden)."""
 
-    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = 256):
+    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM):
         super().__init__()
         self.freq_dim = freq_dim
         self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
@@ -274,7 +313,16 @@ class ShortcutDiT(ShortcutModule):
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
+        mlp_hidden = _check_mlp_ratio(mlp_ratio, hidden_size)
         num_levels = num_doublings(min_step) + 1
+        h, out = hidden_size, patch_size * patch_size * in_channels
+        per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
+        count = (_condition_parameters(h, num_levels, num_classes) + depth * per_block
+                 + (2 * h * h + 2 * h + h * out + out)  # final layer
+                 + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
+        _check_parameter_count(count, dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
+                                           hidden_size=hidden_size, depth=depth, mlp_ratio=mlp_ratio,
+                                           num_classes=num_classes))
         self.config = dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            num_classes=num_classes, min_step=min_step)
@@ -293,7 +341,7 @@ class ShortcutDiT(ShortcutModule):
     @classmethod
     def preset(cls, name: str, **kwargs) -> ShortcutDiT:
         """A model of the DiT paper's sizes: ``"DiT-S/2"``, ..., ``"DiT-XL/8"`` (see ``DIT_PRESETS``)."""
-        if name not in DIT_PRESETS:
+        if not isinstance(name, str) or name not in DIT_PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(DIT_PRESETS)}")
         clash = set(kwargs) & set(DIT_PRESETS[name])
         if clash:
@@ -359,6 +407,11 @@ class ShortcutMLP(ShortcutModule):
                  min_step: float = DEFAULT_MIN_STEP):
         super().__init__()
         _check_sizes(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
+        h = hidden_size
+        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes) + (dim * h + h)  # input
+                 + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
+                 + (2 * h * h + 2 * h + h * dim + dim))  # final layer
+        _check_parameter_count(count, dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes))
         self.config = dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes, min_step=min_step)
         self.dim, self.num_classes, self.min_step = dim, num_classes, min_step
         self.inp = nn.Linear(dim, hidden_size)
@@ -389,6 +442,14 @@ MODEL_CLASSES: dict[str, type[ShortcutModule]] = {"ShortcutDiT": ShortcutDiT, "S
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_velocity(v, shape) -> torch.Tensor:
+    """A model's output, which the contract makes a float tensor of the input's shape."""
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or tuple(v.shape) != tuple(shape):
+        got = f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"the model returned {got}; expected a float tensor of shape {tuple(shape)}")
+    return v
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

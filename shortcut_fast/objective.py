@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import functional as SF
-from .models import unwrap_model
+from .models import check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, num_doublings
 
 OBJECTIVES = ("shortcut", "flow")
@@ -70,7 +70,7 @@ def _known_keys(cls, data: dict) -> dict:
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} settings must be a dict, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=repr)  # keys of mixed types sort by their repr
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings {unknown}; allowed: {sorted(names)}")
     return dict(data)
@@ -116,6 +116,10 @@ def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
         raise TypeError(f"x1 must be a floating-point tensor, got {getattr(x1, 'dtype', type(x1).__name__)}")
     if x1.dim() < 2 or x1.shape[0] < 1:
         raise ValueError(f"x1 must be a batch (B, ...) with B >= 1, got shape {tuple(x1.shape)}")
+    param = next(base.parameters(), None)
+    if x1.is_meta or (param is not None and param.device != x1.device):
+        where = "the model's" if param is None else f"the model's device {param.device}"
+        raise ValueError(f"x1 is on {x1.device}; it must hold values on {where}")
     if not bool(torch.isfinite(x1).all()):
         raise ValueError("x1 holds NaN or inf values")
     model_min_step = getattr(base, "min_step", None)
@@ -125,54 +129,87 @@ def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
     if y is not None:
         if num_classes == 0:
             raise ValueError("labels y were given but the model is unconditional (no num_classes > 0 attribute)")
-        if not isinstance(y, torch.Tensor) or y.shape != (x1.shape[0],):
-            raise ValueError(f"y must be a tensor of shape ({x1.shape[0]},), got {getattr(y, 'shape', type(y))}")
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+            raise TypeError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
+        if y.shape != (x1.shape[0],):
+            raise ValueError(f"y must be a tensor of shape ({x1.shape[0]},), got {tuple(y.shape)}")
         if y.device != x1.device:
             raise ValueError(f"y is on {y.device} but x1 is on {x1.device}")
+        # checked before class dropout could hide a bad label behind the null class
+        if not bool(((y >= 0) & (y <= num_classes)).all()):
+            raise ValueError(f"labels y must lie in [0, {num_classes}] ({num_classes} = no label); "
+                             f"got values from {int(y.min())} to {int(y.max())}")
     return num_classes
 
 
 def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None):
     """``model(x, t, d, y)``; rows where ``guided`` is true get the guided velocity."""
     if guided is None:
-        return model(x, t, d, y)
+        return check_velocity(model(x, t, d, y), x.shape)
     # conditional and unconditional rows in one batched forward
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
-    v_cond, v_null = v.chunk(2)
+    v_cond, v_null = check_velocity(v, (2 * x.shape[0], *x.shape[1:])).chunk(2)
     mask = guided.view(-1, *([1] * (x.dim() - 1)))
     return torch.where(mask, SF.guided_velocity(v_cond, v_null, scale), v_cond)
 
 
+def _check_shard(shard) -> tuple[int, int]:
+    if (not isinstance(shard, tuple) or len(shard) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            or not 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    return shard
+
+
 def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-               generator: torch.Generator | None = None) -> ShortcutBatch:
+               generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> ShortcutBatch:
     """Draw noise, times and step sizes for ``x1`` and build the regression targets.
 
     The self-consistency targets come from ``target_model`` (no gradient) when
     ``config.ema_targets`` and it is given, else from ``model``.
+
+    ``shard=(rank, world)``: ``x1`` holds rows ``rank, rank + world, ...`` of a
+    global batch of ``world * B`` rows. Every process draws the random numbers
+    of the whole global batch from an identically seeded ``generator`` and keeps
+    its rows, so ``world`` processes see exactly what one process with the
+    global batch sees, and each holds its share of the bootstrap rows.
     """
-    config = config or ShortcutConfig()
+    config = ShortcutConfig() if config is None else config
+    if not isinstance(config, ShortcutConfig):
+        raise TypeError(f"config must be a ShortcutConfig (ShortcutConfig.from_dict for a dict), "
+                        f"got {type(config).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     null_class = _check_batch(model, x1, y, config)
+    rank, world = _check_shard(shard)
     if generator is not None and generator.device.type != x1.device.type:
         raise ValueError(f"generator is on {generator.device} but x1 is on {x1.device}")
     B, device, K = x1.shape[0], x1.device, num_doublings(config.min_step)
-    n_boot = round(B * config.bootstrap_fraction) if config.objective == "shortcut" else 0
+    n_global = B * world
+    n_boot_global = round(n_global * config.bootstrap_fraction) if config.objective == "shortcut" else 0
+    # this process's rows of the global layout [bootstrap rows | flow rows]
+    rows_b = slice(rank, n_boot_global, world)
+    rows_f = slice((rank - n_boot_global) % world, None, world)
+    n_boot = len(range(n_boot_global)[rows_b])
     n_flow = B - n_boot
     expand = (-1,) + (1,) * (x1.dim() - 1)
 
     # step sizes and times: bootstrap rows on the grid of their d, flow rows on the finest grid
-    level_b = bootstrap_levels(n_boot, K, generator, device)
+    level_b = bootstrap_levels(n_boot_global, K, generator, device)[rows_b]
     d_b = torch.exp2((level_b - K).float())
-    t_b = torch.floor(torch.rand(n_boot, generator=generator, device=device) * torch.exp2((K - level_b).float())) * d_b
-    t_f = torch.randint(0, 2**K, (n_flow,), generator=generator, device=device).float() / 2**K
+    u_b = torch.rand(n_boot_global, generator=generator, device=device)[rows_b]
+    t_b = torch.floor(u_b * torch.exp2((K - level_b).float())) * d_b
+    t_f = torch.randint(0, 2**K, (n_global - n_boot_global,), generator=generator, device=device)[rows_f].float() / 2**K
     t = torch.cat([t_b, t_f])
     d = torch.cat([d_b, torch.full((n_flow,), config.min_step, device=device)])
 
-    x0 = torch.randn(x1.shape, generator=generator, device=device, dtype=x1.dtype)
+    x0 = torch.randn((n_global, *x1.shape[1:]), generator=generator, device=device, dtype=x1.dtype)[rank::world]
     x_t = (1 - t.view(expand)) * x0 + t.view(expand) * x1
 
     y_in = None
     if y is not None:
-        drop = torch.rand(n_flow, generator=generator, device=device) < config.class_dropout
+        u_drop = torch.rand(n_global - n_boot_global, generator=generator, device=device)[rows_f]
+        drop = u_drop < config.class_dropout
         y_in = torch.cat([y[:n_boot], torch.where(drop, torch.full_like(y[n_boot:], null_class), y[n_boot:])])
 
     target_f = x1[n_boot:] - x0[n_boot:]
@@ -193,22 +230,22 @@ def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_m
 
 
 def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-                  generator: torch.Generator | None = None):
+                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)):
     """The shortcut (or flow-matching) loss of one batch ``x1`` (B, ...) with labels ``y`` (B,).
 
     ``model`` is any module called as ``model(x, t, d, y)``; class-conditional
     models expose ``num_classes`` (the null-class index). ``target_model`` (the
     EMA weights) builds the self-consistency targets when ``config.ema_targets``.
     Randomness comes from ``generator`` (on the device of ``x1``) when given.
+    ``shard=(rank, world)`` marks ``x1`` as one process's rows of a global batch
+    (see ``make_batch``); the trainer sets it under torchrun.
 
     Returns ``(loss, logs)``: the scalar loss to backpropagate and detached
     tensors ``loss``, ``flow_loss`` and ``consistency_loss`` (NaN when that part
     of the batch is empty).
     """
-    batch = make_batch(model, x1, y, config, target_model, generator)
-    v = model(batch.x_t, batch.t, batch.d, batch.y)
-    if v.shape != x1.shape:
-        raise ValueError(f"the model returned shape {tuple(v.shape)}, expected the shape of x1 {tuple(x1.shape)}")
+    batch = make_batch(model, x1, y, config, target_model, generator, shard)
+    v = check_velocity(model(batch.x_t, batch.t, batch.d, batch.y), x1.shape)
     err = (v.float() - batch.target.float()).pow(2).flatten(1).mean(1)  # (B,)
     loss = err.mean()
     logs = {

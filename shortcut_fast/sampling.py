@@ -10,13 +10,26 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import functional as SF
-from .models import unwrap_model
+from .models import ShortcutModule, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, check_num_steps
+
+MAX_NOISE_ELEMENTS = 2**31  # per call (8 GiB of fp32 noise); draw larger sets in several calls
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def _check_fits_model(model: nn.Module, what: str, x: torch.Tensor) -> None:
+    """The package's models know their input shape: check it before any work (``x`` may be a meta tensor)."""
+    base = unwrap_model(model)
+    if isinstance(base, ShortcutModule):
+        try:
+            base._check_x(x)
+        except ValueError as err:
+            raise ValueError(f"{what} {tuple(x.shape)} does not fit the model: {err}") from None
 
 
 def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
@@ -28,11 +41,15 @@ def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
     if (noise is None) == (shape is None):
         raise ValueError("give exactly one of noise (a tensor) or shape (a tuple such as (16, 1, 8, 8))")
     if noise is not None:
-        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        if not isinstance(noise, torch.Tensor) or noise.dtype not in FLOAT_DTYPES:
             got = getattr(noise, "dtype", type(noise).__name__)
-            raise TypeError(f"noise must be a floating-point tensor, got {got}")
+            raise TypeError(f"noise must be a floating-point tensor (float16/bfloat16/float32/float64), got {got}")
         if noise.dim() < 2 or noise.shape[0] < 1:
             raise ValueError(f"noise must be a batch (B, ...) with B >= 1, got shape {tuple(noise.shape)}")
+        param = next(model.parameters(), None)
+        if param is not None and noise.device != param.device:
+            raise ValueError(f"noise is on {noise.device} but the model is on {param.device}; move one of them")
+        _check_fits_model(model, "noise of shape", noise)
         if not bool(torch.isfinite(noise).all()):
             raise ValueError("noise holds NaN or inf values")
         return noise
@@ -40,7 +57,22 @@ def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
         isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
     ):
         raise ValueError(f"shape must be a tuple of at least two positive ints (B, ...), got {shape!r}")
-    return torch.randn(tuple(int(s) for s in shape), generator=generator, device=_model_device(model), dtype=dtype)
+    shape = tuple(int(s) for s in shape)
+    if math.prod(shape) > MAX_NOISE_ELEMENTS:
+        raise ValueError(f"shape {shape} holds {math.prod(shape):.3g} values, more than "
+                         f"MAX_NOISE_ELEMENTS={MAX_NOISE_ELEMENTS:.3g}; sample in smaller batches")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {[str(t) for t in FLOAT_DTYPES]}, got {dtype!r}")
+    device = _model_device(model)
+    if device.type == "meta":
+        raise ValueError("the model is on the meta device: it has no weights to sample with; load them first")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
+                         "use torch.Generator(device) on the model's device")
+    _check_fits_model(model, "shape", torch.empty(shape, device="meta"))
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -68,11 +100,16 @@ def sample(
     ``sample(model, noise=z, steps=1, y=y)`` equals ``z + model(z, 0, 1, y)``.
     The network runs in the dtype of its weights, the Euler updates in the
     dtype of the noise. Returns a new tensor of the shape and dtype of the noise.
+    A ``shape`` of more than ``MAX_NOISE_ELEMENTS`` values is refused: draw it in several calls.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
     base = unwrap_model(model)
     steps = check_num_steps(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
     x = _noise(model, noise, shape, generator, dtype)
     batch = x.shape[0]
+    if y is not None and not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a tensor of class indices or None, got {type(y).__name__}")
     if cfg_scale is not None:
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
             raise TypeError(f"cfg_scale must be a number or None, got {cfg_scale!r}")
@@ -93,11 +130,14 @@ def sample(
         t = torch.full((batch,), i * d, device=x.device)
         if cfg_scale is None:
             v = model(x.to(net_dtype), t, d_vec, y)
+            check_velocity(v, x.shape)
         else:
             # conditional and null-class rows in one batched forward
             null = torch.full_like(y, base.num_classes)
-            v_cond, v_null = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
-                                   torch.cat([y, null])).chunk(2)
+            v = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
+                      torch.cat([y, null]))
+            check_velocity(v, torch.Size([2 * batch, *x.shape[1:]]))
+            v_cond, v_null = v.chunk(2)
             v = SF.guided_velocity(v_cond, v_null, cfg_scale)
         x = SF.euler_step(x, v.to(x.dtype), d)
     return x

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
@@ -26,6 +36,10 @@ from .objective import ShortcutConfig, _check_number, _known_keys, shortcut_loss
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
+
+
+class NonFiniteError(RuntimeError, ValueError):
+    """Raised when too many consecutive training steps had non-finite values."""
 
 
 @dataclass
@@ -43,19 +57,33 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on the CPU)
     log_every: int = 50  # steps between progress-bar and history updates
     checkpoint_every: int = 0  # steps between checkpoints to checkpoint_dir; 0 = only at the end of fit
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  # holds step_XXXXXXXX/ checkpoints and a `latest` pointer
+    keep_checkpoints: int = 3  # newest step checkpoints kept in checkpoint_dir
+    max_bad_steps: int = 20  # consecutive skipped steps (non-finite batch, loss or gradients) that stop the run
     num_workers: int = 0  # DataLoader workers for Dataset inputs
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     progress: bool = True  # tqdm bar
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def __post_init__(self):
         if isinstance(self.shortcut, dict):
             self.shortcut = ShortcutConfig.from_dict(self.shortcut)
+        for name in ("fsdp", "bf16", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.shortcut, ShortcutConfig):
             raise TypeError(f"shortcut must be a ShortcutConfig, got {type(self.shortcut).__name__}")
+        if self.checkpoint_dir is not None:
+            if not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+                raise TypeError(f"checkpoint_dir must be a path or None, got {type(self.checkpoint_dir).__name__}")
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        if not isinstance(self.betas, (tuple, list)):
+            raise TypeError(f"betas must be a pair of numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(self.betas)
+        if isinstance(self.seed, int) and self.seed >= 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed}")
         for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("checkpoint_every", 0),
-                          ("num_workers", 0), ("seed", 0)]:
+                          ("num_workers", 0), ("seed", 0), ("keep_checkpoints", 1), ("max_bad_steps", 1)]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -82,6 +110,26 @@ class TrainConfig:
 #################################################################################
 #                          Batches from the user's data                         #
 #################################################################################
+
+def _check_tensor_data(x: torch.Tensor) -> torch.Tensor:
+    """In-memory training data: a real (N, ...) tensor with values, all finite."""
+    if not x.is_floating_point():
+        raise TypeError(f"data must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2 or x.is_meta:
+        raise ValueError(f"data must be a tensor (N, ...) with values, got shape {tuple(x.shape)} on {x.device}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("data holds NaN or inf values")
+    return x
+
+
+def _collate(items):
+    """``default_collate`` with an error that says what is wrong with the dataset's items."""
+    try:
+        return default_collate(items)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"the dataset's items cannot form a batch (they must be tensors of one shape, "
+                         f"or (tensor, label) pairs): {err}") from err
+
 
 def _split_item(batch):
     """A collated batch -> (x, labels or None)."""
@@ -111,14 +159,15 @@ class BatchSource:
         if isinstance(data, DataLoader):
             self.loader, self.size = data, None
         elif isinstance(data, torch.Tensor):
-            self.x, self.size = data, len(data)
+            self.x, self.size = _check_tensor_data(data), len(data)
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(a, torch.Tensor) for a in data):
-            self.x, self.y = data
+            self.x, self.y = _check_tensor_data(data[0]), data[1]
+            if self.y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+                raise TypeError(f"labels y must be an integer tensor, got dtype {self.y.dtype}")
+            if self.y.dim() != 1:
+                raise ValueError(f"labels must be a 1-D tensor, got shape {tuple(self.y.shape)}")
             if len(self.x) != len(self.y):
                 raise ValueError(f"data and labels differ in length: {len(self.x)} vs {len(self.y)}")
-            if self.y.dtype.is_floating_point or self.y.dim() != 1:
-                raise ValueError(f"labels must be a 1-D integer tensor, got dtype {self.y.dtype}, "
-                                 f"shape {tuple(self.y.shape)}")
             self.size = len(self.x)
         elif isinstance(data, Dataset):
             self.dataset, self.size = data, len(data)
@@ -152,8 +201,8 @@ class BatchSource:
     def _epoch_batches(self) -> list[torch.Tensor]:
         """This rank's index lists for the rest of the current epoch (full global batches only)."""
         perm, step = self._permutation(), self.batch_size * self.world
-        first = self.rank * self.batch_size
-        return [perm[p + first:p + first + self.batch_size] for p in range(self.pos, self.size - step + 1, step)]
+        # rank r takes rows r, r + world, ... of each global batch: the layout the objective's shards assume
+        return [perm[p + self.rank:p + step:self.world] for p in range(self.pos, self.size - step + 1, step)]
 
     def _new_iter(self):
         if self.loader is not None:
@@ -162,7 +211,7 @@ class BatchSource:
         if self.x is not None:
             return ((self.x[i], None if self.y is None else self.y[i]) for i in batches)
         return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, collate_fn=default_collate))
+                               pin_memory=self.pin_memory, collate_fn=_collate))
 
     def __next__(self):
         if self._iter is None:
@@ -172,7 +221,9 @@ class BatchSource:
             if self.loader is None:
                 self.epoch, self.pos = self.epoch + 1, 0
             self._iter = self._new_iter()
-            batch = next(self._iter)
+            batch = next(self._iter, None)
+            if batch is None:
+                raise ValueError("the DataLoader yields no batches")
         if self.loader is not None:
             return _split_item(batch)
         # pos counts batches handed out, not batches a DataLoader worker prefetched
@@ -183,6 +234,40 @@ class BatchSource:
 #################################################################################
 #                                   Trainer                                     #
 #################################################################################
+
+def init_distributed(device: str | torch.device = "cpu") -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns the device this process trains on: ``cuda:LOCAL_RANK`` (NCCL) for a
+    CUDA device under torchrun, else ``device`` (gloo on the CPU). Without
+    torchrun's ``WORLD_SIZE`` > 1 nothing is initialised.
+    """
+    device = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _fully_shard(module: nn.Module) -> None:
+    """FSDP2: shard each block (one all-gather per block in forward) and then the rest."""
+    for block in getattr(module, "blocks", []):
+        fully_shard(block)
+    fully_shard(module)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a sharded (DTensor) parameter; a plain tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor (e.g. a gradient norm under FSDP) as a plain tensor."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
 
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -195,11 +280,15 @@ class Trainer:
 
     ``data`` is a Tensor (B, ...), a pair (Tensor, labels), a Dataset yielding
     ``x`` or ``(x, label)``, or a DataLoader. The model stays on its device.
+    ``encoder``, when given, maps each data batch to what the model is trained
+    on (e.g. a frozen VAE's ``lambda x: vae.encode(x).latent_dist.sample() * 0.18215``);
+    it runs without gradient on the model's device.
     ``trainer.ema_model`` holds the EMA weights (the self-consistency targets
-    and what to sample from); ``trainer.history`` the logged losses.
+    and what to sample from); ``trainer.history`` the logged losses;
+    ``trainer.skipped_steps`` the steps skipped for non-finite values.
     """
 
-    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None):
+    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, encoder=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.config = config or TrainConfig()
@@ -213,11 +302,16 @@ class Trainer:
         self.rank, self.world = _distributed()
         self.is_main = self.rank == 0
 
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.train_model = self.model
-        if self.world > 1:
+        if self.world > 1 and self.config.fsdp:
+            # the EMA is sharded like the live weights, so its update stays local to each rank
+            for module in (self.model, self.ema_model):
+                _fully_shard(module)
+            params = list(self.model.parameters())
+        elif self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, betas=self.config.betas,
                                            weight_decay=self.config.weight_decay,
                                            fused=self.device.type == "cuda")
@@ -225,9 +319,15 @@ class Trainer:
                                 self.rank, self.world, pin_memory=self.device.type == "cuda")
         if self.data.has_labels and getattr(self.model, "num_classes", 0) == 0:
             raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
-        # per-rank stream of noise, times, levels and label dropout
-        self.generator = torch.Generator(self.device).manual_seed(self.config.seed + 1_000_003 * self.rank)
+        if encoder is not None and not callable(encoder):
+            raise TypeError(f"encoder must be callable (a module or function), got {type(encoder).__name__}")
+        self.encoder = encoder
+        # one stream for noise, times, levels and label dropout, the same on every rank:
+        # each rank draws for the global batch and keeps its rows (see make_batch)
+        self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
         self.step = 0
+        self.skipped_steps = 0
+        self._bad_in_a_row = 0
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- one step
@@ -237,14 +337,22 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        ema = list(self.ema_model.parameters())
-        live = list(self.model.parameters())
+        if isinstance(self.ema_model, FSDPModule):
+            # the root stays gathered after the target forwards (FSDP expects a backward next)
+            self.ema_model.reshard()
+        ema = [_local(p) for p in self.ema_model.parameters()]
+        live = [_local(p) for p in self.model.parameters()]
         torch._foreach_lerp_(ema, live, 1.0 - self.config.ema_decay)
         for b_ema, b in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
             b_ema.copy_(b)
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor | None = None) -> dict:
-        """One optimizer step on the batch ``(x1, y)``; returns the loss logs (detached tensors)."""
+        """One optimizer step on the batch ``(x1, y)``; returns the loss logs (detached tensors).
+
+        A batch, loss or gradient that is not finite skips the update (weights,
+        optimizer and EMA stay as they were); ``logs["skipped"]`` is then 1.
+        After ``max_bad_steps`` such steps in a row it raises ``NonFiniteError``.
+        """
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
@@ -252,59 +360,117 @@ class Trainer:
         y = None if y is None else y.to(self.device, non_blocking=True)
         use_bf16 = self.config.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut,
-                                       target_model=self.ema_model, generator=self.generator)
+            if self.encoder is not None:
+                with torch.no_grad():
+                    x1 = self.encoder(x1).float()
+            if self._any_rank(not bool(torch.isfinite(x1).all())):
+                return self._skip({"loss": torch.tensor(float("nan"))})
+            loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut, target_model=self.ema_model,
+                                       generator=self.generator, shard=(self.rank, self.world))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip is not None:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        logs["grad_norm"] = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if self._any_rank(not bool(torch.isfinite(logs["grad_norm"]) & torch.isfinite(loss))):
+            return self._skip(logs)
         self.optimizer.step()
         self._update_ema()
         self.step += 1
+        self._bad_in_a_row = 0
+        logs["skipped"] = torch.tensor(0.0)
+        return logs
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` or'ed over all ranks, so that every rank skips the same steps."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
+    def _skip(self, logs: dict) -> dict:
+        """Count a step without an update; stop the run after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1  # the batch and the random draws are spent, as in a normal step
+        self.skipped_steps += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self.config.max_bad_steps:
+            raise NonFiniteError(
+                f"{self._bad_in_a_row} steps in a row had a non-finite batch, loss or gradient (step {self.step}); "
+                "stopping. Weights were not updated by them; the last checkpoint is intact. Check the data, "
+                "lower lr or raise grad_clip, then resume.")
+        logs["skipped"] = torch.tensor(1.0)
         return logs
 
     # ---------------------------------------------------------------- the loop
     def fit(self, steps: int) -> list[dict]:
         """Train ``steps`` more steps; returns ``history`` (losses every ``log_every`` steps).
 
-        Checkpoints go to ``config.checkpoint_dir`` every ``checkpoint_every``
-        steps and at the end, when a directory is set.
+        With ``config.checkpoint_dir`` set, a checkpoint is written every
+        ``checkpoint_every`` steps and at the end (see ``checkpoint``).
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {steps!r}")
         cfg = self.config
         bar = tqdm(total=steps, desc="training", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         start = time.perf_counter()
+        saved_at = None
         for _ in range(steps):
             x1, y = next(self.data)
             logs = self.train_step(x1, y)
             if self.step % cfg.log_every == 0:
-                row = {"step": self.step, "seconds": time.perf_counter() - start}
-                row.update({k: float(v) for k, v in logs.items()})
+                row = {"step": self.step, "seconds": time.perf_counter() - start, "skipped_steps": self.skipped_steps}
+                row.update({k: float(v) for k, v in logs.items() if k != "skipped"})
                 self.history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             bar.update(1)
             if cfg.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save(cfg.checkpoint_dir)
+                self.checkpoint()
+                saved_at = self.step
         bar.close()
-        if cfg.checkpoint_dir and steps:
-            self.save(cfg.checkpoint_dir)
+        if cfg.checkpoint_dir and steps and saved_at != self.step:
+            self.checkpoint()
         return self.history
 
     # ---------------------------------------------------------------- checkpoints
-    def save(self, directory: str | os.PathLike) -> Path | None:
-        """Write weights, EMA, optimizer, step, data position and RNG state (rank 0 only).
+    def checkpoint(self) -> Path | None:
+        """Save to ``checkpoint_dir/step_XXXXXXXX``, point ``checkpoint_dir/latest`` at it and
+        keep the newest ``keep_checkpoints`` step directories (rank 0 writes; call on every rank).
 
+        Each step directory is complete before ``latest`` names it, so a run
+        killed at any moment leaves ``latest`` on a loadable checkpoint.
+        """
+        if not self.config.checkpoint_dir:
+            raise ValueError("checkpoint() needs config.checkpoint_dir")
+        root = Path(self.config.checkpoint_dir)
+        path = self.save(root / f"step_{self.step:08d}")
+        if path is None:
+            return None
+        ckpt.point_latest(root, path.name)
+        others = [p for p in sorted(root.glob("step_*")) if p.is_dir() and p.name != path.name]
+        for old in others[:max(0, len(others) - (self.config.keep_checkpoints - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        for debris in root.glob(".step_*"):  # temporary directories of a save that was killed
+            shutil.rmtree(debris, ignore_errors=True)
+        return path
+
+    def save(self, directory: str | os.PathLike) -> Path | None:
+        """Write weights, EMA, optimizer, step, data position and RNG state.
+
+        Call it on every rank (under FSDP it gathers the shards); rank 0 writes.
         The directory is replaced atomically. Returns it (``None`` on other ranks).
         """
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=full)
+        ema = get_model_state_dict(self.ema_model, options=full)
+        opt = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         if not self.is_main:
             return None
         directory = Path(directory)
         state = {"rng.generator": self.generator.get_state()}
-        opt = self.optimizer.state_dict()
-        for idx, param_state in opt["state"].items():
-            for name, value in param_state.items():
-                state[f"optimizer.{idx}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+        for name, param_state in opt["state"].items():
+            for key, value in param_state.items():
+                state[f"optimizer/{name}/{key}"] = torch.as_tensor(value)
         meta = {
             "format": TRAINER_FORMAT,
             "step": self.step,
@@ -316,8 +482,8 @@ class Trainer:
         with ckpt.atomic_directory(directory) as tmp:
             if meta["model"] is not None:
                 ckpt.write_json(tmp / ckpt.CONFIG_FILE, meta["model"])
-            ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, self.model.state_dict())
-            ckpt.save_tensors(tmp / ckpt.EMA_FILE, self.ema_model.state_dict())
+            ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, weights)
+            ckpt.save_tensors(tmp / ckpt.EMA_FILE, ema)
             ckpt.save_tensors(tmp / STATE_FILE, state)
             ckpt.write_json(tmp / TRAINER_FILE, meta)
         return directory
@@ -325,13 +491,14 @@ class Trainer:
     @classmethod
     def resume(cls, directory: str | os.PathLike, data, model: nn.Module | None = None,
                device: str | torch.device | None = None, **overrides) -> Trainer:
-        """Continue a run saved by ``save``: same step, weights, EMA, optimizer, RNG and data order.
+        """Continue a run saved by ``save`` or ``checkpoint``: same step, weights, EMA, optimizer,
+        RNG and data order. ``directory`` is a checkpoint or a ``checkpoint_dir`` (its ``latest``).
 
         ``model`` is needed only for modules other than the package's own (it
         must have the saved architecture). ``overrides`` change TrainConfig
         fields that do not alter the run's math (e.g. ``progress``, ``checkpoint_dir``).
         """
-        directory = Path(directory)
+        directory = ckpt.resolve_checkpoint(directory)
         meta = ckpt.read_json(directory / TRAINER_FILE)
         if meta.get("format") != TRAINER_FORMAT:
             raise ValueError(f"{directory / TRAINER_FILE} is not a shortcut_fast trainer checkpoint")
@@ -343,18 +510,24 @@ class Trainer:
             model = model.to(device)
         config = TrainConfig.from_dict({**meta["train_config"], **overrides})
         trainer = cls(model, data, config)
-        ckpt.load_weights(trainer.model, directory / ckpt.WEIGHTS_FILE)
-        ckpt.load_weights(trainer.ema_model, directory / ckpt.EMA_FILE)
+        full = StateDictOptions(full_state_dict=True)
+        for module, name in [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]:
+            try:
+                set_model_state_dict(module, ckpt.read_weights(directory / name), options=full)
+            except (RuntimeError, KeyError) as err:
+                raise ValueError(f"{directory / name} does not fit the model: {err}") from err
         state = ckpt.load_tensors(directory / STATE_FILE)
         trainer.generator.set_state(state.pop("rng.generator"))
-        opt_state: dict[int, dict] = {}
+        opt_state: dict[str, dict] = {}
         for key, value in state.items():
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
+            _, name, field_name = key.split("/")
+            opt_state.setdefault(name, {})[field_name] = value
         try:
-            trainer.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer_param_groups"]})
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"{directory}: the optimizer state does not fit the model ({err})") from err
+            set_optimizer_state_dict(trainer.model, trainer.optimizer, options=full,
+                                     optim_state_dict={"state": opt_state,
+                                                       "param_groups": meta["optimizer_param_groups"]})
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"{directory / STATE_FILE}: the optimizer state does not fit the model ({err})") from err
         trainer.data.load_state_dict(meta["data"])
         trainer.step = int(meta["step"])
         return trainer

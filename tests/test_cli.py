@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import shortcut_fast as sf
+from shortcut_fast.checkpoint import resolve_checkpoint
 from shortcut_fast.cli import main
 
 
@@ -34,11 +35,12 @@ def test_train_then_sample(tmp_path):
     cfg.write_text('data = "digits"\nsteps = 4\n[model]\nhidden_size = 32\ndepth = 1\nnum_heads = 2\n'
                    '[train]\nbatch_size = 16\nprogress = false\n[train.shortcut]\nclip = 3.0\n')
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
-    meta = json.loads((run / "trainer.json").read_text())
+    meta = json.loads((resolve_checkpoint(run) / "trainer.json").read_text())
     assert meta["step"] == 4 and meta["train_config"]["shortcut"]["clip"] == 3.0
     # --resume continues to the total number of steps
     assert main(["train", "--config", str(cfg), "--out", str(run), "--steps", "6", "--resume"]) == 0
-    assert json.loads((run / "trainer.json").read_text())["step"] == 6
+    assert json.loads((resolve_checkpoint(run) / "trainer.json").read_text())["step"] == 6
+    assert (run / "latest").read_text().strip() == "step_00000006"
 
     grid = tmp_path / "grid.png"
     assert main(["sample", "--model", str(run), "--steps", "2", "--n", "3", "--out", str(grid)]) == 0

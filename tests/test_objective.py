@@ -249,3 +249,25 @@ def test_loss_rejects_bad_input():
         sf.shortcut_loss(Analytic(num_classes=0), torch.randn(4, 2), torch.zeros(4, dtype=torch.long), config=cfg)
     with pytest.raises(ValueError):
         sf.shortcut_loss(model, torch.randn(2), config=cfg)
+
+
+@pytest.mark.parametrize("objective", ["shortcut", "flow"])
+def test_shards_are_rows_of_the_global_batch(objective):
+    torch.manual_seed(3)
+    world, B = 3, 8
+    x1 = torch.randn(world * B, 2)
+    y = torch.randint(0, 3, (world * B,))
+    model = Analytic(1.1)
+    glob, _ = draw(model, x1, y, seed=4, objective=objective)
+    for rank in range(world):
+        cfg = sf.ShortcutConfig(min_step=MIN_STEP, objective=objective)
+        part = make_batch(model, x1[rank::world], y[rank::world], cfg,
+                          generator=torch.Generator().manual_seed(4), shard=(rank, world))
+        for name in ("x_t", "t", "d", "y", "target"):
+            torch.testing.assert_close(getattr(part, name), getattr(glob, name)[rank::world], msg=name)
+        assert part.n_boot == len(range(rank, glob.n_boot, world))
+
+
+def test_bad_shard_rejected():
+    with pytest.raises(ValueError, match="shard"):
+        make_batch(Analytic(), torch.randn(4, 2), config=sf.ShortcutConfig(min_step=MIN_STEP), shard=(2, 2))

@@ -121,12 +121,25 @@ def test_save_writes_no_pickle_and_loads_ema(tmp_path):
     assert not list(tmp_path.glob(".run.*"))
 
 
-def test_checkpoint_every(tmp_path):
+def test_checkpoint_every_keeps_the_newest(tmp_path):
     x, y = make_data(32)
-    trainer = sf.Trainer(make_model(), (x, y), config(checkpoint_every=2, checkpoint_dir=str(tmp_path / "ck")))
-    trainer.fit(3)
-    meta = json.loads((tmp_path / "ck" / "trainer.json").read_text())
-    assert meta["step"] == 3  # the last periodic save (step 2) was replaced by the final one
+    root = tmp_path / "ck"
+    trainer = sf.Trainer(make_model(), (x, y), config(checkpoint_every=2, checkpoint_dir=str(root), keep_checkpoints=2))
+    trainer.fit(7)
+    # saves at 2, 4, 6 and the end (7); the two newest stay, `latest` names the last
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000006", "step_00000007"]
+    assert (root / "latest").read_text().strip() == "step_00000007"
+    assert json.loads((root / "step_00000007" / "trainer.json").read_text())["step"] == 7
+    resumed = sf.Trainer.resume(root, (x, y))
+    assert resumed.step == 7
+    for a, b in zip(sf.load_model(root).parameters(), trainer.ema_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_latest_pointing_nowhere_is_named(tmp_path):
+    (tmp_path / "latest").write_text("step_00000009\n")
+    with pytest.raises(ValueError, match="latest"):
+        sf.Trainer.resume(tmp_path, make_data(32))
 
 
 def test_damaged_checkpoint_is_named(tmp_path):
@@ -170,7 +183,7 @@ def test_batch_source_shards_by_rank():
 @pytest.mark.parametrize("data, err, match", [
     ([1, 2, 3], TypeError, "data must be"),
     ((torch.randn(10, 2), torch.zeros(9, dtype=torch.long)), ValueError, "differ in length"),
-    ((torch.randn(10, 2), torch.zeros(10)), ValueError, "integer"),
+    ((torch.randn(10, 2), torch.zeros(10)), TypeError, "integer"),
     (torch.randn(4, 2), ValueError, "fewer than one batch"),
 ])
 def test_bad_data(data, err, match):

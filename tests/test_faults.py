@@ -1,0 +1,124 @@
+"""Faults: killed writers, non-finite batches and gradients, an encoder in front of the model."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import shortcut_fast as sf
+from shortcut_fast.trainer import NonFiniteError
+
+WORKER = Path(__file__).parent / "workers" / "checkpoint_forever.py"
+
+
+def small_trainer(data, **kw):
+    torch.manual_seed(0)
+    model = sf.ShortcutMLP(dim=2, hidden_size=16, depth=1, min_step=1 / 8)
+    config = sf.TrainConfig(batch_size=8, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8), **kw)
+    return sf.Trainer(model, data, config)
+
+
+def snapshot(trainer):
+    tensors = [p.detach().clone() for p in trainer.model.parameters()]
+    tensors += [p.detach().clone() for p in trainer.ema_model.parameters()]
+    for state in trainer.optimizer.state.values():
+        tensors += [v.clone() for v in state.values()]
+    return tensors
+
+
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    for saves in (2, 3):
+        root = tmp_path / f"run{saves}"
+        proc = subprocess.Popen([sys.executable, str(WORKER), str(root)], stdout=subprocess.PIPE, text=True)
+        try:
+            for _ in range(saves):  # let saves - 1 finish, then kill inside the next one
+                assert proc.stdout.readline().strip() == "mid-save"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert any(p.name.startswith(".") for p in root.iterdir())  # the half-written save
+        assert (root / "latest").read_text().strip() == f"step_{saves - 1:08d}"
+        resumed = sf.Trainer.resume(root, torch.randn(256, 2), progress=False)
+        assert resumed.step == saves - 1
+        resumed.fit(1)  # and the run goes on, clearing the debris of the killed save
+        assert (root / "latest").read_text().strip() == f"step_{saves:08d}"
+        assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_non_finite_batch_is_skipped_and_counted():
+    trainer = small_trainer(torch.randn(32, 2))
+    trainer.fit(2)
+    before = snapshot(trainer)
+    bad = torch.randn(8, 2)
+    bad[3, 1] = float("nan")
+    logs = trainer.train_step(bad)
+    assert float(logs["skipped"]) == 1.0 and trainer.skipped_steps == 1 and trainer.step == 3
+    for a, b in zip(before, snapshot(trainer), strict=True):
+        assert torch.equal(a, b)
+    logs = trainer.train_step(torch.randn(8, 2))
+    assert float(logs["skipped"]) == 0.0 and trainer._bad_in_a_row == 0
+
+
+class Exploding(nn.Module):
+    """A model whose output turns to inf while ``armed`` (like a diverged network)."""
+
+    num_classes, min_step = 0, 1 / 8
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.armed = False
+
+    def forward(self, x, t, d, y=None):
+        out = self.lin(x)
+        return out * float("inf") if self.armed else out
+
+
+def test_non_finite_gradients_are_skipped():
+    torch.manual_seed(0)
+    model = Exploding()
+    trainer = sf.Trainer(model, torch.randn(32, 2), sf.TrainConfig(
+        batch_size=8, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8)))
+    trainer.fit(1)
+    before = snapshot(trainer)
+    model.armed = True
+    trainer.fit(2)
+    assert trainer.skipped_steps == 2
+    for a, b in zip(before, snapshot(trainer), strict=True):
+        assert torch.equal(a, b)
+    model.armed = False
+    trainer.fit(1)
+    assert trainer.skipped_steps == 2 and trainer._bad_in_a_row == 0
+    assert not torch.equal(before[0], model.lin.weight)
+
+
+def test_too_many_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
+    good = torch.randn(32, 2)
+    trainer = small_trainer(good, checkpoint_dir=str(tmp_path), max_bad_steps=3)
+    trainer.fit(2)
+    saved = (tmp_path / "latest").read_text()
+    # a loader, not a tensor: in-memory tensors are scanned for NaN up front
+    trainer.data = sf.trainer.BatchSource(DataLoader(torch.full((32, 2), float("nan")), batch_size=8), 8, 0)
+    with pytest.raises(NonFiniteError, match="3 steps in a row"):
+        trainer.fit(10)
+    assert (tmp_path / "latest").read_text() == saved
+    assert sf.Trainer.resume(tmp_path, good).step == 2
+
+
+def test_encoder_runs_before_the_model_without_gradient():
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 2, 1))  # a stand-in for a VAE: 8x8x1 -> 4x4x2
+    model = sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                           num_classes=0, min_step=1 / 8)
+    config = sf.TrainConfig(batch_size=4, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8))
+    trainer = sf.Trainer(model, torch.randn(16, 1, 8, 8), config, encoder=encoder)
+    trainer.fit(2)
+    assert trainer.step == 2 and trainer.skipped_steps == 0
+    assert all(p.grad is None for p in encoder.parameters())
+    with pytest.raises(TypeError, match="encoder"):
+        sf.Trainer(model, torch.randn(16, 1, 8, 8), config, encoder="vae")
