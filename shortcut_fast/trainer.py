@@ -301,6 +301,14 @@ class Trainer:
         self.device = params[0].device
         self.rank, self.world = _distributed()
         self.is_main = self.rank == 0
+        # the arguments are checked before the model is wrapped or sharded in place
+        self.data = BatchSource(data, self.config.batch_size, self.config.seed, self.config.num_workers,
+                                self.rank, self.world, pin_memory=self.device.type == "cuda")
+        if self.data.has_labels and getattr(self.model, "num_classes", 0) == 0:
+            raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
+        if encoder is not None and not callable(encoder):
+            raise TypeError(f"encoder must be callable (a module or function), got {type(encoder).__name__}")
+        self.encoder = encoder
 
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.train_model = self.model
@@ -315,13 +323,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, betas=self.config.betas,
                                            weight_decay=self.config.weight_decay,
                                            fused=self.device.type == "cuda")
-        self.data = BatchSource(data, self.config.batch_size, self.config.seed, self.config.num_workers,
-                                self.rank, self.world, pin_memory=self.device.type == "cuda")
-        if self.data.has_labels and getattr(self.model, "num_classes", 0) == 0:
-            raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
-        if encoder is not None and not callable(encoder):
-            raise TypeError(f"encoder must be callable (a module or function), got {type(encoder).__name__}")
-        self.encoder = encoder
         # one stream for noise, times, levels and label dropout, the same on every rank:
         # each rank draws for the global batch and keeps its rows (see make_batch)
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
