@@ -53,6 +53,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float | None = 1.0  # max global gradient norm; None disables
     warmup_steps: int = 0  # linear learning-rate warmup
+    decay_steps: int = 0  # cosine decay of the learning rate to 0 at this step; 0 = constant after warmup
     seed: int = 0  # weights init is the caller's; this seeds noise, times, levels and data order
     bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on the CPU)
     log_every: int = 50  # steps between progress-bar and history updates
@@ -82,8 +83,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if isinstance(self.seed, int) and self.seed >= 2**32:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed}")
-        for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("checkpoint_every", 0),
-                          ("num_workers", 0), ("seed", 0), ("keep_checkpoints", 1), ("max_bad_steps", 1)]:
+        for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("decay_steps", 0),
+                          ("checkpoint_every", 0), ("num_workers", 0), ("seed", 0), ("keep_checkpoints", 1),
+                          ("max_bad_steps", 1)]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -333,8 +335,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def _lr(self) -> float:
-        warm = self.config.warmup_steps
-        return self.config.lr * min(1.0, (self.step + 1) / warm) if warm else self.config.lr
+        """The learning rate of the coming step: linear warmup, then constant or a cosine decay."""
+        warm, decay, step = self.config.warmup_steps, self.config.decay_steps, self.step + 1
+        scale = min(1.0, step / warm) if warm else 1.0
+        if decay:
+            scale *= 0.5 * (1.0 + math.cos(math.pi * min(step, decay) / decay))
+        return self.config.lr * scale
 
     @torch.no_grad()
     def _update_ema(self) -> None:

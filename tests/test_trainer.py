@@ -1,6 +1,7 @@
 """The trainer: exact resume, EMA, data inputs, checkpoints, settings."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -92,6 +93,19 @@ def test_warmup_and_learning_rate():
         trainer.train_step(*next(trainer.data))
         lrs.append(trainer.optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def test_cosine_decay_after_warmup():
+    x, y = make_data(16)
+    trainer = sf.Trainer(make_model(), (x, y), config(lr=0.1, warmup_steps=2, decay_steps=6))
+    lrs = []
+    for _ in range(8):
+        trainer.train_step(*next(trainer.data))
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    cosine = [0.5 * (1 + math.cos(math.pi * min(s, 6) / 6)) for s in range(1, 9)]
+    warm = [0.5, 1, 1, 1, 1, 1, 1, 1]
+    assert lrs == pytest.approx([0.1 * w * c for w, c in zip(warm, cosine, strict=True)])
+    assert lrs[-1] == 0.0
 
 
 def test_training_reduces_the_loss():
