@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import perturb_
 
-from shortcut_fast import DIT_PRESETS, ShortcutDiT, ShortcutMLP, allowed_steps, step_sizes
+from shortcut_fast import DIT_PRESETS, ShortcutDiT, ShortcutMLP, allowed_steps, models, step_sizes
 from shortcut_fast.models import _as_batch_vector, count_parameters, sincos_pos_embed_2d
 from shortcut_fast.steps import check_num_steps, level_index, num_doublings
 
@@ -504,3 +504,22 @@ def test_dtype_mismatch_is_a_type_error(tiny_dit):
         tiny_dit(x, 0.0, 1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(tiny_dit(x.float(), 0.0, 1.0)).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ShortcutDiT(input_size=8, in_channels=3, patch_size=2, hidden_size=24, depth=3, num_heads=3,
+                        mlp_ratio=2.5, num_classes=7, min_step=1 / 16),
+    lambda: ShortcutDiT(input_size=12, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2,
+                        num_classes=0),
+    lambda: ShortcutMLP(dim=5, hidden_size=12, depth=2, num_classes=3, min_step=1 / 4),
+    lambda: ShortcutMLP(dim=1, hidden_size=8, depth=1),
+])
+def test_size_guard_counts_the_weights_exactly(make, monkeypatch):
+    # the guard counts before allocating; its arithmetic must equal what gets built
+    model = make()
+    real = count_parameters(model) + sum(b.numel() for b in model.buffers())
+    monkeypatch.setattr(models, "MAX_PARAMETERS", real)
+    make()
+    monkeypatch.setattr(models, "MAX_PARAMETERS", real - 1)
+    with pytest.raises(ValueError, match="MAX_PARAMETERS"):
+        make()
