@@ -27,6 +27,7 @@ from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
 FREQ_DIM = 256  # sinusoidal features of t
+LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)  # what class labels may be
 
 #################################################################################
 #                        Input validation shared by models                      #
@@ -137,7 +138,7 @@ class ShortcutModule(nn.Module):
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         if self.num_classes == 0:
             raise ValueError("this model is unconditional (num_classes=0) but labels y were given; pass y=None")
-        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+        if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
             got = getattr(y, "dtype", type(y).__name__)
             raise TypeError(f"y must be an integer tensor of class indices (int8/16/32/64), got {got}")
         if y.shape != (batch,):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import functional as SF
-from .models import check_velocity, unwrap_model
+from .models import LABEL_DTYPES, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, num_doublings
 
 OBJECTIVES = ("shortcut", "flow")
@@ -129,7 +129,7 @@ def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
     if y is not None:
         if num_classes == 0:
             raise ValueError("labels y were given but the model is unconditional (no num_classes > 0 attribute)")
-        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+        if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
             raise TypeError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
         if y.shape != (x1.shape[0],):
             raise ValueError(f"y must be a tensor of shape ({x1.shape[0]},), got {tuple(y.shape)}")

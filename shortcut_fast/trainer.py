@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .models import unwrap_model
+from .models import LABEL_DTYPES, unwrap_model
 from .objective import ShortcutConfig, _check_number, _known_keys, shortcut_loss
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
@@ -164,7 +164,7 @@ class BatchSource:
             self.x, self.size = _check_tensor_data(data), len(data)
         elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(a, torch.Tensor) for a in data):
             self.x, self.y = _check_tensor_data(data[0]), data[1]
-            if self.y.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+            if self.y.dtype not in LABEL_DTYPES:
                 raise TypeError(f"labels y must be an integer tensor, got dtype {self.y.dtype}")
             if self.y.dim() != 1:
                 raise ValueError(f"labels must be a 1-D tensor, got shape {tuple(self.y.shape)}")
