@@ -38,6 +38,20 @@ def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     return y * (1 + scale) + shift
 
 
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The adaLN-Zero residual ``x + gate * y``; x, y: (B, N, C) or (B, C), gate: (B, C)."""
+    if x.dim() == 3:
+        gate = gate[:, None]
+    return x + gate * y
+
+
+def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None,
+                  y_table: torch.Tensor | None) -> torch.Tensor:
+    """The conditioning vector ``c + d_table[level] (+ y_table[y])``: the t embedding plus the table rows."""
+    c = c + F.embedding(level, d_table)
+    return c if y_table is None else c + F.embedding(y, y_table)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal ``softmax(q k^T / sqrt(Dh)) v`` over (B, H, N, Dh) tensors."""
     return F.scaled_dot_product_attention(q, k, v)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import functional as SF
+from . import ops
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
@@ -111,6 +111,10 @@ class ShortcutModule(nn.Module):
         for a class-conditional model; ``None`` means unlabelled. ``x`` is not scanned
         for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
         non-finite row of the output and leaves the others as they are.
+
+        The checks of the values of ``t``, ``d`` and ``y`` read them back to the
+        host; they are skipped while ``torch.compile`` traces the model and while a
+        CUDA graph is captured, where a read-back is not allowed.
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -126,12 +130,13 @@ class ShortcutModule(nn.Module):
         batch = x.shape[0]
         t = _as_batch_vector("t", t, batch, x.device)
         d = _as_batch_vector("d", d, batch, x.device)
-        if not bool(((t >= 0) & (t <= 1)).all()):
+        check_values = not (torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+        if check_values and not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError(f"t must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}")
-        level = level_index(d, self.min_step)
-        return self._velocity(x, t, level, self._check_labels(y, batch, x.device))
+        level = level_index(d, self.min_step, check=check_values)
+        return self._velocity(x, t, level, self._check_labels(y, batch, x.device, check_values))
 
-    def _check_labels(self, y, batch: int, device: torch.device) -> torch.Tensor | None:
+    def _check_labels(self, y, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
         if y is None:
             if self.num_classes == 0:
                 return None
@@ -145,7 +150,7 @@ class ShortcutModule(nn.Module):
             raise ValueError(f"y must have shape ({batch},) to match the batch of x, got {tuple(y.shape)}")
         if y.device != device:
             raise ValueError(f"y is on {y.device} but x is on {device}; put them on one device")
-        if batch and not bool(((y >= 0) & (y <= self.num_classes)).all()):
+        if check_values and batch and not bool(((y >= 0) & (y <= self.num_classes)).all()):
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} for 'no label'); "
                 f"got values from {y.min().item()} to {y.max().item()}"
@@ -190,11 +195,9 @@ class ConditionEmbedder(nn.Module):
         self.y_table = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
 
     def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        c = self.t_mlp(SF.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))
-        c = c + self.d_table(level)
-        if self.y_table is not None:
-            c = c + self.y_table(y)
-        return c
+        c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))
+        y_table = None if self.y_table is None else self.y_table.weight
+        return ops.condition_sum(c, level, self.d_table.weight, y, y_table)
 
     def initialize(self) -> None:
         """Small normal rows for the tables and the t MLP (std 0.02, as in DiT)."""
@@ -226,7 +229,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = SF.attention(qkv[0], qkv[1], qkv[2])  # (B, nh, N, hs)
+        out = ops.attention(qkv[0], qkv[1], qkv[2])  # (B, nh, N, hs)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -249,9 +252,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_a[:, None] * self.attn(SF.modulate_layernorm(x, shift_a, scale_a))  # (B, N, C)
-        x = x + gate_m[:, None] * self.mlp(SF.modulate_layernorm(x, shift_m, scale_m))
-        return x
+        x = ops.gated_residual(x, gate_a, self.attn(ops.modulate_layernorm(x, shift_a, scale_a)))  # (B, N, C)
+        return ops.gated_residual(x, gate_m, self.mlp(ops.modulate_layernorm(x, shift_m, scale_m)))
 
 
 class FinalLayer(nn.Module):
@@ -264,7 +266,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(SF.modulate_layernorm(x, shift, scale))
+        return self.linear(ops.modulate_layernorm(x, shift, scale))
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -398,7 +400,7 @@ class MLPBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=-1)
-        return h + gate * self.mlp(SF.modulate_layernorm(h, shift, scale))
+        return ops.gated_residual(h, gate, self.mlp(ops.modulate_layernorm(h, shift, scale)))
 
 
 class ShortcutMLP(ShortcutModule):

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import functional as SF
+from . import ops
 from .models import LABEL_DTYPES, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, num_doublings
 
@@ -153,6 +154,21 @@ def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, s
     return torch.where(mask, SF.guided_velocity(v_cond, v_null, scale), v_cond)
 
 
+def self_consistency_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
+                             clip: float | None) -> torch.Tensor:
+    """The no-gradient targets of the self-consistency rows: two half steps of ``teacher``.
+
+    ``v1 = v(x, t, d/2)``, ``x' = clip(x + d/2 v1)``, ``v2 = v(x', t + d/2, d/2)``,
+    target ``clip((v1 + v2) / 2)``; rows where ``guided`` is true use the guided
+    velocity of scale ``scale``. Reads nothing back to the host beyond what the
+    teacher does, so a CUDA graph can capture it (``fast_train.graph_targets``).
+    """
+    v1 = _velocity(teacher, xb, tb, db / 2, yb, null_class, guided, scale)
+    x_mid = ops.bootstrap_midpoint(xb, v1, db, clip)
+    v2 = _velocity(teacher, x_mid, tb + db / 2, db / 2, yb, null_class, guided, scale)
+    return ops.bootstrap_target(v1, v2, clip)
+
+
 def _check_shard(shard) -> tuple[int, int]:
     if (not isinstance(shard, tuple) or len(shard) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
@@ -162,11 +178,13 @@ def _check_shard(shard) -> tuple[int, int]:
 
 
 def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-               generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> ShortcutBatch:
+               generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
+               targets=self_consistency_targets) -> ShortcutBatch:
     """Draw noise, times and step sizes for ``x1`` and build the regression targets.
 
     The self-consistency targets come from ``target_model`` (no gradient) when
-    ``config.ema_targets`` and it is given, else from ``model``.
+    ``config.ema_targets`` and it is given, else from ``model``, computed by
+    ``targets`` (``self_consistency_targets`` or its CUDA-graph replay).
 
     ``shard=(rank, world)``: ``x1`` holds rows ``rank, rank + world, ...`` of a
     global batch of ``world * B`` rows. Every process draws the random numbers
@@ -221,16 +239,15 @@ def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_m
     if config.bootstrap_cfg_scale is not None and y is not None:
         guided = level_b == 1  # the half step d/2 is d_min: the level trained by flow matching
     with torch.no_grad():
-        xb, tb, db, yb = x_t[:n_boot], t_b, d_b, (None if y is None else y[:n_boot])
-        v1 = _velocity(teacher, xb, tb, db / 2, yb, null_class, guided, config.bootstrap_cfg_scale)
-        x_mid = SF.bootstrap_midpoint(xb, v1, db, config.clip)
-        v2 = _velocity(teacher, x_mid, tb + db / 2, db / 2, yb, null_class, guided, config.bootstrap_cfg_scale)
-        target_b = SF.bootstrap_target(v1, v2, config.clip).to(x1.dtype)
+        yb = None if y is None else y[:n_boot]
+        target_b = targets(teacher, x_t[:n_boot], t_b, d_b, yb, guided, null_class=null_class,
+                           scale=config.bootstrap_cfg_scale, clip=config.clip).to(x1.dtype)
     return ShortcutBatch(x_t, t, d, y_in, torch.cat([target_b, target_f]), n_boot)
 
 
 def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)):
+                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
+                  targets=self_consistency_targets):
     """The shortcut (or flow-matching) loss of one batch ``x1`` (B, ...) with labels ``y`` (B,).
 
     ``model`` is any module called as ``model(x, t, d, y)``; class-conditional
@@ -238,13 +255,14 @@ def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, targe
     EMA weights) builds the self-consistency targets when ``config.ema_targets``.
     Randomness comes from ``generator`` (on the device of ``x1``) when given.
     ``shard=(rank, world)`` marks ``x1`` as one process's rows of a global batch
-    (see ``make_batch``); the trainer sets it under torchrun.
+    (see ``make_batch``); the trainer sets it under torchrun. ``targets`` computes
+    the self-consistency targets (``fast_train.graph_targets`` replays them from a CUDA graph).
 
     Returns ``(loss, logs)``: the scalar loss to backpropagate and detached
     tensors ``loss``, ``flow_loss`` and ``consistency_loss`` (NaN when that part
     of the batch is empty).
     """
-    batch = make_batch(model, x1, y, config, target_model, generator, shard)
+    batch = make_batch(model, x1, y, config, target_model, generator, shard, targets)
     v = check_velocity(model(batch.x_t, batch.t, batch.d, batch.y), x1.shape)
     err = (v.float() - batch.target.float()).pow(2).flatten(1).mean(1)  # (B,)
     loss = err.mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -10,6 +11,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import functional as SF
+from . import ops
+from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, check_num_steps
 
@@ -75,6 +78,72 @@ def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None,
+                steps: int, null_class: int, net_dtype: torch.dtype, progress: bool = False) -> torch.Tensor:
+    """``steps`` Euler steps from ``x`` at t = 0; guided by ``scale`` (a 0-d tensor) when it is given.
+
+    Reads nothing back to the host, so a CUDA graph can capture it whole.
+    """
+    batch = x.shape[0]
+    d = 1.0 / steps
+    d_vec = torch.full((batch,), d, device=x.device)
+    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
+        t = torch.full((batch,), i * d, device=x.device)
+        if scale is None:
+            v = check_velocity(model(x.to(net_dtype), t, d_vec, y), x.shape)
+        else:
+            # conditional and null-class rows in one batched forward
+            null = torch.full_like(y, null_class)
+            v = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
+                      torch.cat([y, null]))
+            v_cond, v_null = check_velocity(v, torch.Size([2 * batch, *x.shape[1:]])).chunk(2)
+            v = SF.guided_velocity(v_cond, v_null, scale)
+        x = ops.euler_step(x, v, d)
+    return x
+
+
+# ------------------------------------------------------------------ CUDA graphs
+GRAPH_CACHE = GraphCache(max_size=8)  # captured sampling loops, least recently used dropped first
+GRAPH_MAX_BATCH = 256  # larger batches run as chunks of this size, so one graph serves any large batch
+
+
+def set_graph_cache_size(size: int) -> None:
+    """Keep at most ``size`` captured sampling graphs (0: capture, replay once, keep none)."""
+    GRAPH_CACHE.max_size = size
+
+
+def clear_graph_cache() -> None:
+    """Drop every captured sampling graph and free its memory."""
+    GRAPH_CACHE.clear()
+
+
+def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
+    """The Euler loop through a cached CUDA graph, one graph per (weights, batch, steps, guidance, dtypes, ...)."""
+    key = (weights_key(model), tuple(x.shape), x.dtype, x.device, net_dtype, steps, y is None, scale is None)
+
+    def capture():
+        loop = functools.partial(_euler_loop, model, steps=steps, null_class=null_class, net_dtype=net_dtype)
+        return CapturedCall(loop, (x, y, scale), pool=GRAPH_CACHE.shared_pool())
+
+    return GRAPH_CACHE.get(key, capture).replay(x, y, scale).clone()
+
+
+def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
+    """Batches above ``GRAPH_MAX_BATCH`` in chunks of that size, the last one padded with zero rows."""
+    if x.shape[0] <= GRAPH_MAX_BATCH:
+        return _graph_run(model, x, y, scale, steps, null_class, net_dtype)
+    out = []
+    for start in range(0, x.shape[0], GRAPH_MAX_BATCH):
+        xc = x[start:start + GRAPH_MAX_BATCH]
+        yc = None if y is None else y[start:start + GRAPH_MAX_BATCH]
+        rows = xc.shape[0]
+        if rows < GRAPH_MAX_BATCH:  # rows are independent, so padding rows change nothing in the others
+            xc = torch.cat([xc, xc.new_zeros((GRAPH_MAX_BATCH - rows, *xc.shape[1:]))])
+            yc = None if yc is None else torch.cat([yc, yc.new_full((GRAPH_MAX_BATCH - rows,), null_class)])
+        out.append(_graph_run(model, xc, yc, scale, steps, null_class, net_dtype)[:rows])
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -87,6 +156,7 @@ def sample(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    use_graph: bool | None = None,
 ) -> torch.Tensor:
     """Generate samples with ``steps`` Euler steps of size ``d = 1/steps``.
 
@@ -101,9 +171,20 @@ def sample(
     The network runs in the dtype of its weights, the Euler updates in the
     dtype of the noise. Returns a new tensor of the shape and dtype of the noise.
     A ``shape`` of more than ``MAX_NOISE_ELEMENTS`` values is refused: draw it in several calls.
+
+    On a CUDA device the whole loop (every forward, the guidance and the Euler
+    updates) is captured in a CUDA graph on the first call for a given batch
+    size, step count, guidance on/off and dtype, and replayed on later calls
+    (``use_graph=None``, the default; ``False`` forces the eager loop). The
+    graphs are kept in an LRU cache (``set_graph_cache_size``,
+    ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
+    that size. In-place weight updates are seen by the graphs. On the CPU the
+    loop runs eagerly (with the native ops when the extension is built).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
+    if use_graph is not None and not isinstance(use_graph, bool):
+        raise TypeError(f"use_graph must be True, False or None (automatic), got {use_graph!r}")
     base = unwrap_model(model)
     steps = check_num_steps(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
     x = _noise(model, noise, shape, generator, dtype)
@@ -121,23 +202,18 @@ def sample(
             raise ValueError("cfg_scale needs labels y to guide towards")
     if isinstance(y, torch.Tensor) and y.shape != (batch,):
         raise ValueError(f"y must have shape ({batch},) to match the batch of the noise, got {tuple(y.shape)}")
+    if use_graph and x.device.type != "cuda":
+        raise ValueError(f"use_graph=True needs a model on a CUDA device; this one is on {x.device}")
+    if use_graph is None:
+        use_graph = x.device.type == "cuda" and isinstance(base, ShortcutModule)
 
     # the network runs in its weights' dtype; the Euler sum stays in the noise's dtype
     net_dtype = _model_dtype(model, x.dtype)
-    d = 1.0 / steps
-    d_vec = torch.full((batch,), d, device=x.device)
-    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-        t = torch.full((batch,), i * d, device=x.device)
-        if cfg_scale is None:
-            v = model(x.to(net_dtype), t, d_vec, y)
-            check_velocity(v, x.shape)
-        else:
-            # conditional and null-class rows in one batched forward
-            null = torch.full_like(y, base.num_classes)
-            v = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
-                      torch.cat([y, null]))
-            check_velocity(v, torch.Size([2 * batch, *x.shape[1:]]))
-            v_cond, v_null = v.chunk(2)
-            v = SF.guided_velocity(v_cond, v_null, cfg_scale)
-        x = SF.euler_step(x, v.to(x.dtype), d)
-    return x
+    null_class = getattr(base, "num_classes", 0)
+    scale = None if cfg_scale is None else torch.tensor(float(cfg_scale), device=x.device)
+    if not use_graph:
+        return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress)
+    if y is not None:
+        # a graph cannot check labels while it runs: check them once here
+        y = base._check_labels(y, batch, x.device, check_values=True)
+    return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)

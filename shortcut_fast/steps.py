@@ -49,16 +49,20 @@ def check_num_steps(steps: int, min_step: float = DEFAULT_MIN_STEP) -> int:
     return steps
 
 
-def level_index(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP) -> torch.Tensor:
+def level_index(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP, check: bool = True) -> torch.Tensor:
     """Map step sizes ``d`` (float tensor) to level indices (int64), validating them.
 
     Raises ``ValueError`` when any ``d`` is not one of ``step_sizes(min_step)``.
+    ``check=False`` skips the validation, which reads the values back to the host:
+    for captured CUDA graphs and compiled code whose ``d`` is valid by construction.
     """
     k = num_doublings(min_step)
     d64 = d.detach().to(torch.float64)
     # log2 of an exact power of two is exact; the tolerance only admits values
     # that went through a low-precision cast (bf16 keeps powers of two exact too).
     idx = torch.round(torch.log2(d64.clamp_min(1e-30))) + k
+    if not check:
+        return idx.to(torch.int64)
     ok = (
         torch.isfinite(d64)
         & (d64 > 0)

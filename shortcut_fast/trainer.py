@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .fast_train import graph_targets
 from .models import LABEL_DTYPES, unwrap_model
-from .objective import ShortcutConfig, _check_number, _known_keys, shortcut_loss
+from .objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
@@ -63,13 +64,14 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive skipped steps (non-finite batch, loss or gradients) that stop the run
     num_workers: int = 0  # DataLoader workers for Dataset inputs
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
+    graph_targets: bool = True  # on CUDA: replay the self-consistency targets from one captured CUDA graph
     progress: bool = True  # tqdm bar
     shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def __post_init__(self):
         if isinstance(self.shortcut, dict):
             self.shortcut = ShortcutConfig.from_dict(self.shortcut)
-        for name in ("fsdp", "bf16", "progress"):
+        for name in ("fsdp", "bf16", "progress", "graph_targets"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.shortcut, ShortcutConfig):
@@ -372,8 +374,10 @@ class Trainer:
                     x1 = self.encoder(x1).float()
             if self._any_rank(not bool(torch.isfinite(x1).all())):
                 return self._skip({"loss": torch.tensor(float("nan"))})
+            fast = self.config.graph_targets and self.device.type == "cuda"
             loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut, target_model=self.ema_model,
-                                       generator=self.generator, shard=(self.rank, self.world))
+                                       generator=self.generator, shard=(self.rank, self.world),
+                                       targets=graph_targets if fast else self_consistency_targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf

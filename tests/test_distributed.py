@@ -46,8 +46,14 @@ def torchrun(tmp_path, *args) -> dict:
     return load_file(str(out))
 
 
+# The all-reduce sums gradients in another order than one process does, and Adam's
+# normalisation lifts that rounding to ~1e-5 of the weights whose gradients are
+# smallest; a wrong split of the batch moves the weights by far more.
+RTOL = 3e-5
+
+
 def assert_close(a: dict, b: dict, rtol: float):
-    """Every tensor within ``rtol`` of the other in norm (the all-reduce sums in another order)."""
+    """Every tensor within ``rtol`` of the other in norm."""
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] - b[k]).norm() <= rtol * b[k].norm(), (k, float((a[k] - b[k]).norm() / b[k].norm()))
@@ -58,7 +64,7 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, objective):
     model, data, config = setup_run(objective, batch=16)
     single = sf.Trainer(model, data, config)
     single.fit(5)
-    assert_close(torchrun(tmp_path, "--objective", objective, "--batch", 8, "--steps", 5), weights(single), 1e-5)
+    assert_close(torchrun(tmp_path, "--objective", objective, "--batch", 8, "--steps", 5), weights(single), RTOL)
 
 
 def test_resume_under_torchrun(tmp_path):
@@ -76,7 +82,7 @@ def test_fsdp_equals_one_process_and_resumes_exactly(tmp_path):
     single.fit(5)
     args = ("--objective", "shortcut", "--batch", 8, "--fsdp")
     straight = torchrun(tmp_path, *args, "--steps", 5)
-    assert_close(straight, weights(single), 1e-5)
+    assert_close(straight, weights(single), RTOL)
     ckpt = tmp_path / "ck"
     torchrun(tmp_path, *args, "--steps", 3, "--ckpt", ckpt)
     assert json.loads((ckpt / "step_00000003" / "trainer.json").read_text())["train_config"]["fsdp"] is True

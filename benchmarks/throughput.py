@@ -1,0 +1,320 @@
+"""Speed of shortcut_fast against eager PyTorch and torch.compile, side by side in one process.
+
+    python benchmarks/throughput.py                  # DiT-B/2 on 32x32x4 latents (GPU), the digits DiT (CPU)
+    python benchmarks/throughput.py --preset DiT-S/2 --batch 128 --dtype bf16 --json out.json
+
+Sections: one-step sampling (batch-1 latency, large-batch throughput), the
+training step (images/s; the flow-matching-only step for the cost of
+self-consistency), per-op times of the fused kernels against their
+references, and achieved TFLOP/s and GB/s against the peaks measured in the
+same run. Timing: CUDA events (wall clock on the CPU) after warm-up, the
+median of many repeats, fresh random inputs for every repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import shortcut_fast as sf
+from shortcut_fast import functional as SF
+from shortcut_fast import ops
+from shortcut_fast.objective import ShortcutConfig
+
+DIGITS_DIT = dict(input_size=8, in_channels=1, patch_size=4, hidden_size=192, depth=4, num_heads=4, num_classes=10)
+TINY_DIT = dict(input_size=8, in_channels=1, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=10)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], make_inputs: Callable[[], tuple], device: torch.device,
+                repeats: int, warmup: int) -> float:
+    """Median seconds of ``fn(*make_inputs())`` over ``repeats`` calls; inputs are drawn outside the timing."""
+    for _ in range(warmup):
+        fn(*make_inputs())
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        args = make_inputs()
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            start = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """Achieved FLOP/s of a large square matmul: the practical peak of this device."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    seconds = median_time(lambda: a @ b, tuple, device, repeats, warmup=3)
+    return 2 * n**3 / seconds
+
+
+def copy_bandwidth(device: torch.device, repeats: int) -> float:
+    """Achieved bytes/s of a large device-to-device copy (read + write)."""
+    n = 2**28 if device.type == "cuda" else 2**24
+    src, dst = torch.randn(n, device=device), torch.empty(n, device=device)
+    seconds = median_time(lambda: dst.copy_(src), tuple, device, repeats, warmup=3)
+    return 2 * 4 * n / seconds
+
+
+# ---------------------------------------------------------------- the model and its variants
+def build_model(args, device: torch.device) -> sf.ShortcutDiT:
+    if args.preset == "tiny":
+        kwargs = dict(TINY_DIT)
+    elif args.preset == "digits":
+        kwargs = dict(DIGITS_DIT)
+    else:
+        kwargs = dict(sf.DIT_PRESETS[args.preset], input_size=args.image_size, in_channels=args.channels,
+                      num_classes=args.classes)
+    model = sf.ShortcutDiT(**kwargs)
+    with torch.no_grad():  # off the zero init, so that every kernel sees real values
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.to(device)
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """The backend of a variant: the reference ops for eager and compiled PyTorch, ``auto`` for shortcut_fast."""
+    with sf.backend("auto" if name.startswith("shortcut_fast") else "reference"):
+        yield
+
+
+def sampling_times(args, model, device, net_dtype) -> dict:
+    """Seconds per 1-step sampling call at batch 1 and at the large batch, per variant."""
+    shape = (model.in_channels, model.input_size, model.input_size)
+    model_net = copy.deepcopy(model).to(net_dtype).eval()
+    variants = {"eager": (model_net, False)}
+    if args.compile:
+        for mode in ("reduce-overhead", "max-autotune"):
+            variants[f"compile:{mode}"] = (torch.compile(model_net, mode=mode, dynamic=False), False)
+    variants["shortcut_fast"] = (model_net, None)
+    results = {}
+    for name, (net, use_graph) in variants.items():
+        with variant(name):
+            for batch in (1, args.batch):
+                def make(batch=batch):
+                    return (torch.randn(batch, *shape, device=device),
+                            torch.randint(0, model.num_classes, (batch,), device=device))
+
+                def run(noise, y, net=net, use_graph=use_graph):
+                    return sf.sample(net, noise, steps=args.steps, y=y, use_graph=use_graph)
+
+                start = time.perf_counter()
+                run(*make())  # first call: compilation or graph capture, reported apart
+                _sync(device)
+                first = time.perf_counter() - start
+                seconds = median_time(run, make, device, args.repeats, args.warmup)
+                results[f"{name}@{batch}"] = dict(seconds=seconds, first_call_s=first, batch=batch)
+    return results
+
+
+def training_times(args, model, device) -> dict:
+    """Seconds per optimizer step on a batch of ``args.train_batch``, per variant."""
+    shape = (model.in_channels, model.input_size, model.input_size)
+    bf16 = args.dtype == "bf16"
+    variants = {"eager": ("shortcut", False, False), "shortcut_fast": ("shortcut", None, False),
+                "shortcut_fast:flow": ("flow", None, False)}
+    if args.compile:
+        variants["compile"] = ("shortcut", False, True)
+    results = {}
+    for name, (objective, use_graph, compiled) in variants.items():
+        live = copy.deepcopy(model).train()
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        net = torch.compile(live, dynamic=False) if compiled else live
+        opt = torch.optim.AdamW(live.parameters(), lr=1e-4, fused=device.type == "cuda")
+        config = ShortcutConfig(objective=objective)
+        gen = torch.Generator(device).manual_seed(0)
+
+        def make():
+            return (torch.randn(args.train_batch, *shape, device=device),
+                    torch.randint(0, model.num_classes, (args.train_batch,), device=device))
+
+        def step(x1, y, net=net, opt=opt, ema=ema, config=config, use_graph=use_graph, gen=gen):
+            sf.train_step(net, opt, x1, y, config=config, ema_model=ema, generator=gen, bf16=bf16,
+                          use_graph=use_graph)
+
+        with variant(name):
+            start = time.perf_counter()
+            step(*make())
+            _sync(device)
+            first = time.perf_counter() - start
+            seconds = median_time(step, make, device, args.repeats, args.warmup)
+        results[name] = dict(seconds=seconds, first_call_s=first, images_per_s=args.train_batch / seconds)
+    return results
+
+
+def op_times(args, model, device, dtype) -> dict:
+    """Per-op seconds of the fused kernels (``auto``) and of their references, at the model's shapes."""
+    B, C, H = args.batch, model.config["hidden_size"], model.config["num_heads"]
+    N, dh = model.grid**2, C // H
+    latent = (B, model.in_channels, model.input_size, model.input_size)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    d = torch.full((B,), 0.25, device=device)
+    level, y = torch.randint(0, 8, (B,), device=device), torch.randint(0, model.num_classes, (B,), device=device)
+    table, y_table = rand(8, C), rand(model.num_classes + 1, C)
+    cases = {  # name: (fused fn, reference fn, input maker, bytes moved)
+        "attention": (ops.attention, SF.attention, lambda: (rand(B, H, N, dh), rand(B, H, N, dh), rand(B, H, N, dh)),
+                      None),
+        "modulate_layernorm": (ops.modulate_layernorm, SF.modulate_layernorm,
+                               lambda: (rand(B, N, C), rand(B, C), rand(B, C)), 2 * B * N * C),
+        "gated_residual": (ops.gated_residual, SF.gated_residual, lambda: (rand(B, N, C), rand(B, C), rand(B, N, C)),
+                           3 * B * N * C),
+        "timestep_features": (lambda t: ops.timestep_features(t, 256), lambda t: SF.timestep_features(t, 256),
+                              lambda: (torch.rand(B, device=device),), B * 256 * 4 // dtype.itemsize),
+        "condition_sum": (lambda c: ops.condition_sum(c, level, table, y, y_table),
+                          lambda c: SF.condition_sum(c, level, table, y, y_table), lambda: (rand(B, C),), 4 * B * C),
+        "euler_step": (lambda x, v: ops.euler_step(x, v, d), lambda x, v: SF.euler_step(x, v, d),
+                       lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
+        "bootstrap_midpoint": (lambda x, v: ops.bootstrap_midpoint(x, v, d, 4.0),
+                               lambda x, v: SF.bootstrap_midpoint(x, v, d, 4.0),
+                               lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
+        "bootstrap_target": (lambda a, b: ops.bootstrap_target(a, b, 4.0), lambda a, b: SF.bootstrap_target(a, b, 4.0),
+                             lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
+    }
+    results = {}
+    with torch.no_grad():
+        for name, (fused, reference, make, elements) in cases.items():
+            with sf.backend("auto"):
+                t_fused = median_time(fused, make, device, args.repeats, args.warmup)
+            with sf.backend("reference"):
+                t_ref = median_time(reference, make, device, args.repeats, args.warmup)
+            entry = dict(fused_s=t_fused, reference_s=t_ref)
+            if elements is not None:
+                entry["fused_bytes_per_s"] = elements * dtype.itemsize / t_fused
+            results[name] = entry
+    return results
+
+
+def forward_flops(model, batch: int, device, steps: int) -> int:
+    """FLOPs of one ``steps``-step sampling call at ``batch``, counted on the reference ops."""
+    x = torch.randn(batch, model.in_channels, model.input_size, model.input_size, device=device)
+    with sf.backend("reference"), FlopCounterMode(display=False) as counter, torch.no_grad():
+        sf.sample(model, x, steps=steps, y=torch.zeros(batch, dtype=torch.long, device=device), use_graph=False)
+    return counter.get_total_flops()
+
+
+def train_flops(model, batch: int, device) -> int:
+    """FLOPs of one shortcut training step (targets, forward, backward), counted on the reference ops."""
+    live, ema = copy.deepcopy(model), copy.deepcopy(model)
+    x1 = torch.randn(batch, model.in_channels, model.input_size, model.input_size, device=device)
+    opt = torch.optim.SGD(live.parameters(), lr=0.0)
+    with sf.backend("reference"), FlopCounterMode(display=False) as counter:
+        sf.train_step(live, opt, x1, torch.zeros(batch, dtype=torch.long, device=device), ema_model=ema,
+                      bf16=False, use_graph=False)
+    return counter.get_total_flops()
+
+
+# ---------------------------------------------------------------- report
+def report(results: dict) -> str:
+    s, t, o = results["sampling"], results["training"], results["ops"]
+    peak, bw = results["matmul_peak_flops"], results["copy_bytes_per_s"]
+    lines = [f"# {results['device']} · {results['model']} · {results['dtype']} · torch {results['torch']}",
+             f"matmul peak {peak / 1e12:.2f} TFLOP/s · copy bandwidth {bw / 1e9:.1f} GB/s", "",
+             "| sampling (1 step) | batch | ms/call | images/s | vs eager | TFLOP/s | % peak | first call s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, r in s.items():
+        name, batch = key.rsplit("@", 1)
+        eager = s[f"eager@{batch}"]["seconds"]
+        flops = results["sample_flops_per_image"] * r["batch"] / r["seconds"]
+        lines.append(f"| {name} | {batch} | {r['seconds'] * 1e3:.3f} | {r['batch'] / r['seconds']:.1f} | "
+                     f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | "
+                     f"{r['first_call_s']:.1f} |")
+    lines += ["", "| training step | ms/step | images/s | vs eager | TFLOP/s | % peak |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in t.items():
+        flops = results["train_flops_per_step"] / r["seconds"]
+        lines.append(f"| {name} | {r['seconds'] * 1e3:.2f} | {r['images_per_s']:.1f} | "
+                     f"{t['eager']['seconds'] / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} |")
+    overhead = t["shortcut_fast"]["seconds"] / t["shortcut_fast:flow"]["seconds"] - 1
+    lines += [f"self-consistency cost over a flow-matching step: {100 * overhead:+.1f}%", "",
+              "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in o.items():
+        gbs = r.get("fused_bytes_per_s")
+        bw_cols = f"{gbs / 1e9:.1f} | {100 * gbs / bw:.1f}" if gbs else "- | -"
+        lines.append(f"| {name} | {r['fused_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
+                     f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="DiT-B/2" if cuda else "digits",
+                        choices=[*sf.DIT_PRESETS, "digits", "tiny"],
+                        help="a DiT preset on latents, or the digits demo's model (the CPU default), or a tiny model")
+    parser.add_argument("--image-size", type=int, default=32, help="latent side for DiT presets")
+    parser.add_argument("--channels", type=int, default=4, help="latent channels for DiT presets")
+    parser.add_argument("--classes", type=int, default=1000, help="classes for DiT presets")
+    parser.add_argument("--batch", type=int, default=256 if cuda else 128, help="the large sampling batch")
+    parser.add_argument("--train-batch", type=int, default=128, help="training batch")
+    parser.add_argument("--steps", type=int, default=1, help="sampling steps")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16" if cuda else "fp32",
+                        help="sampling weights dtype; bf16 also turns on autocast in training")
+    parser.add_argument("--repeats", type=int, default=50 if cuda else 10)
+    parser.add_argument("--warmup", type=int, default=10 if cuda else 2)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    args = parser.parse_args(argv)
+    if args.dtype == "bf16" and not args.device.startswith("cuda"):
+        parser.error("--dtype bf16 needs a CUDA device")
+    for name in ("batch", "train_batch", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(0)
+    model = build_model(args, device)
+    results = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   model=args.preset, dtype=args.dtype, torch=torch.__version__,
+                   native_extension=sf.backends.native_available(), args=vars(args))
+    results["matmul_peak_flops"] = matmul_peak(device, dtype, args.repeats)
+    results["copy_bytes_per_s"] = copy_bandwidth(device, args.repeats)
+    results["sample_flops_per_image"] = forward_flops(model, 1, device, args.steps)
+    results["train_flops_per_step"] = train_flops(model, args.train_batch, device)
+    results["sampling"] = sampling_times(args, model, device, dtype)
+    results["training"] = training_times(args, model, device)
+    results["ops"] = op_times(args, model, device, dtype)
+    print(report(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

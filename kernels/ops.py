@@ -1,0 +1,179 @@
+"""The Triton ops of the ``shortcut_fast_triton`` namespace (importing this module registers them).
+
+Each op is a ``torch.library.custom_op`` with exactly the schema of the op contract
+(``docs/kernels.md``), shared with the native ``shortcut_fast`` namespace; its body checks the
+inputs and launches the kernels. ``custom_op`` rather than ``triton_op``: it keeps the kernel
+opaque to torch.compile, which also works under TRITON_INTERPRET=1. The fake (meta) functions
+and the autograd formulas of both namespaces live in ``shortcut_fast/op_formulas.py``;
+``shortcut_fast.backends`` registers them when it imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import attention, elementwise, embedding, layernorm
+from .launch import check, check_device, check_float
+
+NAMESPACE = "shortcut_fast_triton"
+
+Tensor = torch.Tensor
+
+
+def _on_input_device(fn):
+    """Run ``fn`` with the device of its first tensor current: Triton launches on the current CUDA device."""
+    @functools.wraps(fn)
+    def run(*args):
+        device = next(a.device for a in args if isinstance(a, Tensor))
+        if device.type != "cuda":
+            return fn(*args)
+        with torch.cuda.device(device):
+            return fn(*args)
+    return run
+
+
+def _op(schema: str):
+    """Register the decorated function as ``NAMESPACE::<its name>`` with the contract's schema."""
+    return lambda fn: torch.library.custom_op(f"{NAMESPACE}::{fn.__name__}", _on_input_device(fn), mutates_args=(),
+                                              device_types=("cuda", "cpu"), schema=schema)
+
+
+def _check_shape(op: str, name: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    check(tuple(t.shape) == tuple(shape), f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _check_same_dtype(op: str, *tensors: Tensor) -> None:
+    check(len({t.dtype for t in tensors}) == 1, f"{op}: inputs must share one dtype, got {[t.dtype for t in tensors]}")
+
+
+def _check_alike(op: str, x: Tensor, other: Tensor) -> None:
+    """x and other: float tensors of one device, dtype and shape."""
+    check_device(op, x, other)
+    check_float(op, x, other)
+    _check_same_dtype(op, x, other)
+    _check_shape(op, "the second input", other, x.shape)
+
+
+def _check_step(op: str, x: Tensor, d: Tensor) -> None:
+    """d: the (B,) fp32 step sizes of the samples of x."""
+    check_device(op, x, d)
+    check(x.dim() >= 1, f"{op}: x must have a batch dimension")
+    _check_shape(op, "d", d, (x.shape[0],))
+    check(d.dtype == torch.float32, f"{op}: d must be fp32, got {d.dtype}")
+
+
+@_op("(Tensor q, Tensor k, Tensor v) -> (Tensor out, Tensor lse)")
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    op = "attention_fwd"
+    check_device(op, q, k, v)
+    check_float(op, q, k, v)
+    _check_same_dtype(op, q, k, v)
+    check(q.dim() == 4, f"{op}: q must be (B, H, N, Dh), got shape {tuple(q.shape)}")
+    _check_shape(op, "k", k, q.shape)
+    _check_shape(op, "v", v, q.shape)
+    check(q.shape[-1] in attention.HEAD_DIMS, f"{op}: head size {q.shape[-1]} not in {attention.HEAD_DIMS}")
+    return attention.attention_forward(q.contiguous(), k.contiguous(), v.contiguous())
+
+
+@_op("(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) -> (Tensor dq, Tensor dk, Tensor dv)")
+def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                  lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    op = "attention_bwd"
+    check_device(op, grad_out, q, k, v, out, lse)
+    check_float(op, grad_out, q, k, v, out)
+    _check_same_dtype(op, grad_out, q, k, v, out)
+    check(q.dim() == 4, f"{op}: q must be (B, H, N, Dh), got shape {tuple(q.shape)}")
+    for name, t in (("grad_out", grad_out), ("k", k), ("v", v), ("out", out)):
+        _check_shape(op, name, t, q.shape)
+    _check_shape(op, "lse", lse, q.shape[:-1])
+    check(lse.dtype == torch.float32, f"{op}: lse must be fp32, got {lse.dtype}")
+    check(q.shape[-1] in attention.HEAD_DIMS, f"{op}: head size {q.shape[-1]} not in {attention.HEAD_DIMS}")
+    return attention.attention_backward(*(t.contiguous() for t in (grad_out, q, k, v, out, lse)))
+
+
+@_op("(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor y, Tensor mean, Tensor rstd)")
+def modulate_layernorm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    op = "modulate_layernorm_fwd"
+    check_device(op, x, shift, scale)
+    check_float(op, x, shift, scale)
+    check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
+    _check_shape(op, "shift", shift, (x.shape[0], x.shape[2]))
+    _check_shape(op, "scale", scale, (x.shape[0], x.shape[2]))
+    return layernorm.modulate_layernorm_forward(x.contiguous(), shift.contiguous(), scale.contiguous(), eps)
+
+
+@_op("(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor dx, Tensor dshift, Tensor dscale)")
+def modulate_layernorm_bwd(grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tensor,
+                           rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    op = "modulate_layernorm_bwd"
+    check_device(op, grad_y, x, scale, mean, rstd)
+    check_float(op, grad_y, x, scale)
+    check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
+    _check_shape(op, "grad_y", grad_y, x.shape)
+    _check_shape(op, "scale", scale, (x.shape[0], x.shape[2]))
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        _check_shape(op, name, t, x.shape[:2])
+        check(t.dtype == torch.float32, f"{op}: {name} must be fp32, got {t.dtype}")
+    return layernorm.modulate_layernorm_backward(*(t.contiguous() for t in (grad_y, x, scale, mean, rstd)))
+
+
+@_op("(Tensor x, Tensor gate, Tensor y) -> Tensor")
+def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    op = "gated_residual"
+    _check_alike(op, x, y)
+    check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
+    check_device(op, x, gate)
+    check_float(op, gate)
+    _check_shape(op, "gate", gate, (x.shape[0], x.shape[2]))
+    return elementwise.gated_residual(x.contiguous(), gate.contiguous(), y.contiguous())
+
+
+@_op("(Tensor t, int dim, float max_period) -> Tensor")
+def timestep_features(t: Tensor, dim: int, max_period: float) -> Tensor:
+    op = "timestep_features"
+    check_device(op, t)
+    check(t.dim() == 1, f"{op}: t must be (B,), got shape {tuple(t.shape)}")
+    check(t.is_floating_point(), f"{op}: t must be floating point, got {t.dtype}")
+    check(dim >= 1, f"{op}: dim must be positive, got {dim}")
+    check(max_period > 0, f"{op}: max_period must be positive, got {max_period}")
+    return embedding.timestep_features(t.contiguous(), dim, max_period)
+
+
+@_op("(Tensor c, Tensor level, Tensor d_table, Tensor? y, Tensor? y_table) -> Tensor")
+def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y_table: Tensor | None) -> Tensor:
+    op = "condition_sum"
+    check((y is None) == (y_table is None), f"{op}: pass y and y_table together, or neither")
+    labelled = [] if y is None else [y, y_table]
+    check_device(op, c, level, d_table, *labelled)
+    check_float(op, c, d_table, *labelled[1:])
+    check(c.dim() == 2, f"{op}: c must be (B, C), got shape {tuple(c.shape)}")
+    for name, index, table in (("level", level, d_table), ("y", y, y_table)):
+        if index is None:
+            continue
+        _check_shape(op, name, index, (c.shape[0],))
+        check(index.dtype == torch.int64, f"{op}: {name} must be int64, got {index.dtype}")
+        check(table.dim() == 2 and table.shape[1] == c.shape[1],
+              f"{op}: the table of {name} must be (rows, {c.shape[1]}), got shape {tuple(table.shape)}")
+    return embedding.condition_sum(*(None if t is None else t.contiguous() for t in (c, level, d_table, y, y_table)))
+
+
+@_op("(Tensor x, Tensor v, Tensor d) -> Tensor")
+def euler_step(x: Tensor, v: Tensor, d: Tensor) -> Tensor:
+    _check_alike("euler_step", x, v)
+    _check_step("euler_step", x, d)
+    return elementwise.per_sample_step(x.contiguous(), v.contiguous(), d.contiguous(), 1.0, None)
+
+
+@_op("(Tensor x, Tensor v1, Tensor d, float? clip) -> Tensor")
+def bootstrap_midpoint(x: Tensor, v1: Tensor, d: Tensor, clip: float | None) -> Tensor:
+    _check_alike("bootstrap_midpoint", x, v1)
+    _check_step("bootstrap_midpoint", x, d)
+    return elementwise.per_sample_step(x.contiguous(), v1.contiguous(), d.contiguous(), 0.5, clip)
+
+
+@_op("(Tensor v1, Tensor v2, float? clip) -> Tensor")
+def bootstrap_target(v1: Tensor, v2: Tensor, clip: float | None) -> Tensor:
+    _check_alike("bootstrap_target", v1, v2)
+    return elementwise.bootstrap_target(v1.contiguous(), v2.contiguous(), clip)

@@ -1,0 +1,140 @@
+"""Fake (shape-only) implementations and autograd formulas of the fused ops.
+
+The native (``shortcut_fast::``) and Triton (``shortcut_fast_triton::``) op
+namespaces share one schema per op (``docs/kernels.md``), so one set of fakes
+serves both (``register_fakes``). The autograd formulas here serve the Triton
+ops (``register_autograd``); the native ops carry the same formulas in C++
+(``csrc/autograd.cpp``), since a Python autograd kernel costs a Python call on
+every use of the op, more than a fused CPU kernel saves on a small batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _fake_attention_fwd(q, k, v):
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+def _fake_attention_bwd(grad_out, q, k, v, out, lse):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fake_modulate_layernorm_fwd(x, shift, scale, eps):
+    stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+def _fake_modulate_layernorm_bwd(grad_y, x, scale, mean, rstd):
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
+
+
+def _fake_gated_residual(x, gate, y):
+    return torch.empty_like(x)
+
+
+def _fake_timestep_features(t, dim, max_period):
+    return t.new_empty((t.shape[0], dim), dtype=torch.float32)
+
+
+def _fake_condition_sum(c, level, d_table, y, y_table):
+    return torch.empty_like(c)
+
+
+def _fake_euler_step(x, v, d):
+    return torch.empty_like(x)
+
+
+def _fake_bootstrap_midpoint(x, v1, d, clip):
+    return torch.empty_like(x)
+
+
+def _fake_bootstrap_target(v1, v2, clip):
+    return torch.empty_like(v1)
+
+
+FAKES = {
+    "attention_fwd": _fake_attention_fwd,
+    "attention_bwd": _fake_attention_bwd,
+    "modulate_layernorm_fwd": _fake_modulate_layernorm_fwd,
+    "modulate_layernorm_bwd": _fake_modulate_layernorm_bwd,
+    "gated_residual": _fake_gated_residual,
+    "timestep_features": _fake_timestep_features,
+    "condition_sum": _fake_condition_sum,
+    "euler_step": _fake_euler_step,
+    "bootstrap_midpoint": _fake_bootstrap_midpoint,
+    "bootstrap_target": _fake_bootstrap_target,
+}
+
+
+def _setup_attention(ctx, inputs, output):
+    q, k, v = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+
+
+def _setup_modulate_layernorm(ctx, inputs, output):
+    x, _, scale, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, scale, mean, rstd)
+
+
+def _setup_gated_residual(ctx, inputs, output):
+    _, gate, y = inputs
+    ctx.save_for_backward(gate, y)
+
+
+def _setup_condition_sum(ctx, inputs, output):
+    _, level, d_table, y, y_table = inputs
+    ctx.save_for_backward(level, y)
+    ctx.d_table = (d_table.shape[0], d_table.dtype)
+    ctx.y_table = None if y_table is None else (y_table.shape[0], y_table.dtype)
+
+
+def _rows_grad(grad: torch.Tensor, index: torch.Tensor, table: tuple[int, torch.dtype]) -> torch.Tensor:
+    """The gradient of ``table[index]`` for a table of (rows, dtype): the batch rows summed per index."""
+    rows, dtype = table
+    return grad.new_zeros((rows, grad.shape[1]), dtype=torch.float32).index_add_(0, index, grad.float()).to(dtype)
+
+
+def _condition_sum_backward(ctx, grad):
+    level, y = ctx.saved_tensors
+    grad_y_table = None if ctx.y_table is None else _rows_grad(grad, y, ctx.y_table)
+    return grad, None, _rows_grad(grad, level, ctx.d_table), None, grad_y_table
+
+
+def _gated_residual_backward(ctx, grad):
+    gate, y = ctx.saved_tensors
+    grad_gate = (grad.float() * y.float()).sum(dim=1).to(gate.dtype)
+    return grad, grad_gate, grad * gate[:, None, :]
+
+
+def register_fakes(namespace: str) -> None:
+    """Attach the fake implementations to every op of ``namespace`` (once per process)."""
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)
+
+
+def register_autograd(namespace: str) -> None:
+    """Attach the autograd formulas to the differentiable ops of ``namespace``; each backward calls the
+    backward op of the same namespace."""
+    ops = getattr(torch.ops, namespace)
+
+    def attention_backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        return ops.attention_bwd.default(grad_out.contiguous(), q, k, v, out, lse)
+
+    def modulate_layernorm_backward(ctx, grad_y, grad_mean, grad_rstd):
+        x, scale, mean, rstd = ctx.saved_tensors
+        dx, dshift, dscale = ops.modulate_layernorm_bwd.default(grad_y.contiguous(), x, scale, mean, rstd)
+        return dx, dshift, dscale, None
+
+    torch.library.register_autograd(f"{namespace}::attention_fwd", attention_backward,
+                                    setup_context=_setup_attention)
+    torch.library.register_autograd(f"{namespace}::modulate_layernorm_fwd", modulate_layernorm_backward,
+                                    setup_context=_setup_modulate_layernorm)
+    torch.library.register_autograd(f"{namespace}::gated_residual", _gated_residual_backward,
+                                    setup_context=_setup_gated_residual)
+    torch.library.register_autograd(f"{namespace}::condition_sum", _condition_sum_backward,
+                                    setup_context=_setup_condition_sum)

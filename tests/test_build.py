@@ -1,0 +1,75 @@
+"""CI checks of the native build that need no GPU.
+
+* The CMake project configures against the installed torch, builds the C++
+  test of the CPU kernels and passes ctest.
+* Every CUDA source compiles (nvcc, compile only, sm_90) against torch's
+  headers with the flags torch's extension tooling uses. Linking and running
+  need a CUDA build of torch and a GPU, which the GPU machine checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, CUDA_HOME, include_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_SOURCES = sorted((ROOT / "csrc").rglob("*.cu"))
+
+
+def _run(cmd: list[str], timeout: float) -> None:
+    cmd = [str(part) for part in cmd]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{shlex.join(cmd)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ctest") is None, reason="cmake is not installed")
+def test_cmake_builds_the_cpu_kernel_test_and_ctest_passes(tmp_path):
+    build = tmp_path / "build"
+    configure = ["cmake", "-S", ROOT, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+    _run([*configure, f"-DPython3_EXECUTABLE={sys.executable}"], timeout=120)
+    # Only the test target: the extension itself takes minutes here and pip builds it already.
+    _run(["cmake", "--build", build, "--target", "test_cpu_kernels"], timeout=120)
+    _run(["ctest", "--test-dir", build, "--output-on-failure"], timeout=60)
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found is None and CUDA_HOME is not None and (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        found = str(Path(CUDA_HOME) / "bin" / "nvcc")
+    return found
+
+
+def _torch_includes(scratch: Path) -> list[str]:
+    """torch's and Python's include dirs, plus a stand-in for the one c10/cuda header a CPU wheel lacks."""
+    dirs = [*include_paths(), sysconfig.get_paths()["include"]]
+    generated = Path("c10") / "cuda" / "impl" / "cuda_cmake_macros.h"
+    if not any((Path(d) / generated).exists() for d in dirs):
+        # CMake generates it in a CUDA build of torch; for shared libraries it holds just this macro.
+        (scratch / generated).parent.mkdir(parents=True)
+        (scratch / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        dirs.append(str(scratch))
+    return dirs
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_cuda_source_compiles_for_sm90(tmp_path, source):
+    abi = int(torch.compiled_with_cxx11_abi())
+    cmd = [
+        _nvcc(), "-c", "-x", "cu", "-std=c++20", "-arch=sm_90", "-O3",
+        *COMMON_NVCC_FLAGS,  # -D__CUDA_NO_HALF_OPERATORS__ etc., --expt-relaxed-constexpr
+        "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        "-DSHORTCUT_FAST_WITH_CUDA",
+        *(f"-I{d}" for d in _torch_includes(tmp_path)),
+        source, "-o", os.devnull,
+    ]  # fmt: skip
+    _run(cmd, timeout=240)
