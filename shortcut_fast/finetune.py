@@ -75,7 +75,8 @@ def from_flow_model(source, cls: type = ShortcutModule, *, ema: bool | None = No
     Returns
     -------
     ShortcutModule
-        In train mode, with the ``d_min`` row of the step-size table copied into
+        In train mode with every weight trainable (``requires_grad``; an EMA
+        copy is often frozen), with the ``d_min`` row of the step-size table copied into
         every row (see ``copy_flow_level``).
     """
     if not (isinstance(cls, type) and issubclass(cls, ShortcutModule)):
@@ -111,7 +112,7 @@ def from_flow_model(source, cls: type = ShortcutModule, *, ema: bool | None = No
     copy_flow_level(model)
     if device is not None:
         model = model.to(device)
-    return model.train()
+    return model.train().requires_grad_(True)
 
 
 def read_model_spec(directory: str | os.PathLike) -> dict:
