@@ -388,8 +388,37 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
+NOTES_MARKER = "<!-- notes: kept when the report is rewritten -->"
+
+
+def aims(report: dict) -> list[tuple[str, bool, str]]:
+    """The issue's aims as ``(aim, met, numbers)``, from a report."""
+    rows = []
+    b = report["budget"]
+    many = str(max(b["sample_steps"]))
+    for name, res in report.get("2d", {}).items():
+        sc, fl = res["shortcut"]["swd"], res["flow"]["swd"]
+        rows.append((f"{name}: shortcut 1-step SWD <= 1.5x its {many}-step SWD", sc["1"] <= 1.5 * sc[many],
+                     f"{sc['1']:.3f} / {sc[many]:.3f} = {sc['1'] / sc[many]:.2f}x"))
+        rows.append((f"{name}: shortcut 1-step SWD >= 10x better than flow matching at 1 step",
+                     fl["1"] >= 10 * sc["1"], f"{fl['1']:.3f} / {sc['1']:.3f} = {fl['1'] / sc['1']:.1f}x"))
+    if "digits" in report:
+        sc = report["digits"]["shortcut"]["steps"]
+        rows.append(("digits: shortcut 1-step accuracy >= 0.95", sc["1"]["accuracy"] >= 0.95,
+                     f"{sc['1']['accuracy']:.3f}"))
+        rows.append((f"digits: shortcut 1-step FD <= 2x its {many}-step FD", sc["1"]["fd"] <= 2 * sc[many]["fd"],
+                     f"{sc['1']['fd']:.3f} / {sc[many]['fd']:.3f} = {sc['1']['fd'] / sc[many]['fd']:.2f}x"))
+    return rows
+
+
 def write_markdown(report: dict, path: Path) -> None:
-    """``quality.md``: the tables of ``report`` (as written to ``quality.json``) with the pictures."""
+    """``quality.md``: the tables of ``report`` (as written to ``quality.json``) with the pictures.
+
+    Text below ``NOTES_MARKER`` in an existing file is kept.
+    """
+    notes = ""
+    if path.is_file() and NOTES_MARKER in path.read_text():
+        notes = path.read_text().split(NOTES_MARKER, 1)[1]
     b = report["budget"]
     lines = ["# Sample quality against sampling steps: shortcut models against flow matching", "",
              f"Written by `python benchmarks/quality.py{' --quick' if report['quick'] else ''}` "
@@ -400,6 +429,11 @@ def write_markdown(report: dict, path: Path) -> None:
              "conditioned on its trained step size d_min at every step. Settings: "
              f"`{json.dumps({k: v for k, v in b.items() if k != 'sections'})}`.", "",
              "![metric against steps](img/quality_vs_steps.png)", ""]
+    checked = aims(report)
+    if checked:
+        lines += ["## Aims", "", "| aim | met | measured |", "| --- | --- | --- |"]
+        lines += [f"| {aim} | {'**met**' if met else '**missed**'} | {numbers} |" for aim, met, numbers in checked]
+        lines.append("")
     steps = [str(s) for s in b["sample_steps"]]
     many = steps[-1]
     if "2d" in report:
@@ -474,8 +508,9 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"First step that also has a 1-step FD <= {ft['fd_target']:.3f} (2x the 128-step FD of the "
                   f"model trained from scratch): fine-tuning {ft['first_aim']['finetune']}, from scratch "
                   f"{ft['first_aim']['scratch']} (None: not within the run).", ""]
+    lines.append(NOTES_MARKER)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + (notes if notes else "\n"))
 
 
 def run(budget: Budget, out: Path, work: Path, quick: bool = False) -> dict:

@@ -61,6 +61,9 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
     guidance = _table(md, "| steps | guidance |")
     assert [(r[0], r[1], r[2]) for r in guidance] == [
         (s, kind, f) for s in ("1", "4") for kind, f in (("none", "1"), ("sampling", "2"), ("baked", "1"))]
+    checked = _table(md, "| aim | met |")
+    assert len(checked) == 2 * len(report["budget"]["datasets_2d"]) + 2
+    assert {r[1] for r in checked} <= {"**met**", "**missed**"}
     finetune = _table(md, "| run | step |")
     assert [r[1] for r in finetune if r[0] == "finetune"] == ["0", "3", "6"]
 
