@@ -537,7 +537,9 @@ def run(budget: Budget, out: Path, work: Path, quick: bool = False) -> dict:
             report["finetune"] = ft
     report["wall_seconds"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(report, indent=1, sort_keys=True)
+    (out / "quality.json").write_text(text + "\n")
+    report = json.loads(text)  # rendered from what the file holds, as --render does
     render(report, out)
     return report
 
