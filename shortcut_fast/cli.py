@@ -2,7 +2,7 @@
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
 ``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
-(under ``torchrun`` too).
+(under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
 """
 
@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_file, load_model, resolve_checkpoint
+from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
 from .data import DIGITS_CLASSES, load_digits, load_tensor_file
 from .datasets import ImageFolder, TensorShards, find_shards
 from .demo import DemoConfig, run_demo
+from .finetune import from_flow_model, read_model_spec
 from .images import save_grid
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
@@ -141,6 +142,55 @@ def open_training_data(data: str | list[str], labels: str | list[str] | None = N
     return shards, example[None], shards.num_classes
 
 
+def _source_objective(directory: Path) -> str | None:
+    """The objective a saved training run used ("flow" or "shortcut"), ``None`` for a bare model directory."""
+    meta_path = resolve_checkpoint(directory) / "trainer.json"
+    if not meta_path.is_file():
+        return None
+    meta = read_json(meta_path)
+    return meta.get("train_config", {}).get("shortcut", {}).get("objective", "shortcut")
+
+
+def init_model(directory: str | Path, example: torch.Tensor, num_classes: int, spec: dict,
+               levels: str = "auto") -> torch.nn.Module:
+    """The model of ``train --init DIR``: the weights saved in ``directory`` (EMA when present), for a fresh run.
+
+    The saved architecture must fit the data (``example``, ``num_classes``)
+    and every setting the run asks for in ``spec`` (``model`` settings or a
+    preset); a mismatch is a ``ValueError`` naming the setting. ``levels``:
+    ``"copy"`` copies the ``d_min`` row of the step-size table into every row
+    (the model starts as the flow model at every step size), ``"keep"`` keeps
+    the table, ``"auto"`` copies when the saved run was plain flow matching.
+    """
+    directory = Path(directory)
+    saved = read_model_spec(directory)
+    name, config = saved["class"], saved["config"]
+    wanted = dict(spec)
+    preset = wanted.pop("preset", None)
+    if preset is not None:
+        wanted.update(DIT_PRESETS[preset])
+    if example.dim() == 2:
+        wanted.update(dim=example.shape[1])
+        wanted_class = "ShortcutMLP"
+    else:
+        wanted.update(input_size=example.shape[-1], in_channels=example.shape[1])
+        wanted_class = "ShortcutDiT"
+    wanted.setdefault("num_classes", num_classes)
+    if name != wanted_class:
+        raise ValueError(f"--init {directory} holds a {name}, but this data needs a {wanted_class}")
+    for key, value in sorted(wanted.items()):
+        if key not in config:
+            raise ValueError(f"--init {directory}: {name} has no setting {key!r}")
+        if config[key] != value:
+            raise ValueError(f"--init {directory} holds a model with {key}={config[key]!r}, but the run asks for "
+                             f"{key}={value!r}; drop the setting or initialise from a matching model")
+    if levels not in ("auto", "copy", "keep"):
+        raise ValueError(f"--init-levels must be auto, copy or keep, got {levels!r}")
+    if levels == "copy" or (levels == "auto" and _source_objective(directory) == "flow"):
+        return from_flow_model(directory)
+    return load_model(directory).train()
+
+
 def _cmd_train(args) -> int:
     run = read_config_file(args.config) if args.config else {}
     data_arg = args.data or run.get("data")
@@ -154,7 +204,10 @@ def _cmd_train(args) -> int:
     if args.preset:
         model_spec["preset"] = args.preset
     num_classes = int(model_spec.pop("num_classes", num_classes))
-    model = build_model_for(example, num_classes, model_spec).to(device)
+    if args.init:
+        model = init_model(args.init, example, num_classes, model_spec, args.init_levels).to(device)
+    else:
+        model = build_model_for(example, num_classes, model_spec).to(device)
 
     train = dict(run.get("train", {}))
     overrides = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -241,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's LOCAL_RANK GPU)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if present")
+    train.add_argument("--init", help="start from the weights of this saved model or run (EMA when present) with a "
+                                      "fresh optimizer; e.g. a flow-matching run to fine-tune into a shortcut model")
+    train.add_argument("--init-levels", choices=["auto", "copy", "keep"], default="auto",
+                       help="with --init: copy the d_min row of the step-size table into every level (copy), "
+                            "keep the table (keep), or copy when the saved run was flow matching (auto, default)")
     train.set_defaults(func=_cmd_train)
 
     smp = sub.add_parser("sample", help="sample a saved model into a .png grid or a .npy array")

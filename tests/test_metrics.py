@@ -12,7 +12,10 @@ from shortcut_fast.metrics import (
     frechet_distance,
     gaussian_frechet_distance,
     load_or_train_digits_classifier,
+    random_directions,
+    sliced_wasserstein,
     train_digits_classifier,
+    wasserstein_1d,
 )
 
 
@@ -285,3 +288,81 @@ def test_cache_with_other_seed_or_unreadable_file_retrains(tmp_path, monkeypatch
     assert calls == [1, 2, 2]
     load_or_train_digits_classifier(None, seed=2)
     assert calls == [1, 2, 2, 2]
+
+
+# --- sliced Wasserstein distance ----------------------------------------------------------------------------------
+
+
+def test_swd_identical_sets_is_zero():
+    a = np.random.default_rng(0).normal(size=(300, 5))
+    assert sliced_wasserstein(a, a) == 0.0
+    assert sliced_wasserstein(a, a[::-1].copy()) == pytest.approx(0.0, abs=1e-12)  # order does not matter
+
+
+def test_swd_of_a_shift_closed_form():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(400, 3))
+    u = np.array([1.0, -2.0, 0.5]) / np.linalg.norm([1.0, -2.0, 0.5])
+    s = 0.7
+    theta = random_directions(3, 64, seed=5)
+    # every projection is shifted by s <u, theta>: W_2 on that direction is |s <u, theta>|
+    expected = abs(s) * np.sqrt(np.mean((theta @ u) ** 2))
+    got = sliced_wasserstein(a, a + s * u, num_projections=64, seed=5)
+    assert got == pytest.approx(expected, rel=1e-10)
+    # p = 1: the mean of |s <u, theta>|
+    got1 = sliced_wasserstein(a, a + s * u, num_projections=64, seed=5, p=1)
+    assert got1 == pytest.approx(abs(s) * np.mean(np.abs(theta @ u)), rel=1e-10)
+
+
+def test_swd_one_dimension_is_the_sorted_difference_formula():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(50, 1)), rng.uniform(-3, 3, size=(50, 1))
+    expected = np.sqrt(np.mean((np.sort(a[:, 0]) - np.sort(b[:, 0])) ** 2))
+    assert sliced_wasserstein(a, b) == pytest.approx(expected, rel=1e-12)
+    assert sliced_wasserstein(a, b, p=1) == pytest.approx(np.mean(np.abs(np.sort(a[:, 0]) - np.sort(b[:, 0]))))
+
+
+def test_wasserstein_1d_unequal_sizes_closed_form():
+    # {0, 1} against {0, 0.5, 1, 1.5}: the quantile functions differ by 0, 0.5, 0, 0.5 on quarters
+    a = np.array([[0.0], [1.0]])
+    b = np.array([[0.0], [0.5], [1.0], [1.5]])
+    assert wasserstein_1d(a, b, p=1)[0] == pytest.approx(0.25)
+    assert wasserstein_1d(a, b, p=2)[0] == pytest.approx(np.sqrt(0.125))
+    # a set against its copy repeated (the same distribution) is 0
+    c = np.random.default_rng(3).normal(size=(7, 2))
+    assert np.allclose(wasserstein_1d(c, np.concatenate([c, c, c])), 0.0)
+    # a point mass against a set: the root mean square distance to it
+    assert wasserstein_1d(np.zeros((1, 1)), b)[0] == pytest.approx(np.sqrt(np.mean(b**2)))
+
+
+def test_swd_symmetric_and_fixed_by_seed():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(200, 4)), rng.normal(size=(150, 4)) + 0.3
+    assert sliced_wasserstein(a, b) == pytest.approx(sliced_wasserstein(b, a), rel=1e-12)
+    assert sliced_wasserstein(a, b, seed=3) == sliced_wasserstein(a, b, seed=3)
+    assert sliced_wasserstein(a, b, seed=3) != sliced_wasserstein(a, b, seed=4)
+    assert sliced_wasserstein(torch.from_numpy(a).float(), b) == pytest.approx(sliced_wasserstein(a, b), rel=1e-6)
+
+
+def test_random_directions_are_unit_and_seeded():
+    theta = random_directions(5, 100, seed=7)
+    assert theta.shape == (100, 5)
+    assert np.allclose(np.linalg.norm(theta, axis=1), 1.0)
+    assert np.array_equal(theta, random_directions(5, 100, seed=7))
+    assert not np.array_equal(theta, random_directions(5, 100, seed=8))
+    # uniform on the sphere: the mean squared projection on any axis is 1/dim
+    many = random_directions(3, 20000, seed=0)
+    assert np.allclose(np.mean(many**2, axis=0), 1 / 3, atol=0.01)
+
+
+@pytest.mark.parametrize("a, b, kwargs", [
+    (np.zeros((3, 2)), np.zeros((3, 3)), {}),
+    (np.zeros((0, 2)), np.zeros((3, 2)), {}),
+    (np.full((3, 2), np.nan), np.zeros((3, 2)), {}),
+    (np.zeros(3), np.zeros(3), {}),
+    (np.zeros((3, 2)), np.zeros((3, 2)), {"p": 0.5}),
+    (np.zeros((3, 2)), np.zeros((3, 2)), {"num_projections": 0}),
+])
+def test_swd_rejects_bad_input(a, b, kwargs):
+    with pytest.raises(ValueError):
+        sliced_wasserstein(a, b, **kwargs)
