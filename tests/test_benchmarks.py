@@ -1,0 +1,52 @@
+"""benchmarks/throughput.py end to end at a tiny size (its numbers are not judged here, only their form)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    throughput = _load_script()
+    results = throughput.main(["--preset", "tiny", "--no-compile", "--batch", "3", "--train-batch", "4",
+                               "--repeats", "2", "--warmup", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3"}
+    assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:flow"}
+    assert set(results["ops"]) == {"attention", "modulate_layernorm", "gated_residual", "timestep_features",
+                                   "condition_sum", "euler_step", "bootstrap_midpoint", "bootstrap_target"}
+    for entry in [*results["sampling"].values(), *results["training"].values()]:
+        assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
+    for name, entry in results["training"].items():
+        assert entry["images_per_s"] == pytest.approx(4 / entry["seconds"]), name
+    # a training step of 4 rows: forward and backward (3 forwards' worth) of all 4, plus the two
+    # target forwards of the 1 self-consistency row (a quarter of the batch): 14 one-row forwards
+    assert results["train_flops_per_step"] == pytest.approx(14 * results["sample_flops_per_image"], rel=0.05)
+    table = capsys.readouterr().out
+    for row in ("| eager | 1 |", "| shortcut_fast | 3 |", "| shortcut_fast:flow |", "| attention |",
+                "self-consistency cost over a flow-matching step"):
+        assert row in table
+
+
+@pytest.mark.parametrize("argv,message", [(["--batch", "0"], "--batch must be >= 1"),
+                                           (["--dtype", "bf16", "--device", "cpu"], "needs a CUDA device")])
+def test_throughput_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _load_script().parse_args(argv)
+    assert message in capsys.readouterr().err
