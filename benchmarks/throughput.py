@@ -199,6 +199,8 @@ def op_times(args, model, device, dtype) -> dict:
         "bootstrap_target": (lambda a, b: ops.bootstrap_target(a, b, 4.0), lambda a, b: SF.bootstrap_target(a, b, 4.0),
                              lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
     }
+    # on a GPU `auto` runs Triton; the hand-written CUDA kernels of the extension are timed beside it
+    native_too = device.type == "cuda" and sf.backends.native_available() and sf.backends._native_cuda
     results = {}
     with torch.no_grad():
         for name, (fused, reference, make, elements) in cases.items():
@@ -207,6 +209,9 @@ def op_times(args, model, device, dtype) -> dict:
             with sf.backend("reference"):
                 t_ref = median_time(reference, make, device, args.repeats, args.warmup)
             entry = dict(fused_s=t_fused, reference_s=t_ref)
+            if native_too:
+                with sf.backend("native"):
+                    entry["native_cuda_s"] = median_time(fused, make, device, args.repeats, args.warmup)
             if elements is not None:
                 entry["fused_bytes_per_s"] = elements * dtype.itemsize / t_fused
             results[name] = entry
@@ -255,13 +260,14 @@ def report(results: dict) -> str:
                      f"{t['eager']['seconds'] / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} |")
     overhead = t["shortcut_fast"]["seconds"] / t["shortcut_fast:flow"]["seconds"] - 1
     lines += [f"self-consistency cost over a flow-matching step: {100 * overhead:+.1f}%", "",
-              "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw | native CUDA ms |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in o.items():
         gbs = r.get("fused_bytes_per_s")
         bw_cols = f"{gbs / 1e9:.1f} | {100 * gbs / bw:.1f}" if gbs else "- | -"
+        native = f"{r['native_cuda_s'] * 1e3:.4f}" if "native_cuda_s" in r else "-"
         lines.append(f"| {name} | {r['fused_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
-                     f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} |")
+                     f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} | {native} |")
     return "\n".join(lines)
 
 
