@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, unwrap_model
@@ -67,7 +68,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     replayed from a CUDA graph on a GPU (``use_graph=None``: when the teacher
     can be captured; ``False``: eager), bf16 autocast on CUDA when ``bf16``,
     gradient clipping at ``grad_clip`` (None: off), the optimizer step, and
-    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)``. Gives the loss and
+    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)`` (``update_ema``, as ``Trainer`` does). Gives the loss and
     gradients of ``shortcut_loss`` for the same batch and generator state.
     """
     if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
@@ -89,6 +90,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(live.parameters(), math.inf if grad_clip is None else grad_clip)
     optimizer.step()
     if ema_model is not None:
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema_model.parameters()), list(live.parameters()), 1.0 - ema_decay)
+        update_ema(ema_model, live, ema_decay)
     return logs
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = lerp(ema, live, 1 - decay)`` for every parameter (each rank's shard of a sharded one), in one
+    foreach call; buffers are copied."""
+    ema = [_local(p) for p in ema_model.parameters()]
+    live = [_local(p) for p in model.parameters()]
+    torch._foreach_lerp_(ema, live, 1.0 - decay)
+    for b_ema, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a sharded (DTensor) parameter; a plain tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t

@@ -108,16 +108,23 @@ def frechet_distance(a, b) -> float:
         :func:`gaussian_frechet_distance` of the sample means and the
         unbiased sample covariances.
     """
+    a, b = _point_sets(a, b, min_rows=2, why=" to estimate a covariance")
+    return gaussian_frechet_distance(*_mean_cov(a), *_mean_cov(b))
+
+
+def _point_sets(a, b, min_rows: int, why: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Two finite float64 matrices (rows: samples) with the same number of features and ``min_rows`` rows each."""
     a = _as_float64_matrix(a, "a")
     b = _as_float64_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must have the same number of features, got {a.shape[1]} and {b.shape[1]}")
     for name, arr in (("a", a), ("b", b)):
-        if arr.shape[0] < 2:
-            raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {arr.shape[0]}")
+        if arr.shape[0] < min_rows:
+            raise ValueError(f"{name} needs at least {min_rows} row{'s' if min_rows > 1 else ''}{why}, "
+                             f"got {arr.shape[0]}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must contain only finite values")
-    return gaussian_frechet_distance(*_mean_cov(a), *_mean_cov(b))
+    return a, b
 
 
 def _mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,15 +221,7 @@ def sliced_wasserstein(a, b, *, num_projections: int = 256, p: float = 2.0, seed
         sqrt(mean_k <u, theta_k>^2)`` (p = 2) between a set and its copy shifted
         by ``s u``.
     """
-    a = _as_float64_matrix(a, "a")
-    b = _as_float64_matrix(b, "b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b must have the same number of features, got {a.shape[1]} and {b.shape[1]}")
-    for name, arr in (("a", a), ("b", b)):
-        if arr.shape[0] < 1:
-            raise ValueError(f"{name} needs at least 1 row, got 0")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must contain only finite values")
+    a, b = _point_sets(a, b, min_rows=1)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p >= 1):
         raise ValueError(f"p must be a finite number >= 1, got {p!r}")
     dim = a.shape[1]

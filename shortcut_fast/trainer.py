@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .fast_train import graph_targets
+from .fast_train import graph_targets, update_ema
 from .models import LABEL_DTYPES, unwrap_model
 from .objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
 
@@ -263,11 +263,6 @@ def _fully_shard(module: nn.Module) -> None:
     fully_shard(module)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a sharded (DTensor) parameter; a plain tensor as it is."""
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A replicated DTensor (e.g. a gradient norm under FSDP) as a plain tensor."""
     return t.full_tensor() if isinstance(t, DTensor) else t
@@ -349,11 +344,7 @@ class Trainer:
         if isinstance(self.ema_model, FSDPModule):
             # the root stays gathered after the target forwards (FSDP expects a backward next)
             self.ema_model.reshard()
-        ema = [_local(p) for p in self.ema_model.parameters()]
-        live = [_local(p) for p in self.model.parameters()]
-        torch._foreach_lerp_(ema, live, 1.0 - self.config.ema_decay)
-        for b_ema, b in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
-            b_ema.copy_(b)
+        update_ema(self.ema_model, self.model, self.config.ema_decay)
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         """One optimizer step on the batch ``(x1, y)``; returns the loss logs (detached tensors).
