@@ -12,7 +12,7 @@ Euler steps; the flow baseline is conditioned on its trained step size
 Two more digits experiments: guidance (none; at sampling, two forwards per
 step; baked into the bootstrap targets with ``bootstrap_cfg_scale``, one
 forward) and fine-tuning the flow baseline into a shortcut model
-(``ShortcutDiT.from_flow_model``) against training from scratch.
+(``sf.from_flow_model``) against training from scratch.
 
 Writes ``OUT/quality.md`` (tables), ``OUT/quality.json`` (every number) and
 pictures in ``OUT/img/``: ``quality_vs_steps.png``, ``quality_2d.png`` and
@@ -40,15 +40,15 @@ import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 
 import shortcut_fast as sf
-from shortcut_fast.data import DIGITS_CLASSES, load_digits
-from shortcut_fast.images import save_grid
-from shortcut_fast.metrics import (
+from shortcut_fast.data.files import DIGITS_CLASSES, load_digits
+from shortcut_fast.eval.images import save_grid
+from shortcut_fast.eval.metrics import (
     class_accuracy,
     frechet_distance,
     load_or_train_digits_classifier,
     sliced_wasserstein,
 )
-from shortcut_fast.toy2d import TOY2D, sample_toy2d
+from shortcut_fast.eval.toy2d import TOY2D, sample_toy2d
 
 OBJECTIVES = ("shortcut", "flow")
 
@@ -264,7 +264,7 @@ def run_guidance(budget: Budget, judge: DigitsJudge, plain: nn.Module) -> dict:
 
 def run_finetune(budget: Budget, judge: DigitsJudge, flow: nn.Module, scratch_curve: list) -> dict:
     """Fine-tune the flow baseline into a shortcut model; its curve against the scratch run's."""
-    init = sf.ShortcutDiT.from_flow_model(flow)
+    init = sf.from_flow_model(flow, sf.ShortcutDiT)
     curve = [_curve_point(judge, init.eval(), 0, 0.0)]
     trainer, seconds = train_digits(budget, judge, "shortcut", curve=curve, init=init.train(),
                                     steps=budget.finetune_steps)
@@ -488,7 +488,7 @@ def write_markdown(report: dict, path: Path) -> None:
     if "finetune" in report:
         ft = report["finetune"]
         lines += ["## Fine-tuning the flow model into a shortcut model", "",
-                  "`ShortcutDiT.from_flow_model(flow)` copies the d_min row of the step-size table into every row, "
+                  "`sf.from_flow_model(flow, sf.ShortcutDiT)` copies the d_min row of the step-size table into every row, "
                   "so the model starts as the flow baseline above at every step size; it then trains with the "
                   f"shortcut objective for {b['finetune_steps']} steps (learning-rate warmup and cosine decay over "
                   f"those steps; {ft['finetune_seconds']:.0f} s). The shortcut run from scratch above, scored "

@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shortcut_fast as sf
-from shortcut_fast import functional as SF
+from shortcut_fast.ops import reference as SF
 from shortcut_fast import ops
 from shortcut_fast.objective import ShortcutConfig
 

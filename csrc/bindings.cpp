@@ -3,7 +3,7 @@
 //
 // The CPU kernels register in cpu/ops_cpu.cpp, the CUDA kernels (when built)
 // in cuda/ops_cuda.cu, the autograd formulas in autograd.cpp; the fake
-// (shape-only) implementations live in Python (shortcut_fast/op_formulas.py).
+// (shape-only) implementations live in Python (shortcut_fast/ops/formulas.py).
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 

@@ -1,6 +1,6 @@
 """The conditioning embedding: sinusoidal timestep features and the sum of the condition rows.
 
-* ``timestep_features``: (B,) -> (B, dim) fp32 ``[cos(s f_i), sin(s f_i)]`` with ``s = 1000 t``,
+* ``timestep_features``: (B,) -> (B, dim) fp32 ``[cos(s f_i), sin(s f_i)]`` with ``s = t_scale * t`` (the caller's scale),
   ``f_i = exp(-ln(max_period) i / half)``, ``half = dim // 2``, a zero column last when dim is odd;
 * ``condition_sum``: ``c + d_table[level] (+ y_table[y])``, c: (B, C), level, y: (B,) int64.
 
@@ -15,8 +15,6 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
-
-from shortcut_fast.functional import T_SCALE
 
 from .launch import INTERPRET
 
@@ -66,12 +64,12 @@ def _condition_sum_kernel(c_ptr, level_ptr, d_table_ptr, label_ptr, y_table_ptr,
     tl.store(out_ptr + sample * channels + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def timestep_features(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
-    """The (B, dim) fp32 sinusoidal features of contiguous t (B,)."""
+def timestep_features(t: torch.Tensor, dim: int, max_period: float, t_scale: float) -> torch.Tensor:
+    """The (B, dim) fp32 sinusoidal features of ``t_scale * t`` for contiguous t (B,)."""
     half = dim // 2
     out = torch.empty((t.shape[0], dim), device=t.device, dtype=torch.float32)
     _timestep_features_kernel[(t.shape[0],)](
-        t, out, dim, half, -math.log(max_period), T_SCALE,
+        t, out, dim, half, -math.log(max_period), t_scale,
         BLOCK=triton.next_power_of_2(max(half, 1)), USE_LIBDEVICE=_USE_LIBDEVICE)
     return out
 

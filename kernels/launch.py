@@ -1,4 +1,4 @@
-"""What the kernel launchers share: the interpreter switch, autotuning and the device checks."""
+"""What the kernel launchers share: the interpreter switch, autotuning and the grid size."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ import triton
 # numpy: fp32 only, and timing configs there would measure numpy, so one fixed config runs.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def autotune(gpu_configs: list[triton.Config], interpret_config: triton.Config, key: list[str], prune=None):
     """``triton.autotune`` over ``gpu_configs`` on a GPU; ``interpret_config`` alone under the interpreter.
 
@@ -24,29 +21,6 @@ def autotune(gpu_configs: list[triton.Config], interpret_config: triton.Config, 
         return triton.autotune(configs=[interpret_config], key=key)
     prune_configs_by = {"early_config_prune": prune} if prune else None
     return triton.autotune(configs=gpu_configs, key=key, prune_configs_by=prune_configs_by)
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise the RuntimeError a ``TORCH_CHECK`` of the native ops raises, so both backends fail alike."""
-    if not condition:
-        raise RuntimeError(message)
-
-
-def check_device(op: str, *tensors: torch.Tensor) -> None:
-    """The tensors share one device the kernels can run on: CUDA, or the CPU under the interpreter."""
-    device = tensors[0].device
-    check(all(t.device == device for t in tensors), f"{op}: all tensors must be on one device")
-    if INTERPRET:
-        check(device.type == "cpu", f"{op}: under TRITON_INTERPRET=1 the Triton kernels take CPU tensors")
-    else:
-        check(device.type == "cuda", f"{op}: the Triton kernels take CUDA tensors (CPU ones with TRITON_INTERPRET=1)")
-
-
-def check_float(op: str, *tensors: torch.Tensor) -> None:
-    """Floating storage the kernels handle: fp32, fp16, bf16 on a GPU; fp32 only under the interpreter."""
-    allowed = (torch.float32,) if INTERPRET else FLOAT_DTYPES
-    for t in tensors:
-        check(t.dtype in allowed, f"{op}: dtype {t.dtype} is not supported (expected one of {allowed})")
 
 
 def programs_to_fill(device: torch.device) -> int:

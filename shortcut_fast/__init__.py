@@ -5,15 +5,17 @@ is trained so that one large step agrees with two half steps; it then
 generates in 1, 2, 4, ... or ``1/d_min`` Euler steps.
 """
 
-from . import backends, ops
-from .backends import backend, get_backend, set_backend
+from . import ops
 from .checkpoint import load_model, save_model
-from .fast_train import train_step
+from .finetune import from_flow_model
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP, ShortcutModule
 from .objective import ShortcutConfig, shortcut_loss
+from .ops import backends
+from .ops.backends import backend, get_backend, set_backend
 from .sampling import clear_graph_cache, sample, set_graph_cache_size
 from .steps import allowed_steps, step_sizes
-from .trainer import TrainConfig, Trainer
+from .train.step import train_step
+from .train.trainer import TrainConfig, Trainer
 
 backends.preload()
 
@@ -30,6 +32,7 @@ __all__ = [
     "allowed_steps",
     "backend",
     "clear_graph_cache",
+    "from_flow_model",
     "get_backend",
     "load_model",
     "ops",

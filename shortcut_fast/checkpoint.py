@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.distributed.fsdp import FSDPModule
 
+from .distributed import unsharded_class
 from .models import MODEL_CLASSES, unwrap_model
 
 MODEL_FORMAT = "shortcut_fast.model/1"
@@ -124,8 +124,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def model_spec(model: nn.Module) -> dict | None:
     """``{"format", "class", "config"}`` for the package's models, ``None`` for other modules."""
     base = unwrap_model(model)
-    # fully_shard swaps in a class FSDP<Class>(FSDPModule, Class): look past it
-    cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+    cls = unsharded_class(base)
     name = cls.__name__
     if MODEL_CLASSES.get(name) is not cls:
         return None

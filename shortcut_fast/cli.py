@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
-from .data import DIGITS_CLASSES, load_digits, load_tensor_file
-from .datasets import ImageFolder, TensorShards, find_shards
-from .demo import DemoConfig, run_demo
+from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
+from .data.datasets import ImageFolder, TensorShards, find_shards
+from .eval.demo import DemoConfig, run_demo
 from .finetune import from_flow_model, read_model_spec
-from .images import save_grid
+from .eval.images import save_grid
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
-from .trainer import TrainConfig, Trainer, init_distributed
+from .distributed import init_distributed
+from .train.trainer import TrainConfig, Trainer
 
 
 # ---------------------------------------------------------------- demo

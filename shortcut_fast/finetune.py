@@ -7,9 +7,8 @@ table) knows the velocity at the smallest step ``d_min`` only. Copying the
 that flow velocity: the fine-tuning run then starts exactly as the flow model
 and the self-consistency loss teaches the larger steps from there.
 
-``from_flow_model`` builds such a model; ``ShortcutModule.from_flow_model``
-(``sf.ShortcutDiT.from_flow_model(...)``) and ``shortcut-fast train --init DIR``
-are thin routes to it.
+``from_flow_model`` (``sf.from_flow_model(source, sf.ShortcutDiT)``) builds such
+a model; ``shortcut-fast train --init DIR`` is a thin route to it.
 """
 
 from __future__ import annotations
@@ -124,3 +123,13 @@ def read_model_spec(directory: str | os.PathLike) -> dict:
     spec = read_json(path)
     build_model(spec, path)  # validates the class and its settings
     return spec
+
+
+def _from_flow_model_alias(cls, source, **kwargs) -> ShortcutModule:
+    """``ShortcutDiT.from_flow_model(source)``: kept for one release; use ``sf.from_flow_model(source, cls)``."""
+    return from_flow_model(source, cls, **kwargs)
+
+
+# The classmethod of 0.1 lives here, not in models.py, so that models.py does not import this module (which
+# imports checkpoint.py, which imports models.py). Removed in the next release.
+ShortcutModule.from_flow_model = classmethod(_from_flow_model_alias)  # type: ignore[attr-defined]

@@ -157,18 +157,6 @@ class ShortcutModule(nn.Module):
             )
         return y.long()
 
-    @classmethod
-    def from_flow_model(cls, source, **kwargs) -> ShortcutModule:
-        """A model of this class that starts as a flow-matching model at every step size.
-
-        ``source`` is a flow model, a saved model directory or a state dict of
-        flow-only weights (with ``config=``); the ``d_min`` row of the step-size
-        table is copied into every row. See ``shortcut_fast.finetune.from_flow_model``.
-        """
-        from .finetune import from_flow_model
-
-        return from_flow_model(source, cls, **kwargs)
-
     def _init_adaln_zero(self) -> None:
         """Xavier linears with zero bias, small embeddings, zero modulations and output.
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
-from . import functional as SF
+from .ops import reference as SF
 from . import ops
 from .models import LABEL_DTYPES, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, num_doublings

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import functional as SF
+from .ops import reference as SF
 from . import ops
 from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, check_velocity, unwrap_model

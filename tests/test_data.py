@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits as sklearn_load_digits
 
-from shortcut_fast.data import DIGITS_CLASSES, load_digits
+from shortcut_fast.data.files import DIGITS_CLASSES, load_digits
 
 
 def test_load_digits_shapes_dtypes_and_range():

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 import shortcut_fast as sf
 from shortcut_fast.cli import main, open_training_data
-from shortcut_fast.datasets import ImageFolder, TensorShards, find_shards
+from shortcut_fast.data.datasets import ImageFolder, TensorShards, find_shards
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,7 +14,7 @@ from helpers import perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import sampling
-from shortcut_fast.fast_train import TARGET_GRAPHS, graph_targets
+from shortcut_fast.train.step import TARGET_GRAPHS, graph_targets
 from shortcut_fast.graphs import CapturedCall, GraphCache, weights_key
 from shortcut_fast.objective import ShortcutConfig, self_consistency_targets, shortcut_loss
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import shortcut_fast as sf
-from shortcut_fast.trainer import NonFiniteError
+from shortcut_fast.train.trainer import NonFiniteError
 
 WORKER = Path(__file__).parent / "workers" / "checkpoint_forever.py"
 

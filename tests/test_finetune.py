@@ -27,7 +27,7 @@ def test_from_flow_model_starts_as_the_flow_model_at_every_level(tiny_dit, rng):
     flow_v = tiny_dit(x, torch.linspace(0, 0.9, 6), tiny_dit.min_step, y)
     before = _outputs_at_every_level(tiny_dit, x, y)
     assert not torch.allclose(before[0], before[-1])  # the source's levels differ (perturbed table)
-    model = sf.ShortcutDiT.from_flow_model(tiny_dit)
+    model = sf.from_flow_model(tiny_dit, sf.ShortcutDiT)
     assert model.training and model is not tiny_dit
     after = _outputs_at_every_level(model.eval(), x, y)
     for v in after:
@@ -38,7 +38,7 @@ def test_from_flow_model_starts_as_the_flow_model_at_every_level(tiny_dit, rng):
 
 def test_from_flow_model_mlp_and_copy_flow_level(tiny_mlp, rng):
     x = torch.randn(5, 3, generator=rng)
-    model = sf.ShortcutMLP.from_flow_model(tiny_mlp).eval()
+    model = sf.from_flow_model(tiny_mlp, sf.ShortcutMLP).eval()
     flow_v = tiny_mlp(x, 0.25, tiny_mlp.min_step)
     for d in model.step_sizes:
         torch.testing.assert_close(model(x, 0.25, d), flow_v, rtol=0, atol=0)
@@ -50,13 +50,13 @@ def test_from_flow_model_from_a_directory_and_from_flow_only_weights(tmp_path, t
     x = torch.randn(4, 1, 8, 8, generator=rng)
     y = torch.tensor([1, 2, 3, 4])
     sf.save_model(tiny_dit, tmp_path / "flow")
-    loaded = sf.ShortcutDiT.from_flow_model(tmp_path / "flow").eval()
+    loaded = sf.from_flow_model(tmp_path / "flow", sf.ShortcutDiT).eval()
     want = tiny_dit(x, 0.5, tiny_dit.min_step, y)
     torch.testing.assert_close(loaded(x, 0.5, 1.0, y), want, rtol=0, atol=0)
     # weights of a flow model that never had a step-size table: the table starts at zero
     state = {k: v for k, v in tiny_dit.state_dict().items() if k != STEP_TABLE_KEY}
     config = dict(tiny_dit.config)
-    model = sf.ShortcutDiT.from_flow_model(state, config=config).eval()
+    model = sf.from_flow_model(state, sf.ShortcutDiT, config=config).eval()
     assert torch.count_nonzero(model.cond.d_table.weight) == 0
     no_table = sf.ShortcutDiT(**config)
     no_table.load_state_dict({**state, STEP_TABLE_KEY: torch.zeros_like(model.cond.d_table.weight)})
@@ -65,17 +65,17 @@ def test_from_flow_model_from_a_directory_and_from_flow_only_weights(tmp_path, t
 
 def test_from_flow_model_errors(tmp_path, tiny_dit, tiny_mlp):
     with pytest.raises(ValueError, match="not a ShortcutDiT"):
-        sf.ShortcutDiT.from_flow_model(tiny_mlp)
+        sf.from_flow_model(tiny_mlp, sf.ShortcutDiT)
     sf.save_model(tiny_mlp, tmp_path / "mlp")
     with pytest.raises(ValueError, match="holds a ShortcutMLP, not a ShortcutDiT"):
-        sf.ShortcutDiT.from_flow_model(tmp_path / "mlp")
+        sf.from_flow_model(tmp_path / "mlp", sf.ShortcutDiT)
     with pytest.raises(FileNotFoundError):
-        sf.ShortcutDiT.from_flow_model(tmp_path / "missing")
+        sf.from_flow_model(tmp_path / "missing", sf.ShortcutDiT)
     with pytest.raises(ValueError, match="needs config"):
-        sf.ShortcutDiT.from_flow_model(tiny_dit.state_dict())
+        sf.from_flow_model(tiny_dit.state_dict(), sf.ShortcutDiT)
     bad = dict(TINY_DIT, hidden_size=64, num_classes=10)
     with pytest.raises(ValueError, match="do not fit ShortcutDiT"):
-        sf.ShortcutDiT.from_flow_model(tiny_dit.state_dict(), config=bad)
+        sf.from_flow_model(tiny_dit.state_dict(), sf.ShortcutDiT, config=bad)
     with pytest.raises(TypeError, match="source must be"):
         from_flow_model(3.0)
 
@@ -144,3 +144,10 @@ def test_train_init_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error:" in err
         assert re.search(match, err), err
+
+
+def test_the_classmethod_of_the_last_release_still_routes_to_from_flow_model(tiny_dit, rng):
+    x = torch.randn(3, 1, 8, 8, generator=rng)
+    t, d = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    old, new = sf.ShortcutDiT.from_flow_model(tiny_dit).eval(), sf.from_flow_model(tiny_dit, sf.ShortcutDiT).eval()
+    torch.testing.assert_close(old(x, t, d), new(x, t, d), rtol=0, atol=0)

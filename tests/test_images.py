@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from shortcut_fast.images import GRID_GAP, save_grid
+from shortcut_fast.eval.images import GRID_GAP, save_grid
 
 
 def _read(path):

@@ -3,9 +3,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import shortcut_fast.metrics as metrics
-from shortcut_fast.data import load_digits
-from shortcut_fast.metrics import (
+import shortcut_fast.eval.metrics as metrics
+from shortcut_fast.data.files import load_digits
+from shortcut_fast.eval.metrics import (
     CLASSIFIER_FILENAME,
     DigitsClassifier,
     class_accuracy,

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from shortcut_fast import functional as F
+from shortcut_fast.ops import reference as F
 
 _C = pytest.importorskip("shortcut_fast._C", reason="extension not built (pip install --no-build-isolation -e .)")
 

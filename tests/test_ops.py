@@ -18,7 +18,7 @@ from helpers import perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import backends, ops
-from shortcut_fast import functional as SF
+from shortcut_fast.ops import reference as SF
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from shortcut_fast.toy2d import TOY2D, checkerboard, eight_gaussians, sample_toy2d, spirals, two_moons
+from shortcut_fast.eval.toy2d import TOY2D, checkerboard, eight_gaussians, sample_toy2d, spirals, two_moons
 
 
 @pytest.mark.parametrize("name", sorted(TOY2D))

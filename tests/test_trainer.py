@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import shortcut_fast as sf
-from shortcut_fast.trainer import BatchSource
+from shortcut_fast.data.batches import BatchSource
 
 
 def make_model(seed=0, num_classes=3):

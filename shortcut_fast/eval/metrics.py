@@ -15,8 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import atomic_file
-from .data import DIGITS_CLASSES, load_digits
+from ..checkpoint import atomic_file
+from ..data.files import DIGITS_CLASSES, load_digits
 
 CLASSIFIER_FILENAME = "digits_classifier.safetensors"
 """File name of the cached digits classifier inside a cache directory."""

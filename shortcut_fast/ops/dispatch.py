@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from . import functional as SF
+from . import reference as SF
 
 # head sizes the GPU (Triton and CUDA) attention kernels are built for; the CPU kernel takes any
 GPU_HEAD_DIMS = (32, 64, 128)

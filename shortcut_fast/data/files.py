@@ -59,7 +59,7 @@ def load_tensor_file(path: str | os.PathLike, labels: str | os.PathLike | None =
     path = Path(path)
     y = None
     if path.suffix == ".safetensors":
-        from .checkpoint import load_tensors
+        from ..checkpoint import load_tensors
 
         tensors = load_tensors(path)
         if "x" not in tensors:

@@ -4,7 +4,7 @@ Each op is a ``torch.library.custom_op`` with exactly the schema of the op contr
 (``docs/kernels.md``), shared with the native ``shortcut_fast`` namespace; its body checks the
 inputs and launches the kernels. ``custom_op`` rather than ``triton_op``: it keeps the kernel
 opaque to torch.compile, which also works under TRITON_INTERPRET=1. The fake (meta) functions
-and the autograd formulas of both namespaces live in ``shortcut_fast/op_formulas.py``;
+and the autograd formulas of both namespaces live in ``shortcut_fast/ops/formulas.py``;
 ``shortcut_fast.backends`` registers them when it imports this module.
 """
 
@@ -14,12 +14,37 @@ import functools
 
 import torch
 
-from . import attention, elementwise, embedding, layernorm
-from .launch import check, check_device, check_float
+from ..kernels import attention, elementwise, embedding, layernorm
+from ..kernels.launch import INTERPRET
+from .reference import T_SCALE
 
 NAMESPACE = "shortcut_fast_triton"
 
 Tensor = torch.Tensor
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise the RuntimeError a ``TORCH_CHECK`` of the native ops raises, so both backends fail alike."""
+    if not condition:
+        raise RuntimeError(message)
+
+
+def check_device(op: str, *tensors: torch.Tensor) -> None:
+    """The tensors share one device the kernels can run on: CUDA, or the CPU under the interpreter."""
+    device = tensors[0].device
+    check(all(t.device == device for t in tensors), f"{op}: all tensors must be on one device")
+    if INTERPRET:
+        check(device.type == "cpu", f"{op}: under TRITON_INTERPRET=1 the Triton kernels take CPU tensors")
+    else:
+        check(device.type == "cuda", f"{op}: the Triton kernels take CUDA tensors (CPU ones with TRITON_INTERPRET=1)")
+
+
+def check_float(op: str, *tensors: torch.Tensor) -> None:
+    """Floating storage the kernels handle: fp32, fp16, bf16 on a GPU; fp32 only under the interpreter."""
+    allowed = (torch.float32,) if INTERPRET else FLOAT_DTYPES
+    for t in tensors:
+        check(t.dtype in allowed, f"{op}: dtype {t.dtype} is not supported (expected one of {allowed})")
 
 
 def _on_input_device(fn):
@@ -138,7 +163,7 @@ def timestep_features(t: Tensor, dim: int, max_period: float) -> Tensor:
     check(t.is_floating_point(), f"{op}: t must be floating point, got {t.dtype}")
     check(dim >= 1, f"{op}: dim must be positive, got {dim}")
     check(max_period > 0, f"{op}: max_period must be positive, got {max_period}")
-    return embedding.timestep_features(t.contiguous(), dim, max_period)
+    return embedding.timestep_features(t.contiguous(), dim, max_period, T_SCALE)
 
 
 @_op("(Tensor c, Tensor level, Tensor d_table, Tensor? y, Tensor? y_table) -> Tensor")

@@ -18,22 +18,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
-from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .fast_train import graph_targets, update_ema
-from .models import LABEL_DTYPES, unwrap_model
-from .objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
+from .. import checkpoint as ckpt
+from ..data.batches import BatchSource
+from ..distributed import full_tensor, fully_shard_blocks, is_fsdp, rank_and_world
+from .step import graph_targets, update_ema
+from ..models import unwrap_model
+from ..objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
@@ -112,167 +104,8 @@ class TrainConfig:
 
 
 #################################################################################
-#                          Batches from the user's data                         #
-#################################################################################
-
-def _check_tensor_data(x: torch.Tensor) -> torch.Tensor:
-    """In-memory training data: a real (N, ...) tensor with values, all finite."""
-    if not x.is_floating_point():
-        raise TypeError(f"data must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < 2 or x.is_meta:
-        raise ValueError(f"data must be a tensor (N, ...) with values, got shape {tuple(x.shape)} on {x.device}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("data holds NaN or inf values")
-    return x
-
-
-def _collate(items):
-    """``default_collate`` with an error that says what is wrong with the dataset's items."""
-    try:
-        return default_collate(items)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"the dataset's items cannot form a batch (they must be tensors of one shape, "
-                         f"or (tensor, label) pairs): {err}") from err
-
-
-def _split_item(batch):
-    """A collated batch -> (x, labels or None)."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise TypeError("each data item must be a tensor x or a pair (x, label); "
-                    f"got a batch of type {type(batch).__name__}")
-
-
-class BatchSource:
-    """Endless, resumable batches of ``(x, y)`` from tensors, a Dataset or a DataLoader.
-
-    For tensors and Datasets the order is a seeded permutation per epoch, and
-    the position in it is part of the checkpoint, so a resumed run sees the
-    same batches. Under torchrun each rank takes its share of every global batch.
-    A user's DataLoader is iterated as it is (restarted when exhausted) and its
-    order is its own.
-    """
-
-    def __init__(self, data, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world: int = 1,
-                 pin_memory: bool = False):
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.x = self.y = self.dataset = self.loader = None
-        if isinstance(data, DataLoader):
-            self.loader, self.size = data, None
-        elif isinstance(data, torch.Tensor):
-            self.x, self.size = _check_tensor_data(data), len(data)
-        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(a, torch.Tensor) for a in data):
-            self.x, self.y = _check_tensor_data(data[0]), data[1]
-            if self.y.dtype not in LABEL_DTYPES:
-                raise TypeError(f"labels y must be an integer tensor, got dtype {self.y.dtype}")
-            if self.y.dim() != 1:
-                raise ValueError(f"labels must be a 1-D tensor, got shape {tuple(self.y.shape)}")
-            if len(self.x) != len(self.y):
-                raise ValueError(f"data and labels differ in length: {len(self.x)} vs {len(self.y)}")
-            self.size = len(self.x)
-        elif isinstance(data, Dataset):
-            self.dataset, self.size = data, len(data)
-        else:
-            raise TypeError("data must be a Tensor, a (Tensor, labels) pair, a Dataset or a DataLoader; "
-                            f"got {type(data).__name__}")
-        if self.size is not None and self.size < batch_size * world:
-            raise ValueError(f"the data holds {self.size} samples, fewer than one batch "
-                             f"({batch_size} x {world} processes); lower batch_size")
-        self.epoch, self.pos, self._iter = 0, 0, None
-
-    @property
-    def has_labels(self) -> bool | None:
-        """Whether items carry labels (None: unknown until a DataLoader yields)."""
-        if self.x is not None:
-            return self.y is not None
-        return None
-
-    def state_dict(self) -> dict:
-        """Where the next batch starts: the epoch and the position in its permutation."""
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a ``state_dict``."""
-        self.epoch, self.pos, self._iter = int(state["epoch"]), int(state["pos"]), None
-
-    def _permutation(self) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=gen)
-
-    def _epoch_batches(self) -> list[torch.Tensor]:
-        """This rank's index lists for the rest of the current epoch (full global batches only)."""
-        perm, step = self._permutation(), self.batch_size * self.world
-        # rank r takes rows r, r + world, ... of each global batch: the layout the objective's shards assume
-        return [perm[p + self.rank:p + step:self.world] for p in range(self.pos, self.size - step + 1, step)]
-
-    def _new_iter(self):
-        if self.loader is not None:
-            return iter(self.loader)
-        batches = self._epoch_batches()
-        if self.x is not None:
-            return ((self.x[i], None if self.y is None else self.y[i]) for i in batches)
-        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, collate_fn=_collate))
-
-    def __next__(self):
-        if self._iter is None:
-            self._iter = self._new_iter()
-        batch = next(self._iter, None)
-        if batch is None:
-            if self.loader is None:
-                self.epoch, self.pos = self.epoch + 1, 0
-            self._iter = self._new_iter()
-            batch = next(self._iter, None)
-            if batch is None:
-                raise ValueError("the DataLoader yields no batches")
-        if self.loader is not None:
-            return _split_item(batch)
-        # pos counts batches handed out, not batches a DataLoader worker prefetched
-        self.pos += self.batch_size * self.world
-        return batch if self.x is not None else _split_item(batch)
-
-
-#################################################################################
 #                                   Trainer                                     #
 #################################################################################
-
-def init_distributed(device: str | torch.device = "cpu") -> torch.device:
-    """Join the process group that ``torchrun`` describes in the environment, if any.
-
-    Returns the device this process trains on: ``cuda:LOCAL_RANK`` (NCCL) for a
-    CUDA device under torchrun, else ``device`` (gloo on the CPU). Without
-    torchrun's ``WORLD_SIZE`` > 1 nothing is initialised.
-    """
-    device = torch.device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def _fully_shard(module: nn.Module) -> None:
-    """FSDP2: shard each block (one all-gather per block in forward) and then the rest."""
-    for block in getattr(module, "blocks", []):
-        fully_shard(block)
-    fully_shard(module)
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A replicated DTensor (e.g. a gradient norm under FSDP) as a plain tensor."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 
 class Trainer:
     """Train a shortcut model: ``Trainer(model, data, TrainConfig(...)).fit(steps)``.
@@ -298,7 +131,7 @@ class Trainer:
         if not params:
             raise ValueError("the model has no parameters to train")
         self.device = params[0].device
-        self.rank, self.world = _distributed()
+        self.rank, self.world = rank_and_world()
         self.is_main = self.rank == 0
         # the arguments are checked before the model is wrapped or sharded in place
         self.data = BatchSource(data, self.config.batch_size, self.config.seed, self.config.num_workers,
@@ -314,7 +147,7 @@ class Trainer:
         if self.world > 1 and self.config.fsdp:
             # the EMA is sharded like the live weights, so its update stays local to each rank
             for module in (self.model, self.ema_model):
-                _fully_shard(module)
+                fully_shard_blocks(module)
             params = list(self.model.parameters())
         elif self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -341,7 +174,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        if isinstance(self.ema_model, FSDPModule):
+        if is_fsdp(self.ema_model):
             # the root stays gathered after the target forwards (FSDP expects a backward next)
             self.ema_model.reshard()
         update_ema(self.ema_model, self.model, self.config.ema_decay)
@@ -372,7 +205,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        logs["grad_norm"] = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        logs["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         if self._any_rank(not bool(torch.isfinite(logs["grad_norm"]) & torch.isfinite(loss))):
             return self._skip(logs)
         self.optimizer.step()
@@ -462,6 +295,9 @@ class Trainer:
         Call it on every rank (under FSDP it gathers the shards); rank 0 writes.
         The directory is replaced atomically. Returns it (``None`` on other ranks).
         """
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                              get_optimizer_state_dict)
+
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=full)
         ema = get_model_state_dict(self.ema_model, options=full)
@@ -512,6 +348,9 @@ class Trainer:
             model = model.to(device)
         config = TrainConfig.from_dict({**meta["train_config"], **overrides})
         trainer = cls(model, data, config)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                              set_optimizer_state_dict)
+
         full = StateDictOptions(full_state_dict=True)
         for module, name in [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]:
             try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .checkpoint import atomic_file
+from ..checkpoint import atomic_file
 
 GRID_GAP = 2
 """Pixels of background between neighbouring images of a grid."""

@@ -15,12 +15,11 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 
-from .graphs import CapturedCall, GraphCache, weights_key
-from .models import ShortcutModule, unwrap_model
-from .objective import ShortcutConfig, self_consistency_targets, shortcut_loss
+from ..distributed import is_fsdp, local_tensor
+from ..graphs import CapturedCall, GraphCache, weights_key
+from ..models import ShortcutModule, unwrap_model
+from ..objective import ShortcutConfig, self_consistency_targets, shortcut_loss
 
 TARGET_GRAPHS = GraphCache(max_size=4)  # captured target computations, least recently used dropped first
 
@@ -29,7 +28,7 @@ def can_capture(teacher: nn.Module) -> bool:
     """Whether the targets of ``teacher`` can be captured: a package model, unsharded, on CUDA."""
     base = unwrap_model(teacher)
     param = next(base.parameters(), None)
-    return isinstance(base, ShortcutModule) and not isinstance(base, FSDPModule) and param is not None \
+    return isinstance(base, ShortcutModule) and not is_fsdp(base) and param is not None \
         and param.is_cuda
 
 
@@ -98,13 +97,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
 def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = lerp(ema, live, 1 - decay)`` for every parameter (each rank's shard of a sharded one), in one
     foreach call; buffers are copied."""
-    ema = [_local(p) for p in ema_model.parameters()]
-    live = [_local(p) for p in model.parameters()]
+    ema = [local_tensor(p) for p in ema_model.parameters()]
+    live = [local_tensor(p) for p in model.parameters()]
     torch._foreach_lerp_(ema, live, 1.0 - decay)
     for b_ema, b in zip(ema_model.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
 
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a sharded (DTensor) parameter; a plain tensor as it is."""
-    return t.to_local() if isinstance(t, DTensor) else t

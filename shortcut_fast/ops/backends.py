@@ -43,9 +43,9 @@ def _load_native() -> bool:
         except ImportError as err:
             _native_loaded, _native_error = False, str(err)
         else:
-            from . import op_formulas
+            from . import formulas
 
-            op_formulas.register_fakes(NATIVE_NAMESPACE)  # the autograd of the native ops is in C++
+            formulas.register_fakes(NATIVE_NAMESPACE)  # the autograd of the native ops is in C++
             _native_loaded, _native_cuda = True, bool(ext.cuda_built())
     return _native_loaded
 
@@ -55,14 +55,14 @@ def _load_triton() -> bool:
     global _triton_loaded, _triton_error
     if _triton_loaded is None:
         try:
-            importlib.import_module("shortcut_fast.kernels.ops")
+            importlib.import_module("shortcut_fast.ops.triton")
         except ImportError as err:
             _triton_loaded, _triton_error = False, str(err)
         else:
-            from . import op_formulas
+            from . import formulas
 
-            op_formulas.register_fakes(TRITON_NAMESPACE)
-            op_formulas.register_autograd(TRITON_NAMESPACE)
+            formulas.register_fakes(TRITON_NAMESPACE)
+            formulas.register_autograd(TRITON_NAMESPACE)
             _triton_loaded = True
     return _triton_loaded
 

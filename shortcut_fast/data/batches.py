@@ -1,0 +1,128 @@
+"""Batches from the user's data: tensors, a Dataset or a DataLoader, endless and resumable."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from ..models import LABEL_DTYPES
+
+
+def _check_tensor_data(x: torch.Tensor) -> torch.Tensor:
+    """In-memory training data: a real (N, ...) tensor with values, all finite."""
+    if not x.is_floating_point():
+        raise TypeError(f"data must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2 or x.is_meta:
+        raise ValueError(f"data must be a tensor (N, ...) with values, got shape {tuple(x.shape)} on {x.device}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("data holds NaN or inf values")
+    return x
+
+
+def _collate(items):
+    """``default_collate`` with an error that says what is wrong with the dataset's items."""
+    try:
+        return default_collate(items)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"the dataset's items cannot form a batch (they must be tensors of one shape, "
+                         f"or (tensor, label) pairs): {err}") from err
+
+
+def _split_item(batch):
+    """A collated batch -> (x, labels or None)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError("each data item must be a tensor x or a pair (x, label); "
+                    f"got a batch of type {type(batch).__name__}")
+
+
+class BatchSource:
+    """Endless, resumable batches of ``(x, y)`` from tensors, a Dataset or a DataLoader.
+
+    For tensors and Datasets the order is a seeded permutation per epoch, and
+    the position in it is part of the checkpoint, so a resumed run sees the
+    same batches. Under torchrun each rank takes its share of every global batch.
+    A user's DataLoader is iterated as it is (restarted when exhausted) and its
+    order is its own.
+    """
+
+    def __init__(self, data, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world: int = 1,
+                 pin_memory: bool = False):
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.x = self.y = self.dataset = self.loader = None
+        if isinstance(data, DataLoader):
+            self.loader, self.size = data, None
+        elif isinstance(data, torch.Tensor):
+            self.x, self.size = _check_tensor_data(data), len(data)
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(a, torch.Tensor) for a in data):
+            self.x, self.y = _check_tensor_data(data[0]), data[1]
+            if self.y.dtype not in LABEL_DTYPES:
+                raise TypeError(f"labels y must be an integer tensor, got dtype {self.y.dtype}")
+            if self.y.dim() != 1:
+                raise ValueError(f"labels must be a 1-D tensor, got shape {tuple(self.y.shape)}")
+            if len(self.x) != len(self.y):
+                raise ValueError(f"data and labels differ in length: {len(self.x)} vs {len(self.y)}")
+            self.size = len(self.x)
+        elif isinstance(data, Dataset):
+            self.dataset, self.size = data, len(data)
+        else:
+            raise TypeError("data must be a Tensor, a (Tensor, labels) pair, a Dataset or a DataLoader; "
+                            f"got {type(data).__name__}")
+        if self.size is not None and self.size < batch_size * world:
+            raise ValueError(f"the data holds {self.size} samples, fewer than one batch "
+                             f"({batch_size} x {world} processes); lower batch_size")
+        self.epoch, self.pos, self._iter = 0, 0, None
+
+    @property
+    def has_labels(self) -> bool | None:
+        """Whether items carry labels (None: unknown until a DataLoader yields)."""
+        if self.x is not None:
+            return self.y is not None
+        return None
+
+    def state_dict(self) -> dict:
+        """Where the next batch starts: the epoch and the position in its permutation."""
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict``."""
+        self.epoch, self.pos, self._iter = int(state["epoch"]), int(state["pos"]), None
+
+    def _permutation(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=gen)
+
+    def _epoch_batches(self) -> list[torch.Tensor]:
+        """This rank's index lists for the rest of the current epoch (full global batches only)."""
+        perm, step = self._permutation(), self.batch_size * self.world
+        # rank r takes rows r, r + world, ... of each global batch: the layout the objective's shards assume
+        return [perm[p + self.rank:p + step:self.world] for p in range(self.pos, self.size - step + 1, step)]
+
+    def _new_iter(self):
+        if self.loader is not None:
+            return iter(self.loader)
+        batches = self._epoch_batches()
+        if self.x is not None:
+            return ((self.x[i], None if self.y is None else self.y[i]) for i in batches)
+        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory, collate_fn=_collate))
+
+    def __next__(self):
+        if self._iter is None:
+            self._iter = self._new_iter()
+        batch = next(self._iter, None)
+        if batch is None:
+            if self.loader is None:
+                self.epoch, self.pos = self.epoch + 1, 0
+            self._iter = self._new_iter()
+            batch = next(self._iter, None)
+            if batch is None:
+                raise ValueError("the DataLoader yields no batches")
+        if self.loader is not None:
+            return _split_item(batch)
+        # pos counts batches handed out, not batches a DataLoader worker prefetched
+        self.pos += self.batch_size * self.world
+        return batch if self.x is not None else _split_item(batch)
