@@ -19,6 +19,7 @@ Switches (environment variables):
 """
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,6 +27,12 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _version() -> str:
+    """The version, written once: ``__version__`` in ``shortcut_fast/__init__.py``."""
+    text = (ROOT / "shortcut_fast" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE).group(1)
 
 
 def _native_sources() -> list[str]:
@@ -65,7 +72,7 @@ def _native_extension():
 
 setup(
     name="shortcut_fast",
-    version="0.1.0",
+    version=_version(),
     description="A fast PyTorch runtime for shortcut models: one-step flow generation",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -488,7 +488,8 @@ def write_markdown(report: dict, path: Path) -> None:
     if "finetune" in report:
         ft = report["finetune"]
         lines += ["## Fine-tuning the flow model into a shortcut model", "",
-                  "`sf.from_flow_model(flow, sf.ShortcutDiT)` copies the d_min row of the step-size table into every row, "
+                  "`sf.from_flow_model(flow, sf.ShortcutDiT)` copies the d_min row of the step-size table into every "
+                  "row, "
                   "so the model starts as the flow baseline above at every step size; it then trains with the "
                   f"shortcut objective for {b['finetune_steps']} steps (learning-rate warmup and cosine decay over "
                   f"those steps; {ft['finetune_seconds']:.0f} s). The shortcut run from scratch above, scored "

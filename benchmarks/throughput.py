@@ -27,9 +27,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shortcut_fast as sf
-from shortcut_fast.ops import reference as SF
 from shortcut_fast import ops
 from shortcut_fast.objective import ShortcutConfig
+from shortcut_fast.ops import reference as SF
 
 DIGITS_DIT = dict(input_size=8, in_channels=1, patch_size=4, hidden_size=192, depth=4, num_heads=4, num_classes=10)
 TINY_DIT = dict(input_size=8, in_channels=1, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=10)

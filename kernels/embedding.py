@@ -1,6 +1,6 @@
 """The conditioning embedding: sinusoidal timestep features and the sum of the condition rows.
 
-* ``timestep_features``: (B,) -> (B, dim) fp32 ``[cos(s f_i), sin(s f_i)]`` with ``s = t_scale * t`` (the caller's scale),
+* ``timestep_features``: (B,) -> (B, dim) fp32 ``[cos(s f_i), sin(s f_i)]`` with ``s = t_scale * t``,
   ``f_i = exp(-ln(max_period) i / half)``, ``half = dim // 2``, a zero column last when dim is odd;
 * ``condition_sum``: ``c + d_table[level] (+ y_table[y])``, c: (B, C), level, y: (B,) int64.
 

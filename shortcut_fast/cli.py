@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
-from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
 from .data.datasets import ImageFolder, TensorShards, find_shards
+from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
+from .distributed import init_distributed
 from .eval.demo import DemoConfig, run_demo
-from .finetune import from_flow_model, read_model_spec
 from .eval.images import save_grid
+from .finetune import from_flow_model, read_model_spec
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
-from .distributed import init_distributed
 from .train.trainer import TrainConfig, Trainer
 
 

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
-from .ops import reference as SF
 from . import ops
 from .models import LABEL_DTYPES, check_velocity, unwrap_model
+from .ops import reference as SF
 from .steps import DEFAULT_MIN_STEP, num_doublings
 
 OBJECTIVES = ("shortcut", "flow")

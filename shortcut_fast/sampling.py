@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .ops import reference as SF
 from . import ops
 from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, check_velocity, unwrap_model
+from .ops import reference as SF
 from .steps import DEFAULT_MIN_STEP, check_num_steps
 
 MAX_NOISE_ELEMENTS = 2**31  # per call (8 GiB of fp32 noise); draw larger sets in several calls

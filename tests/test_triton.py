@@ -18,6 +18,7 @@ from shortcut_fast.ops import reference as SF
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton)")
 
 from shortcut_fast.kernels import launch  # noqa: E402
+
 from shortcut_fast.ops import triton as _registers_the_ops  # noqa: E402, F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -18,12 +18,12 @@ import torch
 
 from ..checkpoint import atomic_file, write_json
 from ..data.files import DIGITS_CLASSES, load_digits
-from .images import save_grid
-from .metrics import class_accuracy, frechet_distance, load_or_train_digits_classifier
 from ..models import ShortcutDiT
 from ..objective import ShortcutConfig
 from ..sampling import sample
 from ..train.trainer import TrainConfig, Trainer
+from .images import save_grid
+from .metrics import class_accuracy, frechet_distance, load_or_train_digits_classifier
 
 
 @dataclass

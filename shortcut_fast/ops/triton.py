@@ -14,8 +14,7 @@ import functools
 
 import torch
 
-from ..kernels import attention, elementwise, embedding, layernorm
-from ..kernels.launch import INTERPRET
+from ..kernels import attention, elementwise, embedding, launch, layernorm
 from .reference import T_SCALE
 
 NAMESPACE = "shortcut_fast_triton"
@@ -34,7 +33,7 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
     """The tensors share one device the kernels can run on: CUDA, or the CPU under the interpreter."""
     device = tensors[0].device
     check(all(t.device == device for t in tensors), f"{op}: all tensors must be on one device")
-    if INTERPRET:
+    if launch.INTERPRET:
         check(device.type == "cpu", f"{op}: under TRITON_INTERPRET=1 the Triton kernels take CPU tensors")
     else:
         check(device.type == "cuda", f"{op}: the Triton kernels take CUDA tensors (CPU ones with TRITON_INTERPRET=1)")
@@ -42,7 +41,7 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
 
 def check_float(op: str, *tensors: torch.Tensor) -> None:
     """Floating storage the kernels handle: fp32, fp16, bf16 on a GPU; fp32 only under the interpreter."""
-    allowed = (torch.float32,) if INTERPRET else FLOAT_DTYPES
+    allowed = (torch.float32,) if launch.INTERPRET else FLOAT_DTYPES
     for t in tensors:
         check(t.dtype in allowed, f"{op}: dtype {t.dtype} is not supported (expected one of {allowed})")
 

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from .. import checkpoint as ckpt
 from ..data.batches import BatchSource
 from ..distributed import full_tensor, fully_shard_blocks, is_fsdp, rank_and_world
-from .step import graph_targets, update_ema
 from ..models import unwrap_model
 from ..objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
+from .step import graph_targets, update_ema
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
@@ -295,8 +295,11 @@ class Trainer:
         Call it on every rank (under FSDP it gathers the shards); rank 0 writes.
         The directory is replaced atomically. Returns it (``None`` on other ranks).
         """
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                              get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=full)
@@ -348,8 +351,11 @@ class Trainer:
             model = model.to(device)
         config = TrainConfig.from_dict({**meta["train_config"], **overrides})
         trainer = cls(model, data, config)
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                              set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         full = StateDictOptions(full_state_dict=True)
         for module, name in [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]:
