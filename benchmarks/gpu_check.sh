@@ -11,9 +11,9 @@
 #
 #   bash benchmarks/gpu_check.sh [--quick] [--dry-run]    # logs and JSON under $OUT (default /tmp/gpu_check)
 #
-# --dry-run checks this script's logic without a GPU: each stage prints its command and runs
-# $GPU_CHECK_DRY_<STAGE> instead (default: true) under the same limits; GPU_CHECK_LIMIT_<STAGE> and
-# GPU_CHECK_BUDGET override the limits in seconds.
+# --dry-run checks this script's logic without a GPU: each stage prints its command, checks that it
+# parses, and runs $GPU_CHECK_DRY_<STAGE> instead (default: true) under the same limits.
+# GPU_CHECK_LIMIT_<STAGE> and GPU_CHECK_BUDGET override the limits in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/gpu_check}"
@@ -120,6 +120,9 @@ for i in "${!stages[@]}"; do
     echo "== $current (limit ${limit} s, log $out/$current.log)"
     if [ "$dry" -eq 1 ]; then
         echo "would run: ${cmd:0:300}"
+        if ! bash -n -c "$cmd" 2>"$out/$current.log"; then
+            result[$current]="FAILED (its command does not parse)"; status=1; continue
+        fi
         dry_var="GPU_CHECK_DRY_${current^^}"
         cmd="${!dry_var:-true}"
     fi
