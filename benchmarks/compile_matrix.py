@@ -54,7 +54,8 @@ DOCS_HEADING = "## Compiled for sm_80 and sm_90"
 
 # Spills accepted, each with why and a ceiling in bytes (stores + loads): (kernel, dtype, target) -> (bytes, why).
 _FP32_ATTENTION = ("fp32 storage multiplies in full fp32 (ieee) on CUDA cores with (block, Dh) fp32 tiles "
-                   "held in registers; accepted until the fp32 attention path gets smaller tiles (bf16/fp16 are the fast paths)")
+                   "held in registers; accepted until the fp32 attention path gets smaller tiles "
+                   "(bf16/fp16 are the fast paths)")
 _HALF_BACKWARD = ("at most a few hundred bytes in the backward's largest tiles, which stay in L1; the autotuner "
                   "times these configurations against ones that do not spill")
 ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
