@@ -1,9 +1,10 @@
-"""The ``shortcut-fast`` command: ``demo``, ``train`` and ``sample``.
+"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample`` and ``doctor``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
 ``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
 (under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
+``shortcut-fast doctor``: versions, hardware, each op's backend and its parity with the reference (for bug reports).
 """
 
 from __future__ import annotations
@@ -259,6 +260,13 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- doctor
+def _cmd_doctor(args) -> int:
+    from .doctor import run
+
+    return run(args.device, args.timing_seconds)
+
+
 # ---------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``shortcut-fast``."""
@@ -314,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--device", default="cpu")
     smp.set_defaults(func=_cmd_sample)
+
+    doc = sub.add_parser("doctor", help="versions, hardware, backend per op, parity with the reference, a timing")
+    doc.add_argument("--device", help="cpu or cuda (default: the GPU if there is one)")
+    doc.add_argument("--timing-seconds", type=float, default=1.0, help="seconds of 1-step sampling (0: none)")
+    doc.set_defaults(func=_cmd_doctor)
     return parser
 
 

@@ -1,0 +1,51 @@
+"""``shortcut-fast doctor`` on the CPU: its sections, its parity checks, and its exit status when one fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shortcut_fast import cli, doctor, ops
+from shortcut_fast.ops import reference
+
+
+def test_doctor_reports_every_section_and_every_op_and_passes(capsys):
+    assert cli.main(["doctor", "--device", "cpu", "--timing-seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    for section in ("== versions", "== hardware", "== backend per op on cpu", "== parity", "== 1-step sampling"):
+        assert section in out
+    assert f"torch         {torch.__version__}" in out
+    parity_lines = [line for line in out.splitlines() if line.strip().endswith((" ok", " FAIL"))]
+    dtypes = doctor.supported_dtypes(torch.device("cpu"))
+    assert len(parity_lines) == len(doctor.OPS) * len(dtypes)
+    assert all(line.split()[0] in doctor.OPS for line in parity_lines)
+    assert "all parity checks passed" in out
+
+
+def test_a_wrong_op_fails_parity_and_the_exit_status(monkeypatch, capsys):
+    def off_by_a_bit(x, v, d):
+        return reference.euler_step(x, v, d) + 0.1
+
+    monkeypatch.setattr(ops, "euler_step", off_by_a_bit)
+    assert doctor.run("cpu", timing_seconds=0) == 1
+    out = capsys.readouterr().out
+    assert any(line.split()[:1] == ["euler_step"] and line.endswith("FAIL") for line in out.splitlines())
+    assert "FAILED parity: euler_step float32" in out
+
+
+def test_an_op_that_raises_fails_its_check(monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("kernel launch failed")
+
+    monkeypatch.setattr(ops, "attention", broken)
+    rows = doctor.parity(torch.device("cpu"))
+    assert {(name, passed) for name, _, _, _, passed in rows if name == "attention"} == {("attention", False)}
+    assert "raised RuntimeError: kernel launch failed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_doctor_rejects_a_gpu_it_cannot_see(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["doctor", "--device", "cuda", "--timing-seconds", "0"])
+    assert exited.value.code == 2
+    assert "torch sees no GPU" in capsys.readouterr().err

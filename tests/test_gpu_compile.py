@@ -1,0 +1,103 @@
+"""GPU readiness without a GPU: every kernel compiled for the real targets, sm_80 and sm_90.
+
+* The Triton kernels that really launch (``benchmarks/compile_matrix.py --ci``: on sm_90 every
+  configuration left after pruning, in bf16 and fp32; on sm_80 one per kernel and dtype) compile with
+  the ptxas inside Triton, fit the target's shared memory and do not spill registers, unless the
+  script's table of accepted cases says why. The full matrix is the script's, with its table in
+  ``docs/kernels.md``.
+* Every CUDA source compiles with nvcc for sm_80 and sm_90 with no spill in ``-Xptxas -v``.
+
+Both take minutes cold (results are cached: Triton's cache and the matrix's beside it), hence slow.
+The compile runs in a subprocess without ``TRITON_INTERPRET``, which this test session may set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_build import CUDA_SOURCES, ROOT, _nvcc, _torch_includes
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = ROOT / "benchmarks" / "compile_matrix.py"
+SHARED_LIMIT = {80: 166912, 90: 232448}  # bytes per block, opt-in maximum of each architecture
+
+
+def _has_gpu_compiler() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return Path(get_ptxas(90).path).exists()
+    except Exception:  # no triton, or a triton without its NVIDIA backend
+        return False
+
+
+@pytest.fixture(scope="module")
+def launched_rows(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("matrix") / "ci.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--ci", "--json", str(out)], env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert out.exists(), f"the matrix script wrote nothing:\n{result.stderr[-4000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not _has_gpu_compiler(), reason="triton with its NVIDIA backend (ptxas) is not installed")
+def test_launched_triton_configurations_compile_fit_and_do_not_spill(launched_rows):
+    problems = []
+    for row in launched_rows:
+        if not row["ok"]:
+            problems.append(f"{row['key']}: does not compile: {row['error'][:300]}")
+            continue
+        if row["shared"] > SHARED_LIMIT[row["target"]] and not row["tuning"]:
+            problems.append(f"{row['key']}: {row['shared']} B of shared memory, over the target's maximum")
+        if row["spill_stores"] + row["spill_loads"] and "accepted" not in row["decision"]:
+            problems.append(f"{row['key']}: spills {row['spill_stores']}/{row['spill_loads']} B")
+        if not row["passed"]:
+            problems.append(f"{row['key']}: {row['decision']}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(not _has_gpu_compiler(), reason="triton with its NVIDIA backend (ptxas) is not installed")
+def test_every_kernel_and_dtype_has_a_launchable_configuration_on_both_targets(launched_rows):
+    defined = set()
+    for path in (ROOT / "kernels").glob("*.py"):
+        defined |= set(re.findall(r"^def (_\w+_kernel)\(", path.read_text(), flags=re.M))
+    launchable = {(f"_{r['kernel']}_kernel", r["target"], r["dtype"]) for r in launched_rows
+                  if r["ok"] and r["shared"] <= SHARED_LIMIT[r["target"]] and not r["pruned"]}
+    wanted = {(name, 80, dtype) for name in defined for dtype in ("fp32", "bf16", "fp16")}
+    wanted |= {(name, 90, dtype) for name in defined for dtype in ("fp32", "bf16")}
+    assert defined and not wanted - launchable, sorted(wanted - launchable)
+
+
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
+def test_cuda_source_compiles_without_spills(tmp_path, source, arch):
+    abi = int(torch.compiled_with_cxx11_abi())
+    cmd = [
+        _nvcc(), "-c", "-x", "cu", "-std=c++20", f"-arch=sm_{arch}", "-O3", "-Xptxas", "-v",
+        *COMMON_NVCC_FLAGS, "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DSHORTCUT_FAST_WITH_CUDA",
+        *(f"-I{d}" for d in _torch_includes(tmp_path)), str(source), "-o", os.devnull,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = result.stdout + result.stderr
+    counts = _PTXAS_SPILLS.findall(report)
+    assert counts, f"no ptxas -v report in nvcc's output:\n{report[-2000:]}"
+    spilling = [line for line in report.splitlines()
+                if (m := _PTXAS_SPILLS.search(line)) and (int(m[1]) or int(m[2]))]
+    assert not spilling, "\n".join(spilling)
