@@ -28,7 +28,7 @@ echo "build took $((SECONDS - start)) s"
 echo "== GPU tests (log: $out/tests.log)"
 start=$SECONDS
 timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-    tests/test_ops.py tests/test_native.py tests/test_triton.py tests/test_fast_paths.py \
+    tests/test_op_*.py tests/test_contract.py tests/test_fast_paths.py \
     2>&1 | tee "$out/tests.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 [ "$tests_rc" -eq 0 ] || status=1
