@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from kernels import attention, elementwise, embedding, layernorm  # noqa: E402
 from shortcut_fast.models import DIT_PRESETS, FREQ_DIM  # noqa: E402
-from shortcut_fast.ops.dispatch import GPU_HEAD_DIMS  # noqa: E402
+from shortcut_fast.ops import contract  # noqa: E402
 
 # The largest dynamic shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
 SHARED_LIMIT = {80: 166912, 90: 232448}
@@ -165,7 +165,7 @@ def _cases_for(target: int, dtype: torch.dtype) -> list[Case]:
     """Every case of one target and storage dtype."""
     cases = []
     precision = attention._dot_precision(dtype)
-    for head_dim in GPU_HEAD_DIMS:
+    for head_dim in contract.support("attention_fwd", "triton").head_dims:
         shape, fixed = f"Dh={head_dim}", {"HEAD_DIM": head_dim, "DOT_PRECISION": precision}
         for name in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq"):
             cases += _autotuned_cases(name, KERNELS[name][0], dtype, target, shape, fixed, "q_ptr", True)

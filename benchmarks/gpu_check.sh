@@ -33,11 +33,11 @@ unset TRITON_INTERPRET
 stages=(build warm tests throughput)
 if [ "$quick" -eq 1 ]; then
     budget=180; limits=(100 30 30 20)
-    tests=(tests/test_ops.py tests/test_triton.py)
+    tests=(tests/test_op_attention.py tests/test_op_models.py)
     throughput=(--preset DiT-S/2 --batch 64 --train-batch 32 --repeats 10 --warmup 3 --no-compile)
 else
     budget=480; limits=(180 90 120 90)
-    tests=(tests/test_ops.py tests/test_native.py tests/test_triton.py tests/test_fast_paths.py)
+    tests=(tests/test_op_*.py tests/test_fast_paths.py)
     throughput=()
 fi
 budget="${GPU_CHECK_BUDGET:-$budget}"

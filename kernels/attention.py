@@ -6,8 +6,8 @@ row's log-sum-exp ``lse`` (B, H, N) fp32 for the backward, which recomputes the 
 one walks the query blocks for a key block's dk and dv, one walks the key blocks for a query
 block's dq (two passes over the scores rather than atomics, so the results are deterministic).
 Scores are kept in log2 units (scaled by log2 e) so that the exponentials are ``exp2``.
-Any N works (blocks are masked); Dh is one of HEAD_DIMS: a power of two (``tl.arange``) of at
-least 16 (the smallest ``tl.dot`` operand).
+Any N works (blocks are masked); Dh must be a power of two (``tl.arange``) of at least 16 (the
+smallest ``tl.dot`` operand); the head sizes the package runs are declared in its op contract.
 All products accumulate in fp32 whatever the storage dtype.
 """
 
@@ -20,8 +20,6 @@ import triton
 import triton.language as tl
 
 from .launch import autotune
-
-HEAD_DIMS = (16, 32, 64, 128)
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)

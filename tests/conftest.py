@@ -65,3 +65,43 @@ def tiny_custom() -> TinyCustomModel:
 def rng() -> torch.Generator:
     """A fresh seeded CPU generator for test inputs."""
     return torch.Generator().manual_seed(1234)
+
+
+class OpCase:
+    """One backend of the raw ops under test: ``ops`` (its torch.ops namespace), ``device``, ``dtype``."""
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        from helpers import OP_BACKENDS
+
+        self.name, self.dtype = name, dtype
+        namespace, self.device, self.dispatch, self.contract = OP_BACKENDS[name]
+        self.ops = getattr(torch.ops, namespace)
+
+    def randn(self, *shape: int, seed: int = 0, scale: float = 1.0, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Seeded normal samples on this case's device, in its dtype unless told."""
+        from helpers import op_randn
+
+        return op_randn(*shape, device=self.device, dtype=dtype or self.dtype, seed=seed, scale=scale)
+
+
+def _op_case(request) -> OpCase:
+    import shortcut_fast as sf
+
+    case = OpCase(*request.param)
+    with sf.backend(case.dispatch):
+        yield case
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise ``op_case`` over every op backend in fp32 and bf16, ``op_backend`` in fp32 only
+    (``tests/test_op_*.py``); backends that cannot run here skip with the reason."""
+    from helpers import op_params
+
+    if "op_case" in metafunc.fixturenames:
+        metafunc.parametrize("op_case", op_params(), indirect=True)
+    if "op_backend" in metafunc.fixturenames:
+        metafunc.parametrize("op_backend", op_params((torch.float32,)), indirect=True)
+
+
+op_case = pytest.fixture(_op_case)
+op_backend = pytest.fixture(_op_case)

@@ -1,36 +1,34 @@
 """The fused ops of the models, the objective and the sampler.
 
 Each function has the signature and the numbers of its plain PyTorch
-reference in ``functional.py`` and runs on the backend that
+reference in ``reference.py`` and runs on the backend that
 ``shortcut_fast.set_backend`` chose (``backends.py``): the reference, the C++
 extension or the Triton kernels. The kernels take contiguous inputs; the
-wrappers here make them so and fall back to the reference for what a kernel
-does not cover (a head size the GPU attention kernels were not built for,
-gradients through an op that has no backward kernel). The op contract is in
-``docs/kernels.md``.
+wrappers here make them so and fall back to the reference for what the op
+contract (``contract.py``) says a backend does not run (a dtype, a head size)
+and for gradients through an op that has no backward kernel.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import backends
+from . import backends, contract
 from . import reference as SF
 
-# head sizes the GPU (Triton and CUDA) attention kernels are built for; the CPU kernel takes any
-GPU_HEAD_DIMS = (32, 64, 128)
+
+def contract_backend(namespace: str, device_type: str) -> str:
+    """The contract's name (``contract.BACKENDS``) of the kernels of op ``namespace`` on ``device_type``."""
+    if namespace == backends.NATIVE_NAMESPACE:
+        return f"native-{device_type}"
+    return "triton-interpret" if device_type == "cpu" else "triton"
 
 
-def _kernels(device: torch.device):
-    """The op namespace that runs on ``device`` now, or None for the reference."""
-    name = backends.namespace(device)
-    return getattr(torch.ops, name) if name else None
-
-
-def _attention_kernels(q: torch.Tensor):
-    """The attention ops for q, or None: the native CPU kernel takes any head size, the others a fixed set."""
-    name = backends.namespace(q.device)
-    if not name or (q.shape[-1] not in GPU_HEAD_DIMS and (name, q.device.type) != (backends.NATIVE_NAMESPACE, "cpu")):
+def _kernels(op: str, x: torch.Tensor, head_dim: int | None = None):
+    """The op namespace that runs the raw op ``op`` on x now, or None for the reference: when no backend
+    is chosen for x's device, or the contract says that backend does not run x's dtype (or head size)."""
+    name = backends.namespace(x.device)
+    if not name or not contract.support(op, contract_backend(name, x.device.type)).runs(x.dtype, head_dim):
         return None
     return getattr(torch.ops, name)
 
@@ -48,7 +46,7 @@ def _per_sample_d(d: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Non-causal ``softmax(q k^T / sqrt(Dh)) v`` over (B, H, N, Dh) tensors; forward and backward."""
-    ops = _attention_kernels(q)
+    ops = _kernels("attention_fwd", q, q.shape[-1])
     if ops is None:
         return SF.attention(q, k, v)
     return ops.attention_fwd.default(q.contiguous(), k.contiguous(), v.contiguous())[0]
@@ -59,7 +57,7 @@ def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
 
     x: (B, N, C) or (B, C); shift, scale: (B, C).
     """
-    ops = _kernels(x.device)
+    ops = _kernels("modulate_layernorm_fwd", x)
     if ops is None:
         return SF.modulate_layernorm(x, shift, scale, eps)
     tokens = x if x.dim() == 3 else x[:, None]
@@ -70,7 +68,7 @@ def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The adaLN-Zero residual ``x + gate * y``; x, y: (B, N, C) or (B, C), gate: (B, C)."""
-    ops = _kernels(x.device)
+    ops = _kernels("gated_residual", x)
     if ops is None:
         return SF.gated_residual(x, gate, y)
     tokens = (x, y) if x.dim() == 3 else (x[:, None], y[:, None])
@@ -81,7 +79,7 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of ``1000 t``: (B,) -> (B, dim), fp32 (no gradient flows to t)."""
-    ops = _kernels(t.device)
+    ops = _kernels("timestep_features", t)
     if ops is None or _needs_grad(t):
         return SF.timestep_features(t, dim, max_period)
     return ops.timestep_features.default(t.contiguous(), int(dim), float(max_period))
@@ -90,7 +88,7 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
 def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None,
                   y_table: torch.Tensor | None) -> torch.Tensor:
     """``c + d_table[level] (+ y_table[y])``: the t embedding plus the step-size and label rows."""
-    ops = _kernels(c.device)
+    ops = _kernels("condition_sum", c)
     if ops is None:
         return SF.condition_sum(c, level, d_table, y, y_table)
     labels, y_rows = (None, None) if y_table is None else (y.long().contiguous(), y_table.to(c.dtype).contiguous())
@@ -100,7 +98,7 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     """One Euler step ``x + d * v``; d a float or a (B,) tensor."""
-    ops = _kernels(x.device)
+    ops = _kernels("euler_step", x)
     if ops is None or _needs_grad(x, v):
         return SF.euler_step(x, v, d)
     return ops.euler_step.default(x.contiguous(), v.to(x.dtype).contiguous(), _per_sample_d(d, x))
@@ -108,7 +106,7 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, d: torch.Tensor | float) -> tor
 
 def bootstrap_midpoint(x: torch.Tensor, v1: torch.Tensor, d: torch.Tensor | float, clip: float | None) -> torch.Tensor:
     """The half step of the self-consistency target: ``clip(x + d/2 * v1)``."""
-    ops = _kernels(x.device)
+    ops = _kernels("bootstrap_midpoint", x)
     if ops is None or _needs_grad(x, v1):
         return SF.bootstrap_midpoint(x, v1, d, clip)
     return ops.bootstrap_midpoint.default(x.contiguous(), v1.to(x.dtype).contiguous(), _per_sample_d(d, x), clip)
@@ -116,7 +114,7 @@ def bootstrap_midpoint(x: torch.Tensor, v1: torch.Tensor, d: torch.Tensor | floa
 
 def bootstrap_target(v1: torch.Tensor, v2: torch.Tensor, clip: float | None) -> torch.Tensor:
     """The self-consistency target: ``clip((v1 + v2) / 2)``."""
-    ops = _kernels(v1.device)
+    ops = _kernels("bootstrap_target", v1)
     if ops is None or _needs_grad(v1, v2):
         return SF.bootstrap_target(v1, v2, clip)
     return ops.bootstrap_target.default(v1.contiguous(), v2.to(v1.dtype).contiguous(), clip)

@@ -1,16 +1,18 @@
 """Fake (shape-only) implementations and autograd formulas of the fused ops.
 
 The native (``shortcut_fast::``) and Triton (``shortcut_fast_triton::``) op
-namespaces share one schema per op (``docs/kernels.md``), so one set of fakes
-serves both (``register_fakes``). The autograd formulas here serve the Triton
-ops (``register_autograd``); the native ops carry the same formulas in C++
-(``csrc/autograd.cpp``), since a Python autograd kernel costs a Python call on
+namespaces share one schema per op (``contract.py``), so one set of fakes
+serves both (``register_fakes``, which refuses a contract op without a fake).
+The autograd formulas here serve the Triton ops (``register_autograd``); the
+native ops carry the same formulas in C++ (``csrc/autograd.cpp``), since a Python autograd kernel costs a Python call on
 every use of the op, more than a fused CPU kernel saves on a small batch.
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import contract
 
 
 def _fake_attention_fwd(q, k, v):
@@ -110,8 +112,16 @@ def _gated_residual_backward(ctx, grad):
     return grad, grad_gate, grad * gate[:, None, :]
 
 
+def _check_covers(what: str, have: set[str], want: set[str]) -> None:
+    """Fail at registration, not at the first trace, when the formulas and the contract name other ops."""
+    if have != want:
+        raise RuntimeError(f"shortcut_fast: the {what} do not match the op contract: missing "
+                           f"{sorted(want - have)}, not in the contract {sorted(have - want)}")
+
+
 def register_fakes(namespace: str) -> None:
-    """Attach the fake implementations to every op of ``namespace`` (once per process)."""
+    """Attach the fake implementations to every op of the contract in ``namespace`` (once per process)."""
+    _check_covers("fakes", set(FAKES), {op.name for op in contract.OPS})
     for name, fake in FAKES.items():
         torch.library.register_fake(f"{namespace}::{name}")(fake)
 
@@ -130,11 +140,12 @@ def register_autograd(namespace: str) -> None:
         dx, dshift, dscale = ops.modulate_layernorm_bwd.default(grad_y.contiguous(), x, scale, mean, rstd)
         return dx, dshift, dscale, None
 
-    torch.library.register_autograd(f"{namespace}::attention_fwd", attention_backward,
-                                    setup_context=_setup_attention)
-    torch.library.register_autograd(f"{namespace}::modulate_layernorm_fwd", modulate_layernorm_backward,
-                                    setup_context=_setup_modulate_layernorm)
-    torch.library.register_autograd(f"{namespace}::gated_residual", _gated_residual_backward,
-                                    setup_context=_setup_gated_residual)
-    torch.library.register_autograd(f"{namespace}::condition_sum", _condition_sum_backward,
-                                    setup_context=_setup_condition_sum)
+    formulas = {
+        "attention_fwd": (attention_backward, _setup_attention),
+        "modulate_layernorm_fwd": (modulate_layernorm_backward, _setup_modulate_layernorm),
+        "gated_residual": (_gated_residual_backward, _setup_gated_residual),
+        "condition_sum": (_condition_sum_backward, _setup_condition_sum),
+    }
+    _check_covers("autograd formulas", set(formulas), {op.name for op in contract.OPS if op.differentiable})
+    for name, (backward, setup) in formulas.items():
+        torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)

@@ -1,11 +1,11 @@
 """The Triton ops of the ``shortcut_fast_triton`` namespace (importing this module registers them).
 
-Each op is a ``torch.library.custom_op`` with exactly the schema of the op contract
-(``docs/kernels.md``), shared with the native ``shortcut_fast`` namespace; its body checks the
-inputs and launches the kernels. ``custom_op`` rather than ``triton_op``: it keeps the kernel
-opaque to torch.compile, which also works under TRITON_INTERPRET=1. The fake (meta) functions
-and the autograd formulas of both namespaces live in ``shortcut_fast/ops/formulas.py``;
-``shortcut_fast.backends`` registers them when it imports this module.
+Each op is a ``torch.library.custom_op`` with the schema ``contract.py`` declares for it, shared
+with the native ``shortcut_fast`` namespace; its body checks the inputs against what the contract
+says the Triton backend runs and launches the kernels. ``custom_op`` rather than ``triton_op``: it
+keeps the kernel opaque to torch.compile, which also works under TRITON_INTERPRET=1. The fake
+(meta) functions and the autograd formulas of both namespaces live in ``formulas.py``;
+``backends.py`` registers them when it imports this module.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import functools
 
 import torch
 
-from ..kernels import attention, elementwise, embedding, launch, layernorm
+from ..kernels import attention, elementwise, embedding, layernorm
+from ..kernels.launch import INTERPRET
+from . import contract
 from .reference import T_SCALE
 
 NAMESPACE = "shortcut_fast_triton"
+BACKEND = "triton-interpret" if INTERPRET else "triton"
 
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check(condition: bool, message: str) -> None:
@@ -33,15 +35,15 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
     """The tensors share one device the kernels can run on: CUDA, or the CPU under the interpreter."""
     device = tensors[0].device
     check(all(t.device == device for t in tensors), f"{op}: all tensors must be on one device")
-    if launch.INTERPRET:
+    if INTERPRET:
         check(device.type == "cpu", f"{op}: under TRITON_INTERPRET=1 the Triton kernels take CPU tensors")
     else:
         check(device.type == "cuda", f"{op}: the Triton kernels take CUDA tensors (CPU ones with TRITON_INTERPRET=1)")
 
 
 def check_float(op: str, *tensors: torch.Tensor) -> None:
-    """Floating storage the kernels handle: fp32, fp16, bf16 on a GPU; fp32 only under the interpreter."""
-    allowed = (torch.float32,) if launch.INTERPRET else FLOAT_DTYPES
+    """Floating storage the kernels of ``op`` handle here, as the contract states it."""
+    allowed = contract.support(op, BACKEND).dtypes
     for t in tensors:
         check(t.dtype in allowed, f"{op}: dtype {t.dtype} is not supported (expected one of {allowed})")
 
@@ -58,10 +60,15 @@ def _on_input_device(fn):
     return run
 
 
-def _op(schema: str):
-    """Register the decorated function as ``NAMESPACE::<its name>`` with the contract's schema."""
-    return lambda fn: torch.library.custom_op(f"{NAMESPACE}::{fn.__name__}", _on_input_device(fn), mutates_args=(),
-                                              device_types=("cuda", "cpu"), schema=schema)
+def _op(fn):
+    """Register ``fn`` as ``NAMESPACE::<its name>`` with the schema the contract gives that name."""
+    return torch.library.custom_op(f"{NAMESPACE}::{fn.__name__}", _on_input_device(fn), mutates_args=(),
+                                   device_types=("cuda", "cpu"), schema=contract.BY_NAME[fn.__name__].schema)
+
+
+def _check_head_dim(op: str, q: Tensor) -> None:
+    head_dims = contract.support(op, BACKEND).head_dims
+    check(q.shape[-1] in head_dims, f"{op}: head size {q.shape[-1]} not in {head_dims}")
 
 
 def _check_shape(op: str, name: str, t: Tensor, shape: tuple[int, ...]) -> None:
@@ -88,7 +95,7 @@ def _check_step(op: str, x: Tensor, d: Tensor) -> None:
     check(d.dtype == torch.float32, f"{op}: d must be fp32, got {d.dtype}")
 
 
-@_op("(Tensor q, Tensor k, Tensor v) -> (Tensor out, Tensor lse)")
+@_op
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     op = "attention_fwd"
     check_device(op, q, k, v)
@@ -97,11 +104,11 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     check(q.dim() == 4, f"{op}: q must be (B, H, N, Dh), got shape {tuple(q.shape)}")
     _check_shape(op, "k", k, q.shape)
     _check_shape(op, "v", v, q.shape)
-    check(q.shape[-1] in attention.HEAD_DIMS, f"{op}: head size {q.shape[-1]} not in {attention.HEAD_DIMS}")
+    _check_head_dim(op, q)
     return attention.attention_forward(q.contiguous(), k.contiguous(), v.contiguous())
 
 
-@_op("(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) -> (Tensor dq, Tensor dk, Tensor dv)")
+@_op
 def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                   lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     op = "attention_bwd"
@@ -113,11 +120,11 @@ def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
         _check_shape(op, name, t, q.shape)
     _check_shape(op, "lse", lse, q.shape[:-1])
     check(lse.dtype == torch.float32, f"{op}: lse must be fp32, got {lse.dtype}")
-    check(q.shape[-1] in attention.HEAD_DIMS, f"{op}: head size {q.shape[-1]} not in {attention.HEAD_DIMS}")
+    _check_head_dim(op, q)
     return attention.attention_backward(*(t.contiguous() for t in (grad_out, q, k, v, out, lse)))
 
 
-@_op("(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor y, Tensor mean, Tensor rstd)")
+@_op
 def modulate_layernorm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     op = "modulate_layernorm_fwd"
     check_device(op, x, shift, scale)
@@ -128,7 +135,7 @@ def modulate_layernorm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) 
     return layernorm.modulate_layernorm_forward(x.contiguous(), shift.contiguous(), scale.contiguous(), eps)
 
 
-@_op("(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor dx, Tensor dshift, Tensor dscale)")
+@_op
 def modulate_layernorm_bwd(grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tensor,
                            rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     op = "modulate_layernorm_bwd"
@@ -143,7 +150,7 @@ def modulate_layernorm_bwd(grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tenso
     return layernorm.modulate_layernorm_backward(*(t.contiguous() for t in (grad_y, x, scale, mean, rstd)))
 
 
-@_op("(Tensor x, Tensor gate, Tensor y) -> Tensor")
+@_op
 def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     op = "gated_residual"
     _check_alike(op, x, y)
@@ -154,7 +161,7 @@ def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     return elementwise.gated_residual(x.contiguous(), gate.contiguous(), y.contiguous())
 
 
-@_op("(Tensor t, int dim, float max_period) -> Tensor")
+@_op
 def timestep_features(t: Tensor, dim: int, max_period: float) -> Tensor:
     op = "timestep_features"
     check_device(op, t)
@@ -165,7 +172,7 @@ def timestep_features(t: Tensor, dim: int, max_period: float) -> Tensor:
     return embedding.timestep_features(t.contiguous(), dim, max_period, T_SCALE)
 
 
-@_op("(Tensor c, Tensor level, Tensor d_table, Tensor? y, Tensor? y_table) -> Tensor")
+@_op
 def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y_table: Tensor | None) -> Tensor:
     op = "condition_sum"
     check((y is None) == (y_table is None), f"{op}: pass y and y_table together, or neither")
@@ -183,21 +190,21 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
     return embedding.condition_sum(*(None if t is None else t.contiguous() for t in (c, level, d_table, y, y_table)))
 
 
-@_op("(Tensor x, Tensor v, Tensor d) -> Tensor")
+@_op
 def euler_step(x: Tensor, v: Tensor, d: Tensor) -> Tensor:
     _check_alike("euler_step", x, v)
     _check_step("euler_step", x, d)
     return elementwise.per_sample_step(x.contiguous(), v.contiguous(), d.contiguous(), 1.0, None)
 
 
-@_op("(Tensor x, Tensor v1, Tensor d, float? clip) -> Tensor")
+@_op
 def bootstrap_midpoint(x: Tensor, v1: Tensor, d: Tensor, clip: float | None) -> Tensor:
     _check_alike("bootstrap_midpoint", x, v1)
     _check_step("bootstrap_midpoint", x, d)
     return elementwise.per_sample_step(x.contiguous(), v1.contiguous(), d.contiguous(), 0.5, clip)
 
 
-@_op("(Tensor v1, Tensor v2, float? clip) -> Tensor")
+@_op
 def bootstrap_target(v1: Tensor, v2: Tensor, clip: float | None) -> Tensor:
     _check_alike("bootstrap_target", v1, v2)
     return elementwise.bootstrap_target(v1.contiguous(), v2.contiguous(), clip)
