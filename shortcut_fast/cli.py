@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
-from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
 from .data.datasets import ImageFolder, TensorShards, find_shards
+from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
+from .distributed import init_distributed
 from .eval.demo import DemoConfig, run_demo
-from .finetune import from_flow_model, read_model_spec
 from .eval.images import save_grid
+from .finetune import from_flow_model, read_model_spec
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
-from .distributed import init_distributed
 from .train.trainer import TrainConfig, Trainer
 
 
@@ -259,6 +259,16 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- convert-official
+def _cmd_convert_official(args) -> int:
+    from .official import convert_official  # numpy only; never imports anything the file names
+
+    out = convert_official(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
+                           num_heads=args.num_heads)
+    print(f"wrote the {args.weights} weights of {args.checkpoint} to {out} (ShortcutDiT, conditioning='official')")
+    return 0
+
+
 # ---------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``shortcut-fast``."""
@@ -314,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--device", default="cpu")
     smp.set_defaults(func=_cmd_sample)
+
+    conv = sub.add_parser("convert-official", help="convert a checkpoint of the paper's JAX code into a model "
+                                                   "directory (read without running any code from the file)")
+    conv.add_argument("checkpoint", help="the pickled train state written by the paper's training script")
+    conv.add_argument("out", help="the model directory to write (config.json + model.safetensors)")
+    conv.add_argument("--weights", choices=["ema", "params"], default="ema",
+                      help="the EMA weights (default) or the live ones")
+    conv.add_argument("--input-size", type=int,
+                      help="the side of the (latent) input: default the file's config, else 32 (256px images)")
+    conv.add_argument("--num-heads", type=int,
+                      help="attention heads: default the file's config, else the paper's for the width "
+                           "(768: 12, 1152: 16)")
+    conv.set_defaults(func=_cmd_convert_official)
     return parser
 
 

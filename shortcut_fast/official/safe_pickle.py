@@ -3,7 +3,7 @@
 A pickle names the callables that rebuild its objects, and a plain
 ``pickle.load`` imports and calls them, so a file from the internet can run
 any code. ``safe_load`` resolves only the numpy array, dtype and scalar
-rebuilders (numpy 1 and numpy 2 names), ``OrderedDict``, and maps two
+rebuilders (numpy 1 and numpy 2 names), ``OrderedDict``, latin1 bytes, and maps two
 rebuilders of Flax train states onto safe equivalents: jax arrays become numpy
 arrays and Flax ``FrozenDict`` becomes ``dict``. Every other name becomes a
 ``StandIn`` subclass that records its arguments and state: nothing from the file
@@ -40,6 +40,13 @@ def _jax_array(fun, args, arr_state, aval_state):
     return array
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Pickle protocols below 3 write bytes as ``_codecs.encode(text, "latin1")``; no other codec is admitted."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"only latin1 text may be encoded to bytes in this file, got {encoding!r}")
+    return text.encode("latin1")
+
+
 def _frozen_dict(*args, **kwargs) -> dict:
     """A Flax ``FrozenDict`` rebuilds from a plain dict; keep the plain dict."""
     return dict(*args, **kwargs)
@@ -49,6 +56,7 @@ ALLOWED = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1_bytes,
     ("jax._src.array", "_reconstruct_array"): _jax_array,
     ("flax.core.frozen_dict", "FrozenDict"): _frozen_dict,
     **{(module, name): fn for name, fn in _ARRAY_REBUILDERS.items()
