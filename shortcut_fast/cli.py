@@ -1,9 +1,10 @@
-"""The ``shortcut-fast`` command: ``demo``, ``train`` and ``sample``.
+"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample`` and ``convert-official``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
 ``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
 (under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
+``shortcut-fast convert-official CKPT OUT``: convert a checkpoint of the paper's JAX code (no code in it runs).
 """
 
 from __future__ import annotations
