@@ -1,10 +1,11 @@
-"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample`` and ``doctor``.
+"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample``, ``doctor`` and ``convert-official``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
 ``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
 (under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
 ``shortcut-fast doctor``: versions, hardware, each op's backend and its parity with the reference (for bug reports).
+``shortcut-fast convert-official CKPT OUT``: convert a checkpoint of the paper's JAX code (no code in it runs).
 """
 
 from __future__ import annotations
@@ -267,6 +268,16 @@ def _cmd_doctor(args) -> int:
     return run(args.device, args.timing_seconds)
 
 
+# ---------------------------------------------------------------- convert-official
+def _cmd_convert_official(args) -> int:
+    from .official import convert_official  # numpy only; never imports anything the file names
+
+    out = convert_official(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
+                           num_heads=args.num_heads)
+    print(f"wrote the {args.weights} weights of {args.checkpoint} to {out} (ShortcutDiT, conditioning='official')")
+    return 0
+
+
 # ---------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``shortcut-fast``."""
@@ -327,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--device", help="cpu or cuda (default: the GPU if there is one)")
     doc.add_argument("--timing-seconds", type=float, default=1.0, help="seconds of 1-step sampling (0: none)")
     doc.set_defaults(func=_cmd_doctor)
+
+    conv = sub.add_parser("convert-official", help="convert a checkpoint of the paper's JAX code into a model "
+                                                   "directory (read without running any code from the file)")
+    conv.add_argument("checkpoint", help="the pickled train state written by the paper's training script")
+    conv.add_argument("out", help="the model directory to write (config.json + model.safetensors)")
+    conv.add_argument("--weights", choices=["ema", "params"], default="ema",
+                      help="the EMA weights (default) or the live ones")
+    conv.add_argument("--input-size", type=int,
+                      help="the side of the (latent) input: default the file's config, else 32 (256px images)")
+    conv.add_argument("--num-heads", type=int,
+                      help="attention heads: default the file's config, else the paper's for the width "
+                           "(768: 12, 1152: 16)")
+    conv.set_defaults(func=_cmd_convert_official)
     return parser
 
 

@@ -5,6 +5,10 @@ blocks) for images or latents; ``ShortcutMLP`` the same conditioning on plain
 vectors. Both add the embedding of the step size ``d`` (a learned table row per
 level) to the embedding of ``t`` and of the class label.
 
+``ShortcutDiT(..., conditioning="official")`` builds instead the conditioning
+of the checkpoints published with the paper (see ``OfficialConditionEmbedder``),
+which ``shortcut_fast.official`` converts.
+
 Any ``nn.Module`` called as ``model(x, t, d, y)`` works with the objective, the
 sampler and the trainer; these two are the package's own.
 
@@ -22,12 +26,14 @@ import torch
 import torch.nn as nn
 
 from . import ops
+from .ops.reference import T_SCALE
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
 FREQ_DIM = 256  # sinusoidal features of t
 LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)  # what class labels may be
+CONDITIONINGS = ("shortcut", "official")  # the ways ShortcutDiT embeds t, d and y
 
 #################################################################################
 #                        Input validation shared by models                      #
@@ -208,6 +214,37 @@ class ConditionEmbedder(nn.Module):
             nn.init.normal_(self.y_table.weight, std=0.02)
 
 
+class OfficialConditionEmbedder(nn.Module):
+    """``c = MLP_t(sinusoid(t)) + MLP_d(sinusoid(log2(1/d))) + table_y[y]``, as in the published checkpoints.
+
+    Both sinusoids take their input unscaled: ``t`` in [0, 1] and the step level
+    ``log2(1/d)``, an integer from 0 (``d = 1``) to ``K`` (``d = d_min``). The label
+    table always exists (``num_classes + 1`` rows, the last one the null class).
+    """
+
+    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM):
+        super().__init__()
+        self.freq_dim, self.max_level = freq_dim, num_levels - 1
+        self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.dt_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.y_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def _embed(self, mlp: nn.Sequential, value: torch.Tensor) -> torch.Tensor:
+        # the shared sinusoid stretches its input by T_SCALE; these embedders see it unstretched
+        return mlp(ops.timestep_features(value / T_SCALE, self.freq_dim).to(mlp[0].weight.dtype))
+
+    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dt_base = (self.max_level - level).float()  # level 0 is d_min, so log2(1/d) = K - level
+        return self._embed(self.t_mlp, t) + self._embed(self.dt_mlp, dt_base) + self.y_table(y)
+
+    def initialize(self) -> None:
+        """Normal rows (std 0.02) for both MLPs' weights and the label table."""
+        for mlp in (self.t_mlp, self.dt_mlp):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        nn.init.normal_(self.y_table.weight, std=0.02)
+
+
 def _zero_(module: nn.Linear) -> None:
     nn.init.zeros_(module.weight)
     nn.init.zeros_(module.bias)
@@ -218,18 +255,23 @@ def _zero_(module: nn.Linear) -> None:
 #################################################################################
 
 class Attention(nn.Module):
-    """Multi-head self-attention over tokens (B, N, C)."""
+    """Multi-head self-attention over tokens (B, N, C).
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    ``q_scale`` multiplies the queries before the usual ``1/sqrt(head_dim)``
+    scaling (the official conditioning's attention scales by ``1/head_dim``).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, q_scale: float = 1.0):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.q_scale = num_heads, q_scale
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = ops.attention(qkv[0], qkv[1], qkv[2])  # (B, nh, N, hs)
+        q = qkv[0] if self.q_scale == 1.0 else qkv[0] * self.q_scale
+        out = ops.attention(q, qkv[1], qkv[2])  # (B, nh, N, hs)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -244,9 +286,9 @@ class Mlp(nn.Sequential):
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning (gated residuals)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, q_scale: float = 1.0):
         super().__init__()
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, q_scale)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
@@ -295,6 +337,11 @@ class ShortcutDiT(ShortcutModule):
     Input and output are images or latents (B, in_channels, input_size, input_size).
     ``num_classes=0`` makes it unconditional; ``min_step`` sets the smallest step
     size (``2**-K``), hence the ``K + 1`` rows of the step-size table.
+
+    ``conditioning="official"`` reproduces the model of the published checkpoints
+    (``shortcut_fast.official`` converts them): ``OfficialConditionEmbedder`` and
+    attention scaled by ``1/head_dim``. It needs ``num_classes >= 1`` (an
+    unconditional official model has one class and is always fed the null class).
     """
 
     def __init__(
@@ -308,8 +355,14 @@ class ShortcutDiT(ShortcutModule):
         mlp_ratio: float = 4.0,
         num_classes: int = 1000,
         min_step: float = DEFAULT_MIN_STEP,
+        conditioning: str = "shortcut",
     ):
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {list(CONDITIONINGS)}, got {conditioning!r}")
+        if conditioning == "official" and (isinstance(num_classes, int) and num_classes == 0):
+            raise ValueError("conditioning='official' always has a label table: use num_classes=1 for an "
+                             "unconditional model (it is fed the null class), got num_classes=0")
         _check_sizes(input_size=input_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
                      depth=depth, num_heads=num_heads, num_classes=num_classes)
         if input_size % patch_size:
@@ -320,7 +373,11 @@ class ShortcutDiT(ShortcutModule):
         num_levels = num_doublings(min_step) + 1
         h, out = hidden_size, patch_size * patch_size * in_channels
         per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
-        count = (_condition_parameters(h, num_levels, num_classes) + depth * per_block
+        if conditioning == "official":  # a second t-MLP (for log2(1/d)) instead of the step-size table
+            cond_count = _condition_parameters(h, 0, num_classes) + FREQ_DIM * h + h * h + 2 * h
+        else:
+            cond_count = _condition_parameters(h, num_levels, num_classes)
+        count = (cond_count + depth * per_block
                  + (2 * h * h + 2 * h + h * out + out)  # final layer
                  + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
         _check_parameter_count(count, dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
@@ -329,6 +386,9 @@ class ShortcutDiT(ShortcutModule):
         self.config = dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            num_classes=num_classes, min_step=min_step)
+        if conditioning != "shortcut":  # only then, so configs saved before the option stay as they were
+            self.config["conditioning"] = conditioning
+        self.conditioning = conditioning
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.min_step = num_classes, min_step
         self.grid = input_size // patch_size
@@ -336,8 +396,10 @@ class ShortcutDiT(ShortcutModule):
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(hidden_size, self.grid))[None],
                              persistent=False)
-        self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        embedder = OfficialConditionEmbedder if conditioning == "official" else ConditionEmbedder
+        self.cond = embedder(hidden_size, num_levels, num_classes)
+        q_scale = (hidden_size // num_heads) ** -0.5 if conditioning == "official" else 1.0
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, q_scale) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
         self.initialize_weights()
 
