@@ -45,8 +45,8 @@ def inception_extractor(weights: str | os.PathLike, device: str | torch.device =
                          f"(the FID Inception-v3 state dict) at {path.resolve()}, or name its path with --inception; "
                          "nothing is downloaded at run time")
     try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
         import torch_fidelity  # noqa: F401  (NoTrainInceptionV3 needs it; fail here with the fix)
+        from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as err:
         raise ImportError("the FID Inception network needs torchmetrics and torch-fidelity: "
                           "pip install 'shortcut_fast[fid]'") from err
