@@ -85,6 +85,12 @@ setup(
         # Triton ships for Linux x86-64; elsewhere the native and reference backends serve
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "hypothesis", "ruff"],
+        # latent datasets: the AutoencoderKL of diffusers, read from a local folder
+        "latent": ["diffusers>=0.30"],
+        # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides
+        "fid": ["torchmetrics>=1.5", "torch-fidelity>=0.3"],
+    },
     entry_points={"console_scripts": ["shortcut-fast=shortcut_fast.cli:main"]},
 )
