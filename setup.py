@@ -98,6 +98,10 @@ setup(
         "convert": ["numpy"],
         # the Flax parity tests of convert-official (CPU builds of jax and flax)
         "flax-test": ["jax", "flax"],
+        # latent datasets: the AutoencoderKL of diffusers, read from a local folder
+        "latent": ["diffusers>=0.30"],
+        # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides
+        "fid": ["torchmetrics>=1.5", "torch-fidelity>=0.3"],
     },
     entry_points={"console_scripts": ["shortcut-fast=shortcut_fast.cli:main"]},
 )
