@@ -11,7 +11,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .ops import reference as SF
-from . import ops
+from . import engine, ops
 from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, check_velocity, unwrap_model
 from .steps import DEFAULT_MIN_STEP, check_num_steps
@@ -179,7 +179,8 @@ def sample(
     graphs are kept in an LRU cache (``set_graph_cache_size``,
     ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
     that size. In-place weight updates are seen by the graphs. On the CPU the
-    loop runs eagerly (with the native ops when the extension is built).
+    package's fp32 models run the loop in the C++ engine (``shortcut_fast.engine``:
+    its switch and what it covers); other modules and calls run it eagerly.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
@@ -212,7 +213,8 @@ def sample(
     null_class = getattr(base, "num_classes", 0)
     scale = None if cfg_scale is None else torch.tensor(float(cfg_scale), device=x.device)
     if not use_graph:
-        return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress)
+        out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
+        return out if out is not None else _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress)
     if y is not None:
         # a graph cannot check labels while it runs: check them once here
         y = base._check_labels(y, batch, x.device, check_values=True)
