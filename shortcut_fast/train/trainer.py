@@ -154,7 +154,7 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, betas=self.config.betas,
                                            weight_decay=self.config.weight_decay,
-                                           fused=self.device.type == "cuda")
+                                           fused=self.device.type in ("cuda", "cpu"))  # one kernel per step
         # one stream for noise, times, levels and label dropout, the same on every rank:
         # each rank draws for the global batch and keeps its rows (see make_batch)
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
