@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import shortcut_fast as sf
+from shortcut_fast.data.batches import BatchSource
 from shortcut_fast.train.trainer import NonFiniteError
 
 WORKER = Path(__file__).parent / "workers" / "checkpoint_forever.py"
@@ -103,7 +104,7 @@ def test_too_many_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
     trainer.fit(2)
     saved = (tmp_path / "latest").read_text()
     # a loader, not a tensor: in-memory tensors are scanned for NaN up front
-    trainer.data = sf.trainer.BatchSource(DataLoader(torch.full((32, 2), float("nan")), batch_size=8), 8, 0)
+    trainer.data = BatchSource(DataLoader(torch.full((32, 2), float("nan")), batch_size=8), 8, 0)
     with pytest.raises(NonFiniteError, match="3 steps in a row"):
         trainer.fit(10)
     assert (tmp_path / "latest").read_text() == saved
