@@ -14,9 +14,9 @@ from helpers import perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import sampling
-from shortcut_fast.train.step import TARGET_GRAPHS, graph_targets
 from shortcut_fast.graphs import CapturedCall, GraphCache, weights_key
 from shortcut_fast.objective import ShortcutConfig, self_consistency_targets, shortcut_loss
+from shortcut_fast.train.step import TARGET_GRAPHS, graph_targets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -19,6 +19,7 @@ from helpers import perturb_
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import shortcut_fast as sf
+from shortcut_fast import checks
 from shortcut_fast.ops import backends
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -144,3 +145,20 @@ def test_a_trainer_step_reads_nothing_but_the_optimizer_and_the_labels(backend, 
     assert trainer.step == before + 1 and float(logs["skipped"]) == 0.0
     assert reads.counts["other"] == 0, reads.where
     assert reads.counts["validation"] <= (1 if num_classes else 0)
+
+
+def test_a_direct_forward_validates_with_one_read_and_trusted_callers_with_none(backend):
+    model = _dit(5).eval()
+    x, t, d, y = torch.randn(3, 2, 4, 4), torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1.0, 0.5, 0.125]), None
+    with HostReads() as reads:
+        model(x, t, d, torch.tensor([0, 4, 5]))
+    assert reads.counts == {"validation": 1, "optimizer": 0, "other": 0}, reads.where
+    with HostReads() as reads, checks.trusted_inputs():
+        model(x, t, d, y)
+    assert reads.counts == {"validation": 0, "optimizer": 0, "other": 0}, reads.where
+    with pytest.raises(ValueError, match="^t must lie in"):
+        model.check_inputs(x, torch.tensor([0.0, 1.5, 1.0]), d)
+    with pytest.raises(ValueError, match="^d must hold step sizes"):
+        model.check_inputs(x, t, torch.tensor([1.0, 0.3, 1.0]))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        model.check_inputs(x, t, d, torch.tensor([0, 6, 1]))
