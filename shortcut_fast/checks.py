@@ -214,7 +214,9 @@ def require(*conditions: Condition) -> None:
 #                          Inputs valid by construction                         #
 #################################################################################
 
-_trusted_depth = 0  # > 0 inside trusted_inputs(); a plain global so that torch.compile guards on it
+# > 0 inside trusted_inputs(). A plain global, not thread-local: torch.compile guards on it, and the replicas of
+# nn.DataParallel run the forward in worker threads of the caller.
+_trusted_depth = 0
 
 
 @contextlib.contextmanager
