@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
+from .checks import check_int
 from .data.datasets import ImageFolder, TensorShards, find_shards
 from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
 from .distributed import init_distributed, rank_and_world
@@ -79,16 +80,10 @@ def read_config_file(path: str | Path) -> dict:
             raise ValueError(f"config file {path}: '{key}' must be a path or a list of paths, got {value!r}")
     for key, low in (("steps", 0), ("image_size", 1)):
         if key in data:
-            _setting_int(f"config file {path}: '{key}'", data[key], low)
+            check_int(f"config file {path}: '{key}'", data[key], low)
     if "num_classes" in data.get("model", {}):
-        _setting_int(f"config file {path}: 'model.num_classes'", data["model"]["num_classes"], 0)
+        check_int(f"config file {path}: 'model.num_classes'", data["model"]["num_classes"], 0)
     return data
-
-
-def _setting_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.Module:

@@ -186,8 +186,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: fl
             _noticed.add(reason)
             log.warning("shortcut_fast engine: %s; sampling with the eager loop instead", reason)
         return None
-    if y is not None:
-        y = base._check_labels(y, x.shape[0], x.device, check_values=True)
+    y = None if y is None else y.long()  # validated by sample()
     tensors, config = _TENSORS.get(weights_key(base), lambda: _pack(base))
     config = [*config, ISAS[_isa], ATEN_ROWS]
     return torch.ops.shortcut_fast.engine_sample(tensors, config, x, y, cfg_scale, steps)

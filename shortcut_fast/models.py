@@ -19,64 +19,22 @@ blocks; raise these module constants for a larger model.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import checks, ops
 from .ops.reference import T_SCALE
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
 FREQ_DIM = 256  # sinusoidal features of t
-LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)  # what class labels may be
 CONDITIONINGS = ("shortcut", "official")  # the ways ShortcutDiT embeds t, d and y
 
 #################################################################################
 #                        Input validation shared by models                      #
 #################################################################################
-
-def _as_batch_vector(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
-    """A number, 0-d or (B,) tensor -> a float32 (B,) tensor on ``device``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        raise TypeError(f"{name} must be a float or a float tensor of shape ({batch},), got {type(value).__name__}")
-    if not isinstance(value, torch.Tensor):
-        if isinstance(value, int) and abs(value) > 2**53:  # float(value) may overflow; never in [0, 1] anyway
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        value = torch.tensor(float(value), device=device)
-    if value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"{name} must be a real float tensor, got dtype {value.dtype}")
-    if value.dim() == 0:
-        value = value.expand(batch)
-    if value.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match the batch of x, got {tuple(value.shape)}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but x is on {device}; put them on one device")
-    return value.float()
-
-
-def _check_sizes(**sizes) -> None:
-    """Every size a positive int; ``num_classes`` an int >= 0 (0 = unconditional); ``depth <= MAX_DEPTH``."""
-    for name, value in sizes.items():
-        low = 0 if name == "num_classes" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}{' (0 = unconditional)' if low == 0 else ''}, "
-                             f"got {value!r}")
-    if sizes.get("depth", 0) > MAX_DEPTH:
-        raise ValueError(f"depth must be at most MAX_DEPTH={MAX_DEPTH}, got {sizes['depth']}")
-
-
-def _check_mlp_ratio(mlp_ratio, hidden_size: int) -> int:
-    """The width of the blocks' MLPs, ``int(hidden_size * mlp_ratio)``, which must be >= 1."""
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
-        raise TypeError(f"mlp_ratio must be a positive number (e.g. 4.0), got {type(mlp_ratio).__name__}")
-    if not (math.isfinite(hidden_size * mlp_ratio) and hidden_size * mlp_ratio >= 1):
-        raise ValueError(f"mlp_ratio must be a finite number with hidden_size * mlp_ratio >= 1, got {mlp_ratio}")
-    return int(hidden_size * mlp_ratio)
-
 
 def _check_parameter_count(count: int, settings: dict) -> None:
     """Refuse, before allocating, a model of more than ``MAX_PARAMETERS`` weights."""
@@ -118,10 +76,28 @@ class ShortcutModule(nn.Module):
         for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
         non-finite row of the output and leaves the others as they are.
 
-        The checks of the values of ``t``, ``d`` and ``y`` read them back to the
-        host; they are skipped while ``torch.compile`` traces the model and while a
-        CUDA graph is captured, where a read-back is not allowed.
+        Types, shapes, dtypes and devices are always checked (metadata, free).
+        The values of ``t``, ``d`` and ``y`` are checked too (``check_inputs``, one
+        host read), except where the caller validated or built them itself: inside
+        ``sample``, ``shortcut_loss`` and the trainer (``checks.trusted_inputs``),
+        and while ``torch.compile`` traces or a CUDA graph is captured.
         """
+        t, d, y = self._inputs(x, t, d, y)
+        if not checks.values_checked_upstream(x):
+            checks.require(*self._value_conditions(t, d, y))
+        return self._velocity(x, t, level_index(d, self.min_step), self._label_rows(y, x))
+
+    def check_inputs(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None) -> None:
+        """Raise ``TypeError``/``ValueError`` when ``forward(x, t, d, y)`` would refuse these inputs.
+
+        Runs every check of ``forward`` (the value checks as one host read), so a
+        loop of one's own can validate once and then call the model inside
+        ``checks.trusted_inputs()`` without reading values back each step.
+        """
+        checks.require(*self._value_conditions(*self._inputs(x, t, d, y)))
+
+    def _inputs(self, x, t, d, y):
+        """The metadata checks of ``forward``; ``t`` and ``d`` as float (B,) tensors on the device of ``x``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -134,33 +110,19 @@ class ShortcutModule(nn.Module):
             raise TypeError(f"x has dtype {x.dtype} but the model's weights are {param.dtype}; "
                             "cast one of them or run under torch.autocast")
         batch = x.shape[0]
-        t = _as_batch_vector("t", t, batch, x.device)
-        d = _as_batch_vector("d", d, batch, x.device)
-        check_values = not (torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()))
-        if check_values and not bool(((t >= 0) & (t <= 1)).all()):
-            raise ValueError(f"t must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}")
-        level = level_index(d, self.min_step, check=check_values)
-        return self._velocity(x, t, level, self._check_labels(y, batch, x.device, check_values))
+        t = checks.as_batch_vector("t", t, batch, x.device)
+        d = checks.as_batch_vector("d", d, batch, x.device)
+        return t, d, checks.check_labels(y, self.num_classes, batch, x.device)
 
-    def _check_labels(self, y, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
+    def _value_conditions(self, t, d, y) -> list[checks.Condition]:
+        return [checks.in_unit_interval("t", t), checks.step_sizes_of(d, self.min_step),
+                *checks.labels_in_range(y, self.num_classes)]
+
+    def _label_rows(self, y, x) -> torch.Tensor | None:
+        """Checked labels as int64; the null class for every row when a conditional model gets ``None``."""
         if y is None:
-            if self.num_classes == 0:
-                return None
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        if self.num_classes == 0:
-            raise ValueError("this model is unconditional (num_classes=0) but labels y were given; pass y=None")
-        if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
-            got = getattr(y, "dtype", type(y).__name__)
-            raise TypeError(f"y must be an integer tensor of class indices (int8/16/32/64), got {got}")
-        if y.shape != (batch,):
-            raise ValueError(f"y must have shape ({batch},) to match the batch of x, got {tuple(y.shape)}")
-        if y.device != device:
-            raise ValueError(f"y is on {y.device} but x is on {device}; put them on one device")
-        if check_values and batch and not bool(((y >= 0) & (y <= self.num_classes)).all()):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} for 'no label'); "
-                f"got values from {y.min().item()} to {y.max().item()}"
-            )
+            return None if self.num_classes == 0 else torch.full((x.shape[0],), self.num_classes, dtype=torch.long,
+                                                                  device=x.device)
         return y.long()
 
     def _init_adaln_zero(self) -> None:
@@ -363,13 +325,13 @@ class ShortcutDiT(ShortcutModule):
         if conditioning == "official" and (isinstance(num_classes, int) and num_classes == 0):
             raise ValueError("conditioning='official' always has a label table: use num_classes=1 for an "
                              "unconditional model (it is fed the null class), got num_classes=0")
-        _check_sizes(input_size=input_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
-                     depth=depth, num_heads=num_heads, num_classes=num_classes)
+        checks.check_sizes(MAX_DEPTH, input_size=input_size, in_channels=in_channels, patch_size=patch_size,
+                           hidden_size=hidden_size, depth=depth, num_heads=num_heads, num_classes=num_classes)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
-        mlp_hidden = _check_mlp_ratio(mlp_ratio, hidden_size)
+        mlp_hidden = checks.check_mlp_ratio(mlp_ratio, hidden_size)
         num_levels = num_doublings(min_step) + 1
         h, out = hidden_size, patch_size * patch_size * in_channels
         per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
@@ -471,7 +433,7 @@ class ShortcutMLP(ShortcutModule):
     def __init__(self, dim: int = 2, hidden_size: int = 256, depth: int = 4, num_classes: int = 0,
                  min_step: float = DEFAULT_MIN_STEP):
         super().__init__()
-        _check_sizes(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
+        checks.check_sizes(MAX_DEPTH, dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
         h = hidden_size
         count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes) + (dim * h + h)  # input
                  + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
@@ -507,14 +469,6 @@ MODEL_CLASSES: dict[str, type[ShortcutModule]] = {"ShortcutDiT": ShortcutDiT, "S
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def check_velocity(v, shape) -> torch.Tensor:
-    """A model's output, which the contract makes a float tensor of the input's shape."""
-    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or tuple(v.shape) != tuple(shape):
-        got = f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"the model returned {got}; expected a float tensor of shape {tuple(shape)}")
-    return v
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -111,6 +111,21 @@ def test_too_many_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
     assert sf.Trainer.resume(tmp_path, good).step == 2
 
 
+def test_a_stopped_run_applies_no_later_step_and_raises_at_the_next_check():
+    """The stop is decided on the device at the step that reaches max_bad_steps and read every log_every steps."""
+    trainer = small_trainer(torch.randn(32, 2), max_bad_steps=2, log_every=4)
+    trainer.fit(1)
+    nan = torch.full((8, 2), float("nan"))
+    trainer.train_step(nan)
+    trainer.train_step(nan)  # step 3: the second bad step in a row stops the run
+    stopped = snapshot(trainer)
+    with pytest.raises(NonFiniteError, match=r"2 steps in a row.*\(step 3\)"):
+        trainer.train_step(torch.randn(8, 2))  # step 4: a good batch, not applied; the check runs here
+    for a, b in zip(stopped, snapshot(trainer), strict=True):
+        assert torch.equal(a, b)
+    assert trainer.skipped_steps == 3
+
+
 def test_encoder_runs_before_the_model_without_gradient():
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 2, 1))  # a stand-in for a VAE: 8x8x1 -> 4x4x2

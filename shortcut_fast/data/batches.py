@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..models import LABEL_DTYPES
+from ..checks import LABEL_DTYPES
 
 
 def _check_tensor_data(x: torch.Tensor) -> torch.Tensor:
