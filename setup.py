@@ -85,6 +85,6 @@ setup(
         # Triton ships for Linux x86-64; elsewhere the native and reference backends serve
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    extras_require={"test": ["pytest", "hypothesis", "ruff", "cmake"]},
     entry_points={"console_scripts": ["shortcut-fast=shortcut_fast.cli:main"]},
 )
