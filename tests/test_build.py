@@ -72,3 +72,20 @@ def test_cuda_source_compiles_for_sm90(tmp_path, source):
         source, "-o", os.devnull,
     ]  # fmt: skip
     _run(cmd, timeout=HANG_S)
+
+
+def test_a_missing_tool_skips_but_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no-such-tool-5b1e is not installed"):
+        require_tool("no-such-tool-5b1e")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_tool("no-such-tool-5b1e")
+
+
+def test_a_tool_is_found_in_the_extra_folders(tmp_path, monkeypatch):
+    tool = tmp_path / "fake-tool-5b1e"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("CI", "true")
+    assert require_tool("fake-tool-5b1e", None, tmp_path) == str(tool)
