@@ -13,6 +13,7 @@ from shortcut_fast.checkpoint import resolve_checkpoint
 from shortcut_fast.cli import main
 
 
+@pytest.mark.slow
 def test_demo_at_reduced_size(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "20", "--samples-per-class", "3", "--quiet"]) == 0

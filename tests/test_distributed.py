@@ -60,6 +60,7 @@ def assert_close(a: dict, b: dict, rtol: float):
         assert (a[k] - b[k]).norm() <= rtol * b[k].norm(), (k, float((a[k] - b[k]).norm() / b[k].norm()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["shortcut", "flow"])
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, objective):
     model, data, config = setup_run(objective, batch=16)
@@ -68,6 +69,7 @@ def test_two_processes_equal_one_with_twice_the_batch(tmp_path, objective):
     assert_close(torchrun(tmp_path, "--objective", objective, "--batch", 8, "--steps", 5), weights(single), RTOL)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun(tmp_path):
     straight = torchrun(tmp_path, "--objective", "shortcut", "--batch", 8, "--steps", 5)
     ckpt = tmp_path / "ck"
@@ -77,6 +79,7 @@ def test_resume_under_torchrun(tmp_path):
     assert_close(resumed, straight, 0.0)
 
 
+@pytest.mark.slow
 def test_fsdp_equals_one_process_and_resumes_exactly(tmp_path):
     model, data, config = setup_run("shortcut", batch=16)
     single = sf.Trainer(model, data, config)
@@ -90,6 +93,7 @@ def test_fsdp_equals_one_process_and_resumes_exactly(tmp_path):
     assert_close(torchrun(tmp_path, *args, "--steps", 2, "--ckpt", ckpt, "--resume"), straight, 0.0)
 
 
+@pytest.mark.slow
 def test_cli_train_under_torchrun(tmp_path):
     cfg = tmp_path / "run.json"
     cfg.write_text('{"data": "digits", "steps": 2, "model": {"hidden_size": 16, "depth": 1, "num_heads": 2, '
