@@ -23,6 +23,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow
 def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     throughput = _load_script()

@@ -32,6 +32,7 @@ def snapshot(trainer):
     return tensors
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     for saves in (2, 3):
         root = tmp_path / f"run{saves}"
