@@ -1,6 +1,9 @@
 """Exact resume with augmentation: flips keyed by (seed, epoch, index), one DataLoader with kept workers."""
 
+import importlib.util
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from shortcut_fast.data.datasets import ImageFolder
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 IMAGES, SIZE, BATCH = 12, 4, 4  # 3 batches per epoch
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "data_loading.py"
 
 
 def image_folder(root):
@@ -139,3 +143,17 @@ def test_workers_are_kept_across_epochs_and_a_resume():
     x, _ = next(source)
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
     assert x[:, 0].tolist() == perm[4:6].tolist() and {int(p) for p in x[:, 1]} <= pids
+
+
+def test_data_loading_benchmark_runs_at_tiny_size(tmp_path):
+    """benchmarks/data_loading.py end to end on 40 files (its times are not judged, only their form)."""
+    spec = importlib.util.spec_from_file_location("data_loading", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "loading.json"
+    results = module.main(["--images", "40", "--size", "4", "--batch", "8", "--workers", "1", "--epochs", "2",
+                           "--json", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert len(results["epoch_seconds"]) == len(results["first_batch_seconds"]) == 2
+    for whole, first in zip(results["epoch_seconds"], results["first_batch_seconds"], strict=True):
+        assert 0 < first <= whole
