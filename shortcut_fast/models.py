@@ -356,8 +356,9 @@ class ShortcutDiT(ShortcutModule):
         self.grid = input_size // patch_size
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(hidden_size, self.grid))[None],
-                             persistent=False)
+        # fixed, so not saved: initialize_weights and every load_state_dict fill it (see _fill_pos_embed)
+        self.register_buffer("pos_embed", torch.empty(1, self.grid ** 2, hidden_size), persistent=False)
+        self.register_load_state_dict_post_hook(ShortcutDiT._fill_pos_embed)
         embedder = OfficialConditionEmbedder if conditioning == "official" else ConditionEmbedder
         self.cond = embedder(hidden_size, num_levels, num_classes)
         q_scale = (hidden_size // num_heads) ** -0.5 if conditioning == "official" else 1.0
@@ -376,12 +377,22 @@ class ShortcutDiT(ShortcutModule):
         return cls(**DIT_PRESETS[name], **kwargs)
 
     def initialize_weights(self) -> None:
-        """DiT initialisation: adaLN-Zero, so that every block starts as the identity."""
+        """DiT initialisation: adaLN-Zero, so that every block starts as the identity; the fixed positions.
+
+        A model built on the meta device and materialised with ``to_empty``
+        (as for FSDP) is complete after this call or after ``load_state_dict``.
+        """
+        self._fill_pos_embed()
         self._init_adaln_zero()
         # patch embedding: like a linear layer over the flattened patch
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
+
+    @torch.no_grad()
+    def _fill_pos_embed(self, _incompatible_keys=None) -> None:
+        """Compute the sin-cos positions into the ``pos_embed`` buffer, on whatever device it lives."""
+        self.pos_embed.copy_(torch.from_numpy(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid))[None])
 
     def _check_x(self, x: torch.Tensor) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
