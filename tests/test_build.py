@@ -2,9 +2,10 @@
 
 * The CMake project configures against the installed torch, builds the C++
   test of the CPU kernels and passes ctest.
-* Every CUDA source compiles (nvcc, compile only, sm_90) against torch's
-  headers with the flags torch's extension tooling uses. Linking and running
-  need a CUDA build of torch and a GPU, which the GPU machine checks.
+* ``nvcc_command``: how every CUDA source is compiled (nvcc, compile only)
+  against torch's headers with the flags torch's extension tooling uses;
+  ``test_gpu_compile.py`` compiles each for sm_80 and sm_90. Linking and
+  running need a CUDA build of torch and a GPU, which the GPU machine checks.
 """
 
 from __future__ import annotations
@@ -57,21 +58,21 @@ def _torch_includes(scratch: Path) -> list[str]:
     return dirs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
-def test_cuda_source_compiles_for_sm90(tmp_path, source):
-    # torch finds the CUDA toolkit (CUDA_HOME) beside a CUDA build; otherwise nvcc must be on PATH.
+def nvcc_command(source: Path, arch: int, scratch: Path, *extra: str) -> list[str]:
+    """nvcc compiling ``source`` (compile only) for ``sm_<arch>`` with the flags torch's extension tooling uses.
+
+    torch finds the CUDA toolkit (CUDA_HOME) beside a CUDA build; otherwise nvcc must be on PATH.
+    """
     nvcc = require_tool("nvcc", CUDA_HOME and Path(CUDA_HOME) / "bin")
     abi = int(torch.compiled_with_cxx11_abi())
-    cmd = [
-        nvcc, "-c", "-x", "cu", "-std=c++20", "-arch=sm_90", "-O3",
+    return [
+        nvcc, "-c", "-x", "cu", "-std=c++20", f"-arch=sm_{arch}", "-O3", *extra,
         *COMMON_NVCC_FLAGS,  # -D__CUDA_NO_HALF_OPERATORS__ etc., --expt-relaxed-constexpr
         "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         "-DSHORTCUT_FAST_WITH_CUDA",
-        *(f"-I{d}" for d in _torch_includes(tmp_path)),
-        source, "-o", os.devnull,
+        *(f"-I{d}" for d in _torch_includes(scratch)),
+        str(source), "-o", os.devnull,
     ]  # fmt: skip
-    _run(cmd, timeout=HANG_S)
 
 
 def test_a_missing_tool_skips_but_fails_under_ci(monkeypatch):

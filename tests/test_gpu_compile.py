@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from test_build import CUDA_SOURCES, ROOT, _nvcc, _torch_includes
-from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+from helpers import require_tool
+from test_build import CUDA_SOURCES, HANG_S, ROOT, nvcc_command
 
 pytestmark = pytest.mark.slow
 
@@ -31,27 +30,25 @@ SCRIPT = ROOT / "benchmarks" / "compile_matrix.py"
 SHARED_LIMIT = {80: 166912, 90: 232448}  # bytes per block, opt-in maximum of each architecture
 
 
-def _has_gpu_compiler() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
+def _require_triton_ptxas() -> None:
+    """Triton's own ptxas (inside its NVIDIA backend), which compiles the kernels for a GPU target."""
+    import triton
 
-        return Path(get_ptxas(90).path).exists()
-    except Exception:  # no triton, or a triton without its NVIDIA backend
-        return False
+    require_tool("ptxas", Path(triton.__file__).parent / "backends" / "nvidia" / "bin")
 
 
 @pytest.fixture(scope="module")
 def launched_rows(tmp_path_factory) -> list[dict]:
+    _require_triton_ptxas()
     out = tmp_path_factory.mktemp("matrix") / "ci.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, str(SCRIPT), "--ci", "--json", str(out)], env=env,
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert out.exists(), f"the matrix script wrote nothing:\n{result.stderr[-4000:]}"
     return json.loads(out.read_text())
 
 
-@pytest.mark.skipif(not _has_gpu_compiler(), reason="triton with its NVIDIA backend (ptxas) is not installed")
 def test_launched_triton_configurations_compile_fit_and_do_not_spill(launched_rows):
     problems = []
     for row in launched_rows:
@@ -67,7 +64,6 @@ def test_launched_triton_configurations_compile_fit_and_do_not_spill(launched_ro
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.skipif(not _has_gpu_compiler(), reason="triton with its NVIDIA backend (ptxas) is not installed")
 def test_every_kernel_and_dtype_has_a_launchable_configuration_on_both_targets(launched_rows):
     defined = set()
     for path in (ROOT / "kernels").glob("*.py"):
@@ -82,18 +78,11 @@ def test_every_kernel_and_dtype_has_a_launchable_configuration_on_both_targets(l
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: str(path.relative_to(ROOT)))
 def test_cuda_source_compiles_without_spills(tmp_path, source, arch):
-    abi = int(torch.compiled_with_cxx11_abi())
-    cmd = [
-        _nvcc(), "-c", "-x", "cu", "-std=c++20", f"-arch=sm_{arch}", "-O3", "-Xptxas", "-v",
-        *COMMON_NVCC_FLAGS, "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DSHORTCUT_FAST_WITH_CUDA",
-        *(f"-I{d}" for d in _torch_includes(tmp_path)), str(source), "-o", os.devnull,
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = nvcc_command(source, arch, tmp_path, "-Xptxas", "-v")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-4000:]
     report = result.stdout + result.stderr
     counts = _PTXAS_SPILLS.findall(report)
