@@ -49,7 +49,17 @@ def _timestep_features_kernel(t_ptr, out_ptr, dim, half, neg_log_period, t_scale
 
 
 @triton.jit
-def _condition_sum_kernel(c_ptr, level_ptr, d_table_ptr, label_ptr, y_table_ptr, out_ptr, channels,
+def _table_row(table_ptr, row, row_ok, channels, cols, mask):
+    """The row's columns as fp32 when ``row_ok``, else NaNs read from row 0: never an address outside the table."""
+    values = tl.load(table_ptr + tl.where(row_ok, row, 0) * channels + cols, mask=mask).to(tl.float32)
+    return tl.where(row_ok, values, float("nan"))
+
+
+# A level or label outside its table must not read out of bounds, also inside a CUDA graph or torch.compile
+# where no host check runs: debug=True keeps the device asserts, which stop the kernel on a GPU as the native
+# CUDA op's asserts do; the interpreter skips asserts, and there _table_row gives the row NaNs.
+@triton.jit(debug=True)
+def _condition_sum_kernel(c_ptr, level_ptr, d_table_ptr, label_ptr, y_table_ptr, out_ptr, channels, d_rows, y_rows,
                           HAS_LABELS: tl.constexpr, BLOCK: tl.constexpr):
     # grid: (B, channel blocks)
     sample = tl.program_id(0).to(tl.int64)
@@ -57,10 +67,14 @@ def _condition_sum_kernel(c_ptr, level_ptr, d_table_ptr, label_ptr, y_table_ptr,
     mask = cols < channels
     acc = tl.load(c_ptr + sample * channels + cols, mask=mask).to(tl.float32)
     level = tl.load(level_ptr + sample)
-    acc += tl.load(d_table_ptr + level * channels + cols, mask=mask).to(tl.float32)
+    level_ok = (level >= 0) & (level < d_rows)
+    tl.device_assert(level_ok, "condition_sum: level out of range of d_table")
+    acc += _table_row(d_table_ptr, level, level_ok, channels, cols, mask)
     if HAS_LABELS:
         label = tl.load(label_ptr + sample)
-        acc += tl.load(y_table_ptr + label * channels + cols, mask=mask).to(tl.float32)
+        label_ok = (label >= 0) & (label < y_rows)
+        tl.device_assert(label_ok, "condition_sum: y out of range of y_table")
+        acc += _table_row(y_table_ptr, label, label_ok, channels, cols, mask)
     tl.store(out_ptr + sample * channels + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -84,5 +98,5 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
     # without labels the kernel never reads its label arguments; level and d_table stand in for them
     _condition_sum_kernel[(batch, triton.cdiv(channels, block))](
         c, level, d_table, y if has_labels else level, y_table if has_labels else d_table, out, channels,
-        HAS_LABELS=has_labels, BLOCK=block)
+        d_table.shape[0], y_table.shape[0] if has_labels else 0, HAS_LABELS=has_labels, BLOCK=block)
     return out

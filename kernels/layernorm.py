@@ -18,6 +18,7 @@ from .launch import INTERPRET, programs_to_fill
 
 # Live values per tile (fp32): past a few thousand a tile spills registers at 8 warps.
 _TILE_ELEMENTS = 4096
+MAX_GRID_Y = 65535  # CUDA's limit on a grid's second axis
 
 
 @triton.jit
@@ -101,6 +102,11 @@ def _tiling(channels: int) -> tuple[int, int, int]:
     return block_n, block_c, num_warps
 
 
+def token_tiles(seq_len: int, channels: int) -> int:
+    """The forward's programs per sample: its grid's second axis, which CUDA limits to ``MAX_GRID_Y``."""
+    return triton.cdiv(seq_len, _tiling(channels)[0])
+
+
 def modulate_layernorm_forward(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                                eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y, mean, rstd)`` of contiguous x (B, N, C), shift and scale (B, C): y like x, mean and rstd (B, N) fp32."""
@@ -109,7 +115,7 @@ def modulate_layernorm_forward(x: torch.Tensor, shift: torch.Tensor, scale: torc
     mean = torch.empty((batch, seq_len), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     block_n, block_c, num_warps = _tiling(channels)
-    _modulate_layernorm_fwd_kernel[(batch, triton.cdiv(seq_len, block_n))](
+    _modulate_layernorm_fwd_kernel[(batch, token_tiles(seq_len, channels))](
         x, shift, scale, y, mean, rstd, seq_len, channels, eps,
         BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd

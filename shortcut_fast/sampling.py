@@ -123,20 +123,28 @@ def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor
     return GRAPH_CACHE.get(key, capture).replay(x, y, scale).clone()
 
 
+def graph_batch(rows: int) -> int:
+    """The batch size of the graph that runs ``rows`` samples (at most ``GRAPH_MAX_BATCH``): the next power of
+    two, so that a few graphs serve every batch size; the extra rows are padding."""
+    if not checks.is_int(rows) or not 1 <= rows <= GRAPH_MAX_BATCH:
+        raise ValueError(f"a graph runs 1 to GRAPH_MAX_BATCH={GRAPH_MAX_BATCH} rows, got {rows!r}")
+    return min(1 << (rows - 1).bit_length(), GRAPH_MAX_BATCH)
+
+
 def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
-    """Batches above ``GRAPH_MAX_BATCH`` in chunks of that size, the last one padded with zero rows."""
-    if x.shape[0] <= GRAPH_MAX_BATCH:
-        return _graph_run(model, x, y, scale, steps, null_class, net_dtype)
+    """Chunks of at most ``GRAPH_MAX_BATCH`` rows, each padded to ``graph_batch`` rows with zero noise (and the
+    null class); rows are independent, so padding rows change nothing in the others."""
     out = []
     for start in range(0, x.shape[0], GRAPH_MAX_BATCH):
         xc = x[start:start + GRAPH_MAX_BATCH]
         yc = None if y is None else y[start:start + GRAPH_MAX_BATCH]
         rows = xc.shape[0]
-        if rows < GRAPH_MAX_BATCH:  # rows are independent, so padding rows change nothing in the others
-            xc = torch.cat([xc, xc.new_zeros((GRAPH_MAX_BATCH - rows, *xc.shape[1:]))])
-            yc = None if yc is None else torch.cat([yc, yc.new_full((GRAPH_MAX_BATCH - rows,), null_class)])
+        pad = graph_batch(rows) - rows
+        if pad:
+            xc = torch.cat([xc, xc.new_zeros((pad, *xc.shape[1:]))])
+            yc = None if yc is None else torch.cat([yc, yc.new_full((pad,), null_class)])
         out.append(_graph_run(model, xc, yc, scale, steps, null_class, net_dtype)[:rows])
-    return torch.cat(out)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 @torch.no_grad()
@@ -170,8 +178,8 @@ def sample(
 
     On a CUDA device the whole loop (every forward, the guidance and the Euler
     updates) is captured in a CUDA graph on the first call for a given batch
-    size, step count, guidance on/off and dtype, and replayed on later calls
-    (``use_graph=None``, the default; ``False`` forces the eager loop). The
+    size (rounded up to a power of two, ``graph_batch``), step count, guidance on/off and dtype, and
+    replayed on later calls (``use_graph=None``, the default; ``False`` forces the eager loop). The
     graphs are kept in an LRU cache (``set_graph_cache_size``,
     ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
     that size. In-place weight updates are seen by the graphs. On the CPU the

@@ -119,6 +119,49 @@ def test_triton_clear_errors(triton_case):
         TRITON.euler_step(x, x, torch.ones(2, dtype=torch.float64, device=x.device))
 
 
+def test_triton_ops_refuse_mixed_dtypes_as_the_native_ops_do(triton_case, monkeypatch):
+    registered = pytest.importorskip("shortcut_fast.ops.triton", reason="Triton is not installed (pip install triton)")
+    monkeypatch.setattr(registered, "BACKEND", "triton")  # the dtypes a GPU runs, so the mix is what is refused
+    x = triton_case.randn(2, 5, 37)
+    half = x[:, 0].bfloat16()
+    with pytest.raises(RuntimeError, match="modulate_layernorm_fwd: inputs must share one dtype"):
+        TRITON.modulate_layernorm_fwd(x, x[:, 0], half, 1e-6)
+    with pytest.raises(RuntimeError, match="modulate_layernorm_bwd: inputs must share one dtype"):
+        stats = torch.zeros(2, 5, device=x.device)
+        TRITON.modulate_layernorm_bwd(x, x, half, stats, stats)
+    with pytest.raises(RuntimeError, match="gated_residual: inputs must share one dtype"):
+        TRITON.gated_residual(x, half, x)
+    level = torch.zeros(2, dtype=torch.long, device=x.device)
+    with pytest.raises(RuntimeError, match="condition_sum: inputs must share one dtype"):
+        TRITON.condition_sum(x[:, 0], level, half, level, x[:, 0])
+    with pytest.raises(RuntimeError, match="condition_sum: inputs must share one dtype"):
+        TRITON.condition_sum(x[:, 0], level, x[:, 0], level, half)
+
+
+def test_triton_layernorm_refuses_more_token_tiles_than_the_grid_holds(triton_case, monkeypatch):
+    layernorm = pytest.importorskip("shortcut_fast.kernels.layernorm", reason="Triton is not installed")
+    x = triton_case.randn(2, 9, 37)
+    tiles = layernorm.token_tiles(9, 37)
+    assert tiles > 1  # the interpreter's 4-token tiles
+    monkeypatch.setattr(layernorm, "MAX_GRID_Y", tiles - 1)
+    with pytest.raises(RuntimeError, match=f"{tiles} tiles, more than the grid's {tiles - 1}"):
+        TRITON.modulate_layernorm_fwd(x, x[:, 0], x[:, 0], 1e-6)
+    monkeypatch.setattr(layernorm, "MAX_GRID_Y", tiles)
+    TRITON.modulate_layernorm_fwd(x, x[:, 0], x[:, 0], 1e-6)
+
+
+def test_triton_condition_sum_reads_no_row_outside_its_tables(triton_case):
+    """On a GPU the kernel's device asserts stop it; the interpreter skips asserts, and the bad rows are NaN."""
+    if triton_case.device != "cpu":
+        pytest.skip("a device assert leaves the CUDA context unusable for the rest of the session")
+    c, d_table, y_table = triton_case.randn(4, 37), triton_case.randn(3, 37), triton_case.randn(5, 37)
+    level, y = torch.tensor([0, 3, 2, -1]), torch.tensor([4, 0, 5, 1])
+    out = TRITON.condition_sum(c, level, d_table, y, y_table)
+    ok = torch.tensor([True, False, False, False])
+    assert out[~ok].isnan().all()
+    torch.testing.assert_close(out[ok], c[ok] + d_table[level[ok]] + y_table[y[ok]])
+
+
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     registered = pytest.importorskip("shortcut_fast.ops.triton", reason="Triton is not installed (pip install triton)")
     monkeypatch.setattr(registered, "INTERPRET", False)

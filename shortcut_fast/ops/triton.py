@@ -79,6 +79,13 @@ def _check_same_dtype(op: str, *tensors: Tensor) -> None:
     check(len({t.dtype for t in tensors}) == 1, f"{op}: inputs must share one dtype, got {[t.dtype for t in tensors]}")
 
 
+def _check_token_tiles(op: str, x: Tensor) -> None:
+    """The layer norm's forward grid has one program per tile of tokens on CUDA's second grid axis."""
+    tiles = layernorm.token_tiles(x.shape[1], x.shape[2])
+    check(tiles <= layernorm.MAX_GRID_Y, f"{op}: {x.shape[1]} tokens of {x.shape[2]} channels make {tiles} tiles, "
+          f"more than the grid's {layernorm.MAX_GRID_Y}; split the sequence")
+
+
 def _check_alike(op: str, x: Tensor, other: Tensor) -> None:
     """x and other: float tensors of one device, dtype and shape."""
     check_device(op, x, other)
@@ -129,9 +136,11 @@ def modulate_layernorm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) 
     op = "modulate_layernorm_fwd"
     check_device(op, x, shift, scale)
     check_float(op, x, shift, scale)
+    _check_same_dtype(op, x, shift, scale)
     check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
     _check_shape(op, "shift", shift, (x.shape[0], x.shape[2]))
     _check_shape(op, "scale", scale, (x.shape[0], x.shape[2]))
+    _check_token_tiles(op, x)
     return layernorm.modulate_layernorm_forward(x.contiguous(), shift.contiguous(), scale.contiguous(), eps)
 
 
@@ -141,6 +150,7 @@ def modulate_layernorm_bwd(grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tenso
     op = "modulate_layernorm_bwd"
     check_device(op, grad_y, x, scale, mean, rstd)
     check_float(op, grad_y, x, scale)
+    _check_same_dtype(op, grad_y, x, scale)
     check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
     _check_shape(op, "grad_y", grad_y, x.shape)
     _check_shape(op, "scale", scale, (x.shape[0], x.shape[2]))
@@ -157,6 +167,7 @@ def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
     check_device(op, x, gate)
     check_float(op, gate)
+    _check_same_dtype(op, x, gate)
     _check_shape(op, "gate", gate, (x.shape[0], x.shape[2]))
     return elementwise.gated_residual(x.contiguous(), gate.contiguous(), y.contiguous())
 
@@ -179,6 +190,7 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
     labelled = [] if y is None else [y, y_table]
     check_device(op, c, level, d_table, *labelled)
     check_float(op, c, d_table, *labelled[1:])
+    _check_same_dtype(op, c, d_table, *labelled[1:])
     check(c.dim() == 2, f"{op}: c must be (B, C), got shape {tuple(c.shape)}")
     for name, index, table in (("level", level, d_table), ("y", y, y_table)):
         if index is None:
