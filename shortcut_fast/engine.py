@@ -77,14 +77,14 @@ def isa_supported(name: str) -> bool:
     """Whether this build and this CPU run the engine's kernels for ``name`` (a key of ``ISAS``)."""
     if name not in ISAS:
         raise ValueError(f"ISA must be one of {sorted(ISAS)}, got {name!r}")
-    return available() and bool(torch.ops.shortcut_fast.engine_isa_supported(ISAS[name]))
+    return available() and bool(torch.ops.shortcut_fast_engine.isa_supported(ISAS[name]))
 
 
 def active_isa() -> str:
     """The ISA whose kernels the engine runs now (``"auto"`` resolved for this CPU)."""
     if not available():
         return "none"
-    code = torch.ops.shortcut_fast.engine_resolve_isa(ISAS[_isa])
+    code = torch.ops.shortcut_fast_engine.resolve_isa(ISAS[_isa])
     return next(name for name, value in ISAS.items() if value == code)
 
 
@@ -110,7 +110,7 @@ def use_isa(name: str) -> Iterator[None]:
 
 def available() -> bool:
     """Whether the native extension with the engine is built and loaded."""
-    return backends.native_available() and hasattr(torch.ops.shortcut_fast, "engine_sample")
+    return backends.native_available() and hasattr(torch.ops.shortcut_fast_engine, "sample")
 
 
 def _freqs(freq_dim: int) -> torch.Tensor:
@@ -163,6 +163,8 @@ def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None
         return "CPU autocast is on"
     if progress:
         return "the engine shows no progress bar"
+    if base.config.get("conditioning", "shortcut") != "shortcut":
+        return f"the engine embeds t and d the project's way, not conditioning={base.config['conditioning']!r}"
     if any(m._forward_hooks or m._forward_pre_hooks for m in base.modules()):
         return "the model has forward hooks, which the engine would skip"
     if any(not p.is_contiguous() for p in base.parameters()):
@@ -189,4 +191,4 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: fl
     y = None if y is None else y.long()  # validated by sample()
     tensors, config = _TENSORS.get(weights_key(base), lambda: _pack(base))
     config = [*config, ISAS[_isa], ATEN_ROWS]
-    return torch.ops.shortcut_fast.engine_sample(tensors, config, x, y, cfg_scale, steps)
+    return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, steps)

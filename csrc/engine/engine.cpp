@@ -1,4 +1,4 @@
-// The engine's N-step sampler for ShortcutDiT and ShortcutMLP, and its ops torch.ops.shortcut_fast.engine_*.
+// The engine's N-step sampler for ShortcutDiT and ShortcutMLP, and its ops torch.ops.shortcut_fast_engine.*.
 //
 // shortcut_fast/engine.py passes the module's own weight tensors (no copies, so in-place updates are seen) in
 // the order below, and the configuration as ints:
@@ -218,12 +218,13 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(shortcut_fast, m) {
-  m.def("engine_sample(Tensor[] weights, int[] config, Tensor x, Tensor? y, float? cfg_scale, int steps) -> Tensor");
-  m.def("engine_isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(static_cast<Isa>(isa)); });
-  m.def("engine_resolve_isa(int isa) -> int",
+// Its own namespace: the engine is no fused op of the op contract (shortcut_fast::), only the CPU sampler's.
+TORCH_LIBRARY(shortcut_fast_engine, m) {
+  m.def("sample(Tensor[] weights, int[] config, Tensor x, Tensor? y, float? cfg_scale, int steps) -> Tensor");
+  m.def("isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(static_cast<Isa>(isa)); });
+  m.def("resolve_isa(int isa) -> int",
         [](int64_t isa) { return static_cast<int64_t>(resolve_isa(static_cast<Isa>(isa))); });
-  m.impl("engine_sample", c10::DispatchKey::CPU, TORCH_FN(engine_sample));
+  m.impl("sample", c10::DispatchKey::CPU, TORCH_FN(engine_sample));
 }
 
 }  // namespace shortcut_fast::engine
