@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from . import ops
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
+from .techniques.guidance import GuidanceEmbedder, guidance_parameters
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
@@ -72,6 +73,15 @@ def _check_mlp_ratio(mlp_ratio, hidden_size: int) -> int:
     return int(hidden_size * mlp_ratio)
 
 
+def _check_guidance_input(guidance_input, num_classes: int) -> None:
+    """``guidance_input`` (intrinsic guidance) is a bool and needs a class-conditional model."""
+    if not isinstance(guidance_input, bool):
+        raise TypeError(f"guidance_input must be a bool, got {guidance_input!r}")
+    if guidance_input and num_classes == 0:
+        raise ValueError("guidance_input=True needs a class-conditional model (num_classes > 0): "
+                         "guidance steers towards a label")
+
+
 def _check_parameter_count(count: int, settings: dict) -> None:
     """Refuse, before allocating, a model of more than ``MAX_PARAMETERS`` weights."""
     if count > MAX_PARAMETERS:
@@ -80,16 +90,17 @@ def _check_parameter_count(count: int, settings: dict) -> None:
                          f"MAX_PARAMETERS={MAX_PARAMETERS:.3g}; lower the sizes")
 
 
-def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int) -> int:
+def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int, guidance_input: bool = False) -> int:
     """Weights of ``ConditionEmbedder``."""
     h = hidden_size
-    return FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
+    return (FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
+            + (guidance_parameters(h) if guidance_input else 0))
 
 
 class ShortcutModule(nn.Module):
     """Base of the package's models: argument checks and the conditioning contract.
 
-    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, level, y)`` where
+    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, level, y, w)`` where
     ``level`` holds step-size level indices and ``y`` class indices (the null
     class, ``num_classes``, for unlabelled rows) or ``None``.
     """
@@ -97,18 +108,21 @@ class ShortcutModule(nn.Module):
     num_classes: int
     min_step: float
     config: dict
+    guidance_input: bool = False  # takes the guidance scale w as an input (intrinsic guidance)
 
     @property
     def step_sizes(self) -> list[float]:
         """The step sizes this model was built for, smallest first."""
         return step_sizes(self.min_step)
 
-    def forward(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
         """Velocity at ``(x, t)`` for a step of size ``d``: a tensor of the shape of ``x``.
 
         ``t`` in [0, 1] and ``d`` (one of ``step_sizes``) are floats or (B,) tensors;
         ``y`` holds class indices in ``[0, num_classes]`` (``num_classes`` = no label)
-        for a class-conditional model; ``None`` means unlabelled. ``x`` is not scanned
+        for a class-conditional model; ``None`` means unlabelled. ``w``, a float or (B,)
+        tensor of guidance scales, is the guidance input of a model built with
+        ``guidance_input=True`` (``None``: ``w = 1``, no guidance). ``x`` is not scanned
         for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
         non-finite row of the output and leaves the others as they are.
 
@@ -134,7 +148,22 @@ class ShortcutModule(nn.Module):
         if check_values and not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError(f"t must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}")
         level = level_index(d, self.min_step, check=check_values)
-        return self._velocity(x, t, level, self._check_labels(y, batch, x.device, check_values))
+        return self._velocity(x, t, level, self._check_labels(y, batch, x.device, check_values),
+                              self._check_guidance(w, batch, x.device, check_values))
+
+    def _check_guidance(self, w, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
+        if not self.guidance_input:
+            if w is not None:
+                raise ValueError("this model has no guidance input (guidance_input=False) but w was given; "
+                                 "pass w=None, or guide with two forwards (sample(..., cfg_scale=...))")
+            return None
+        if w is None:
+            return torch.ones(batch, device=device)
+        w = _as_batch_vector("w", w, batch, device)
+        if check_values and not bool(torch.isfinite(w).all() & (w >= 0).all()):
+            raise ValueError(f"guidance scales w must be finite and >= 0; got values from {w.min().item()} "
+                             f"to {w.max().item()}")
+        return w
 
     def _check_labels(self, y, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
         if y is None:
@@ -175,7 +204,7 @@ class ShortcutModule(nn.Module):
     def _check_x(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _velocity(self, x, t, level, y) -> torch.Tensor:
+    def _velocity(self, x, t, level, y, w) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -184,18 +213,24 @@ class ShortcutModule(nn.Module):
 #################################################################################
 
 class ConditionEmbedder(nn.Module):
-    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y]``: (B,) inputs -> (B, hidden)."""
+    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y] (+ MLP_w(sinusoid(w)))``: (B,) inputs -> (B, hidden)."""
 
-    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM):
+    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM,
+                 guidance_input: bool = False):
         super().__init__()
+        # intrinsic guidance (techniques.guidance): the embedding of w, zero at initialisation
+        self.w_embed = GuidanceEmbedder(hidden_size) if guidance_input else None
         self.freq_dim = freq_dim
         self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.d_table = nn.Embedding(num_levels, hidden_size)
         # one extra row: the null class used by class dropout and guidance
         self.y_table = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
 
-    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None,
+                w: torch.Tensor | None = None) -> torch.Tensor:
         c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))
+        if self.w_embed is not None:
+            c = c + self.w_embed(w)
         y_table = None if self.y_table is None else self.y_table.weight
         return ops.condition_sum(c, level, self.d_table.weight, y, y_table)
 
@@ -206,6 +241,8 @@ class ConditionEmbedder(nn.Module):
         nn.init.normal_(self.d_table.weight, std=0.02)
         if self.y_table is not None:
             nn.init.normal_(self.y_table.weight, std=0.02)
+        if self.w_embed is not None:
+            self.w_embed.initialize()
 
 
 def _zero_(module: nn.Linear) -> None:
@@ -308,6 +345,7 @@ class ShortcutDiT(ShortcutModule):
         mlp_ratio: float = 4.0,
         num_classes: int = 1000,
         min_step: float = DEFAULT_MIN_STEP,
+        guidance_input: bool = False,
     ):
         super().__init__()
         _check_sizes(input_size=input_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
@@ -317,10 +355,11 @@ class ShortcutDiT(ShortcutModule):
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
         mlp_hidden = _check_mlp_ratio(mlp_ratio, hidden_size)
+        _check_guidance_input(guidance_input, num_classes)
         num_levels = num_doublings(min_step) + 1
         h, out = hidden_size, patch_size * patch_size * in_channels
         per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
-        count = (_condition_parameters(h, num_levels, num_classes) + depth * per_block
+        count = (_condition_parameters(h, num_levels, num_classes, guidance_input) + depth * per_block
                  + (2 * h * h + 2 * h + h * out + out)  # final layer
                  + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
         _check_parameter_count(count, dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
@@ -329,6 +368,9 @@ class ShortcutDiT(ShortcutModule):
         self.config = dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            num_classes=num_classes, min_step=min_step)
+        if guidance_input:  # only when set, so that the saved configs of other models stay as they were
+            self.config["guidance_input"] = True
+        self.guidance_input = guidance_input
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.min_step = num_classes, min_step
         self.grid = input_size // patch_size
@@ -336,7 +378,7 @@ class ShortcutDiT(ShortcutModule):
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(hidden_size, self.grid))[None],
                              persistent=False)
-        self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes)
+        self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes, guidance_input=guidance_input)
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
         self.initialize_weights()
@@ -370,9 +412,9 @@ class ShortcutDiT(ShortcutModule):
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
 
-    def _velocity(self, x, t, level, y):
+    def _velocity(self, x, t, level, y, w):
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
-        c = self.cond(t, level, y)  # (B, C)
+        c = self.cond(t, level, y, w)  # (B, C)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C_in, H, W)
@@ -407,18 +449,24 @@ class ShortcutMLP(ShortcutModule):
     """A residual MLP velocity network on vectors (B, dim): 2D toys, tabular data, policies."""
 
     def __init__(self, dim: int = 2, hidden_size: int = 256, depth: int = 4, num_classes: int = 0,
-                 min_step: float = DEFAULT_MIN_STEP):
+                 min_step: float = DEFAULT_MIN_STEP, guidance_input: bool = False):
         super().__init__()
         _check_sizes(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
+        _check_guidance_input(guidance_input, num_classes)
         h = hidden_size
-        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes) + (dim * h + h)  # input
+        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
+                 + (dim * h + h)  # input
                  + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
                  + (2 * h * h + 2 * h + h * dim + dim))  # final layer
         _check_parameter_count(count, dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes))
         self.config = dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes, min_step=min_step)
+        if guidance_input:  # only when set, so that the saved configs of other models stay as they were
+            self.config["guidance_input"] = True
+        self.guidance_input = guidance_input
         self.dim, self.num_classes, self.min_step = dim, num_classes, min_step
         self.inp = nn.Linear(dim, hidden_size)
-        self.cond = ConditionEmbedder(hidden_size, num_doublings(min_step) + 1, num_classes)
+        self.cond = ConditionEmbedder(hidden_size, num_doublings(min_step) + 1, num_classes,
+                                      guidance_input=guidance_input)
         self.blocks = nn.ModuleList([MLPBlock(hidden_size) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, dim)
         self.initialize_weights()
@@ -431,8 +479,8 @@ class ShortcutMLP(ShortcutModule):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
-    def _velocity(self, x, t, level, y):
-        c = self.cond(t, level, y)  # (B, C)
+    def _velocity(self, x, t, level, y, w):
+        c = self.cond(t, level, y, w)  # (B, C)
         h = self.inp(x)  # (B, C)
         for block in self.blocks:
             h = block(h, c)

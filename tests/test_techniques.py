@@ -1,4 +1,5 @@
-"""The iSM techniques against independent computations: OT pairing, wavelet loss, intrinsic guidance, schedules."""
+"""The iSM techniques against independent computations (OT pairing, wavelet loss, intrinsic guidance, twin EMA),
+and sampling with any step count."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from conftest import TINY_DIT
+from helpers import perturb_
 
+import shortcut_fast as sf
+from shortcut_fast.objective import make_batch, shortcut_loss
 from shortcut_fast.ops import reference as SF
 from shortcut_fast.steps import check_schedule, resolve_schedule, step_schedule
 from shortcut_fast.techniques.guidance import GuidanceEmbedder, draw_guidance_scales, guided_flow_target
@@ -214,3 +220,232 @@ def test_step_schedule_errors():
         step_schedule(9, 1 / 8)
     with pytest.raises(TypeError, match="non-empty sequence"):
         check_schedule([])
+
+
+#################################################################################
+#                   the options through the objective, sampler, trainer         #
+#################################################################################
+
+MU = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])  # three point-mass classes
+
+
+def _exact_velocities(x, t):
+    """The conditional velocities of every class and the unconditional one, for the point masses ``MU``."""
+    t = t.view(-1, 1)
+    v_all = (MU[None] - x[:, None]) / (1 - t[:, None])  # (B, classes, 2)
+    logp = -((x[:, None] - t[:, None] * MU[None]) ** 2).sum(-1) / (2 * (1 - t) ** 2)
+    return v_all, (torch.softmax(logp, dim=1)[..., None] * v_all).sum(1)
+
+
+class ExactTeacher(nn.Module):
+    """The exact velocity of the point masses at any d, with a guidance input that it records."""
+
+    guidance_input = True
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.seen_w = []
+
+    def forward(self, x, t, d, y, w=None):
+        self.seen_w.append(w)
+        v_all, v_null = _exact_velocities(x, t)
+        rows = torch.arange(x.shape[0])
+        return torch.where((y == 3)[:, None], v_null, v_all[rows, y.clamp(max=2)])
+
+
+def test_intrinsic_flow_targets_are_two_forward_cfg_of_the_exact_velocity():
+    teacher = ExactTeacher()
+    y = torch.arange(64) % 3
+    config = sf.ShortcutConfig(min_step=1 / 8, intrinsic_guidance=(1.0, 5.0), class_dropout=0.3)
+    batch = make_batch(teacher, MU[y], y, config, target_model=teacher, generator=torch.Generator().manual_seed(0))
+    flow = slice(batch.n_boot, None)
+    v_all, v_null = _exact_velocities(batch.x_t[flow], batch.t[flow])
+    labelled = batch.y[flow] < 3
+    assert 0 < int(labelled.sum()) < labelled.numel()  # both kinds of rows are in the batch
+    v_cond = v_all[torch.arange(v_all.shape[0]), y[flow]]
+    w = batch.w[flow]
+    expected = torch.where(labelled[:, None], SF.guided_velocity(v_cond, v_null, w[:, None]), v_cond)
+    torch.testing.assert_close(batch.target[flow], expected, rtol=1e-4, atol=1e-4)
+    assert torch.all(w[~labelled] == 1) and float(w[labelled].min()) >= 1 and float(w[labelled].max()) <= 5
+    # the self-consistency rows: the teacher's half steps see each row's own w
+    assert any(seen is not None and seen.shape == (batch.n_boot,) and torch.equal(seen, batch.w[:batch.n_boot])
+               for seen in teacher.seen_w)
+
+
+def _recovered_noise(batch, x1):
+    t = batch.t.view(-1, *([1] * (x1.dim() - 1)))
+    return (batch.x_t - t * x1) / (1 - t)
+
+
+def _is_permutation_of(a, b):
+    return all(any(torch.allclose(row, other, atol=1e-5) for other in b) for row in a) and len(a) == len(b)
+
+
+def test_ot_pairing_in_make_batch_pairs_each_ranks_rows():
+    model = sf.ShortcutMLP(dim=2, hidden_size=8, depth=1, min_step=1 / 8)
+    x1 = torch.randn(12, 2, generator=torch.Generator().manual_seed(1)) * 2
+    plain = sf.ShortcutConfig(min_step=1 / 8, objective="flow")
+    x0_global = _recovered_noise(make_batch(model, x1, config=plain, generator=torch.Generator().manual_seed(5)), x1)
+    paired = sf.ShortcutConfig(min_step=1 / 8, objective="flow", ot_pairing=True)
+    for rank in range(2):
+        rows = x1[rank::2]
+        batch = make_batch(model, rows, config=paired, generator=torch.Generator().manual_seed(5), shard=(rank, 2))
+        x0 = _recovered_noise(batch, rows)
+        assert _is_permutation_of(x0, x0_global[rank::2])  # the rank's own noise, reordered
+        best = min(_pair_cost(x0_global[rank::2], rows, p) for p in itertools.permutations(range(6)))
+        assert _pair_cost(x0, rows, range(6)) == pytest.approx(best, rel=1e-5)
+
+
+def test_wavelet_option_is_the_wavelet_loss_of_the_batch(tiny_dit):
+    x1, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 10
+    config = sf.ShortcutConfig(wavelet_levels=2, wavelet_weights=(2.0, 1.0, 0.5))
+    loss, logs = shortcut_loss(tiny_dit, x1, y, config, generator=torch.Generator().manual_seed(0))
+    batch = make_batch(tiny_dit, x1, y, config, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v = tiny_dit(batch.x_t, batch.t, batch.d, batch.y)
+    ref, _ = _reference_loss_and_grad(v.double(), batch.target.double(), 2, [2.0, 1.0, 0.5])
+    assert float(loss.detach()) == pytest.approx(float(ref.mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("config,match", [
+    (dict(intrinsic_guidance=(2.0, 1.0)), "low <= high"),
+    (dict(intrinsic_guidance=(1.0,)), "pair"),
+    (dict(intrinsic_guidance=(1.0, 3.0), bootstrap_cfg_scale=2.0), "exclude each other"),
+    (dict(wavelet_levels=-1), "wavelet_levels"),
+    (dict(wavelet_weights=(1.0, 1.0)), "needs wavelet_levels"),
+    (dict(wavelet_levels=1, wavelet_weights=(1.0,)), "2 numbers"),
+    (dict(wavelet_levels=1, wavelet_weights=(0.0, 0.0)), "not all be 0"),
+])
+def test_technique_settings_errors(config, match):
+    with pytest.raises(ValueError, match=match):
+        sf.ShortcutConfig(**config)
+
+
+def test_technique_settings_round_trip_through_a_dict():
+    config = sf.ShortcutConfig(intrinsic_guidance=(1.0, 4.0), wavelet_levels=2, wavelet_weights=(1.0, 2.0, 3.0),
+                               ot_pairing=True)
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    assert sf.ShortcutConfig.from_dict(as_json) == config
+
+
+def test_batch_errors_name_the_option(tiny_dit):
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*4"):
+        shortcut_loss(tiny_dit, torch.randn(2, 1, 8, 8), config=sf.ShortcutConfig(wavelet_levels=4))
+    with pytest.raises(ValueError, match="guidance_input=True"):
+        shortcut_loss(tiny_dit, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
+                      config=sf.ShortcutConfig(intrinsic_guidance=(1.0, 3.0)))
+
+
+def _guided_dit():
+    return perturb_(sf.ShortcutDiT(**TINY_DIT, num_classes=10, guidance_input=True), seed=4).eval()
+
+
+def _euler(model, z, schedule, y=None, w=None):
+    """A hand-written Euler loop over an explicit schedule; ``w`` goes in as the model's guidance input."""
+    x, t = z.clone(), 0.0
+    with torch.no_grad():
+        for d in schedule:
+            x = x + d * (model(x, t, d, y) if w is None else model(x, t, d, y, w=w))
+            t += d
+    return x
+
+
+@pytest.mark.parametrize("steps,schedule", [(3, (0.5, 0.25, 0.25)), (5, (0.25,) * 3 + (0.125,) * 2),
+                                            ((0.25, 0.25, 0.5), (0.25, 0.25, 0.5))])
+def test_sampling_any_step_count_follows_the_schedule(tiny_dit, steps, schedule):
+    z, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
+    torch.testing.assert_close(sf.sample(tiny_dit, noise=z, steps=steps, y=y), _euler(tiny_dit, z, schedule, y),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_intrinsic_sampling_is_one_forward_with_the_scale_as_input():
+    model = _guided_dit()
+    z, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
+    for w in (1.0, 2.5):
+        torch.testing.assert_close(sf.sample(model, noise=z, steps=3, y=y, cfg_scale=w),
+                                   _euler(model, z, (0.5, 0.25, 0.25), y, w=torch.full((3,), w)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sf.sample(model, noise=z, steps=2, y=y), sf.sample(model, noise=z, steps=2, y=y,
+                                                                                  cfg_scale=1.0))
+    assert not torch.allclose(sf.sample(model, noise=z, y=y, cfg_scale=1.0), sf.sample(model, noise=z, y=y,
+                                                                                       cfg_scale=3.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        sf.sample(model, noise=z, y=y, cfg_scale=-1.0)
+
+
+def test_guidance_input_errors(tiny_dit):
+    with pytest.raises(ValueError, match="no guidance input"):
+        tiny_dit(torch.randn(2, 1, 8, 8), 0.0, 1.0, torch.tensor([0, 1]), w=2.0)
+    with pytest.raises(ValueError, match="class-conditional"):
+        sf.ShortcutMLP(dim=2, num_classes=0, guidance_input=True)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        _guided_dit()(torch.randn(2, 1, 8, 8), 0.0, 1.0, torch.tensor([0, 1]), w=torch.tensor([1.0, float("nan")]))
+
+
+def test_guided_model_saves_and_loads(tmp_path):
+    model = _guided_dit()
+    sf.save_model(model, tmp_path / "m")
+    loaded = sf.load_model(tmp_path / "m")
+    z, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+    assert loaded.guidance_input
+    torch.testing.assert_close(sf.sample(loaded, noise=z, y=y, cfg_scale=2.0), sf.sample(model, noise=z, y=y,
+                                                                                         cfg_scale=2.0))
+
+
+def _twin_trainer(**kw):
+    torch.manual_seed(0)
+    model = sf.ShortcutMLP(dim=2, hidden_size=16, depth=2, num_classes=3, min_step=1 / 8)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (32,), generator=g)
+    x = torch.randn(32, 2, generator=g) * 0.1 + torch.stack([y.float(), -y.float()], 1)
+    config = sf.TrainConfig(batch_size=8, lr=1e-2, ema_decay=0.9, target_ema_decay=0.5, progress=False, seed=1,
+                            shortcut=sf.ShortcutConfig(min_step=1 / 8), **kw)
+    return sf.Trainer(model, (x, y), config), (x, y)
+
+
+def test_twin_ema_follows_both_decays_and_feeds_the_targets(monkeypatch):
+    import shortcut_fast.train.trainer as trainer_module
+
+    teachers = []
+    original = trainer_module.self_consistency_targets
+
+    def spy(teacher, *args, **kwargs):
+        teachers.append(teacher)
+        return original(teacher, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "self_consistency_targets", spy)
+    trainer, _ = _twin_trainer()
+    start = [p.detach().clone() for p in trainer.model.parameters()]
+    slow, fast = [p.clone() for p in start], [p.clone() for p in start]
+    for _ in range(4):
+        trainer.fit(1)
+        live = [p.detach() for p in trainer.model.parameters()]
+        slow = [0.9 * e + 0.1 * w for e, w in zip(slow, live, strict=True)]
+        fast = [0.5 * e + 0.5 * w for e, w in zip(fast, live, strict=True)]
+    for got, want in [(trainer.ema_model, slow), (trainer.target_ema_model, fast)]:
+        for p, q in zip(got.parameters(), want, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert teachers and all(t is trainer.target_ema_model for t in teachers)
+    assert trainer.target_ema_model is not trainer.ema_model
+
+
+def test_twin_ema_is_saved_and_resumed(tmp_path):
+    trainer, data = _twin_trainer()
+    trainer.fit(3)
+    trainer.save(tmp_path / "c")
+    resumed = sf.Trainer.resume(tmp_path / "c", data)
+    for a, b in zip(resumed.target_ema_model.parameters(), trainer.target_ema_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.target_ema_model.parameters(),
+                                                     resumed.ema_model.parameters(), strict=True))
+
+
+def test_every_option_trains_a_few_steps():
+    torch.manual_seed(0)
+    model = sf.ShortcutDiT(**TINY_DIT, num_classes=4, guidance_input=True)
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 4
+    shortcut = sf.ShortcutConfig(intrinsic_guidance=(1.0, 3.0), wavelet_levels=2, ot_pairing=True)
+    trainer = sf.Trainer(model, (x, y), sf.TrainConfig(batch_size=8, lr=1e-3, target_ema_decay=0.9, progress=False,
+                                                        log_every=1, shortcut=shortcut))
+    history = trainer.fit(3)
+    assert trainer.skipped_steps == 0 and all(math.isfinite(row["loss"]) for row in history)

@@ -10,7 +10,6 @@ the mixed batch then runs as usual (bf16 autocast, fused AdamW, a foreach EMA).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -33,7 +32,7 @@ def can_capture(teacher: nn.Module) -> bool:
 
 
 def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
-                  clip: float | None) -> torch.Tensor:
+                  clip: float | None, w: torch.Tensor | None = None) -> torch.Tensor:
     """``self_consistency_targets`` replayed from a cached CUDA graph (same arguments, same numbers).
 
     Falls back to the eager computation for a teacher that cannot be captured
@@ -41,19 +40,22 @@ def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: fl
     """
     if xb.shape[0] == 0 or not can_capture(teacher):
         return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
-                                        clip=clip)
+                                        clip=clip, w=w)
     teacher = unwrap_model(teacher)
     autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-    key = (weights_key(teacher), tuple(xb.shape), xb.dtype, xb.device, yb is None, guided is None,
+    key = (weights_key(teacher), tuple(xb.shape), xb.dtype, xb.device, yb is None, guided is None, w is None,
            null_class, scale, clip, autocast, torch.is_grad_enabled())
 
     def capture():
-        fn = functools.partial(self_consistency_targets, teacher, null_class=null_class, scale=scale, clip=clip)
+        def fn(xb, tb, db, yb, guided, w):
+            return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
+                                            clip=clip, w=w)
+
         # autocast's cache of cast weights must not outlive the capture: the casts in a graph only run on replay
         with torch.autocast("cuda", dtype=autocast[1], enabled=autocast[0], cache_enabled=False):
-            return CapturedCall(fn, (xb, tb, db, yb, guided), pool=TARGET_GRAPHS.shared_pool())
+            return CapturedCall(fn, (xb, tb, db, yb, guided, w), pool=TARGET_GRAPHS.shared_pool())
 
-    return TARGET_GRAPHS.get(key, capture).replay(xb, tb, db, yb, guided).clone()
+    return TARGET_GRAPHS.get(key, capture).replay(xb, tb, db, yb, guided, w).clone()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y: torch.Tensor | None = None,

@@ -28,6 +28,7 @@ from ..objective import ShortcutConfig, _check_number, _known_keys, self_consist
 from .step import graph_targets, update_ema
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
+TARGET_EMA_FILE = "ema_target.safetensors"  # the fast EMA of twin EMA
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
 
 
@@ -44,6 +45,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.999
+    # twin EMA (iSM Sec. 3.4): a second, fast EMA of this decay builds the self-consistency targets, while the
+    # ema_decay EMA is kept for evaluation; None = one EMA for both
+    target_ema_decay: float | None = None
     grad_clip: float | None = 1.0  # max global gradient norm; None disables
     warmup_steps: int = 0  # linear learning-rate warmup
     decay_steps: int = 0  # cosine decay of the learning rate to 0 at this step; 0 = constant after warmup
@@ -86,6 +90,8 @@ class TrainConfig:
         _check_number("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         _check_number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
         _check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.target_ema_decay is not None:
+            _check_number("target_ema_decay", self.target_ema_decay, 0.0, 1.0)
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         for beta in self.betas:
@@ -115,8 +121,10 @@ class Trainer:
     ``encoder``, when given, maps each data batch to what the model is trained
     on (e.g. a frozen VAE's ``lambda x: vae.encode(x).latent_dist.sample() * 0.18215``);
     it runs without gradient on the model's device.
-    ``trainer.ema_model`` holds the EMA weights (the self-consistency targets
-    and what to sample from); ``trainer.history`` the logged losses;
+    ``trainer.ema_model`` holds the EMA weights (what to sample from, and the
+    self-consistency targets unless ``target_ema_decay`` is set: twin EMA, whose
+    fast EMA ``trainer.target_ema_model`` then builds the targets);
+    ``trainer.history`` the logged losses;
     ``trainer.skipped_steps`` the steps skipped for non-finite values.
     """
 
@@ -143,10 +151,13 @@ class Trainer:
         self.encoder = encoder
 
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.target_ema_model = self.ema_model
+        if self.config.target_ema_decay is not None:
+            self.target_ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.train_model = self.model
         if self.world > 1 and self.config.fsdp:
-            # the EMA is sharded like the live weights, so its update stays local to each rank
-            for module in (self.model, self.ema_model):
+            # the EMAs are sharded like the live weights, so their updates stay local to each rank
+            for module in {id(m): m for m in (self.model, self.ema_model, self.target_ema_model)}.values():
                 fully_shard_blocks(module)
             params = list(self.model.parameters())
         elif self.world > 1:
@@ -174,10 +185,12 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        if is_fsdp(self.ema_model):
+        if is_fsdp(self.target_ema_model):
             # the root stays gathered after the target forwards (FSDP expects a backward next)
-            self.ema_model.reshard()
+            self.target_ema_model.reshard()
         update_ema(self.ema_model, self.model, self.config.ema_decay)
+        if self.target_ema_model is not self.ema_model:
+            update_ema(self.target_ema_model, self.model, self.config.target_ema_decay)
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         """One optimizer step on the batch ``(x1, y)``; returns the loss logs (detached tensors).
@@ -199,7 +212,8 @@ class Trainer:
             if self._any_rank(not bool(torch.isfinite(x1).all())):
                 return self._skip({"loss": torch.tensor(float("nan"))})
             fast = self.config.graph_targets and self.device.type == "cuda"
-            loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut, target_model=self.ema_model,
+            loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut,
+                                       target_model=self.target_ema_model,
                                        generator=self.generator, shard=(self.rank, self.world),
                                        targets=graph_targets if fast else self_consistency_targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -304,6 +318,8 @@ class Trainer:
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=full)
         ema = get_model_state_dict(self.ema_model, options=full)
+        twin = self.target_ema_model is not self.ema_model
+        fast = get_model_state_dict(self.target_ema_model, options=full) if twin else None
         opt = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         if not self.is_main:
             return None
@@ -325,6 +341,8 @@ class Trainer:
                 ckpt.write_json(tmp / ckpt.CONFIG_FILE, meta["model"])
             ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, weights)
             ckpt.save_tensors(tmp / ckpt.EMA_FILE, ema)
+            if fast is not None:
+                ckpt.save_tensors(tmp / TARGET_EMA_FILE, fast)
             ckpt.save_tensors(tmp / STATE_FILE, state)
             ckpt.write_json(tmp / TRAINER_FILE, meta)
         return directory
@@ -358,7 +376,10 @@ class Trainer:
         )
 
         full = StateDictOptions(full_state_dict=True)
-        for module, name in [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]:
+        pairs = [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]
+        if trainer.target_ema_model is not trainer.ema_model:
+            pairs.append((trainer.target_ema_model, TARGET_EMA_FILE))
+        for module, name in pairs:
             try:
                 set_model_state_dict(module, ckpt.read_weights(directory / name), options=full)
             except (RuntimeError, KeyError) as err:
