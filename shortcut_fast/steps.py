@@ -65,7 +65,9 @@ def step_schedule(steps: int, min_step: float = DEFAULT_MIN_STEP, order: str = "
 
     ``"descending"`` takes the large steps first, ``"ascending"`` the small ones.
     In both orders every step starts at a multiple of its own size, the times at
-    which the self-consistency rows of that level were trained.
+    which the self-consistency rows of that level were trained. The default
+    order is provisional until ``benchmarks/schedules.py`` has compared the two
+    on a fully trained model.
     """
     steps = check_num_steps(steps, min_step)
     if order not in SCHEDULE_ORDERS:
