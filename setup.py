@@ -78,7 +78,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=["shortcut_fast", "shortcut_fast.ops", "shortcut_fast.data", "shortcut_fast.train", "shortcut_fast.eval",
-              "shortcut_fast.kernels"],
+              "shortcut_fast.official", "shortcut_fast.kernels"],
     package_dir={"shortcut_fast": "shortcut_fast", "shortcut_fast.kernels": "kernels"},
     ext_modules=[_native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
@@ -92,6 +92,16 @@ setup(
         # Triton ships for Linux x86-64; elsewhere the native and reference backends serve
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    extras_require={
+        "test": ["pytest", "hypothesis", "ruff", "cmake"],
+        # convert-official reads the paper's checkpoints with numpy alone (no jax)
+        "convert": ["numpy"],
+        # the Flax parity tests of convert-official (CPU builds of jax and flax)
+        "flax-test": ["jax", "flax"],
+        # latent datasets: the AutoencoderKL of diffusers, read from a local folder
+        "latent": ["diffusers>=0.30"],
+        # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides
+        "fid": ["torchmetrics>=1.5", "torch-fidelity>=0.3"],
+    },
     entry_points={"console_scripts": ["shortcut-fast=shortcut_fast.cli:main"]},
 )

@@ -99,37 +99,72 @@ def build_model(args, device: torch.device) -> sf.ShortcutDiT:
 
 @contextlib.contextmanager
 def variant(name: str):
-    """The backend of a variant: the reference ops for eager and compiled PyTorch, ``auto`` for shortcut_fast."""
-    with sf.backend("auto" if name.startswith("shortcut_fast") else "reference"):
+    """The backend of a variant: the reference ops for eager and compiled PyTorch, ``auto`` for shortcut_fast.
+
+    ``shortcut_fast`` is today's loop on the fused ops (the engine off), ``shortcut_fast:engine`` the C++ engine.
+    """
+    engine_mode = "on" if name == "shortcut_fast:engine" else "off"
+    with sf.backend("auto" if name.startswith("shortcut_fast") else "reference"), sf.engine.mode(engine_mode):
         yield
 
 
-def sampling_times(args, model, device, net_dtype) -> dict:
-    """Seconds per 1-step sampling call at batch 1 and at the large batch, per variant."""
-    shape = (model.in_channels, model.input_size, model.input_size)
-    model_net = copy.deepcopy(model).to(net_dtype).eval()
-    variants = {"eager": (model_net, False)}
+def one_liner(model):
+    """What a user writes for one step without the package's sampler: ``z + model(z, 0, 1, y)``."""
+    def generate(z, y):
+        t = torch.zeros(z.shape[0], device=z.device)
+        return z + model(z, t, torch.ones_like(t), y)
+
+    return generate
+
+
+def sampling_variants(args, model_net) -> dict:
+    """name -> fn(noise, y): the eager one-liner, torch.compile of it, the package's sampler and its engine."""
+    def sampler(noise, y):
+        return sf.sample(model_net, noise, steps=args.steps, y=y)
+
+    if args.steps == 1:
+        eager = one_liner(model_net)
+    else:
+        def eager(noise, y):
+            return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False)
+    variants = {"eager": eager}
     if args.compile:
         for mode in ("reduce-overhead", "max-autotune"):
-            variants[f"compile:{mode}"] = (torch.compile(model_net, mode=mode, dynamic=False), False)
-    variants["shortcut_fast"] = (model_net, None)
+            variants[f"compile:{mode}"] = torch.compile(eager, mode=mode, dynamic=False)
+    variants["shortcut_fast"] = sampler
+    if next(model_net.parameters()).device.type == "cpu" and sf.engine.available():
+        variants["shortcut_fast:engine"] = sampler
+    return variants
+
+
+def sampling_times(args, model, device, net_dtype) -> dict:
+    """Seconds per sampling call at batch 1 and at the large batch, per variant, timed interleaved call by call."""
+    shape = (model.in_channels, model.input_size, model.input_size)
+    model_net = copy.deepcopy(model).to(net_dtype).eval()
+    variants = sampling_variants(args, model_net)
     results = {}
-    for name, (net, use_graph) in variants.items():
-        with variant(name):
-            for batch in (1, args.batch):
-                def make(batch=batch):
-                    return (torch.randn(batch, *shape, device=device),
-                            torch.randint(0, model.num_classes, (batch,), device=device))
+    for batch in (1, args.batch):
+        def make(batch=batch):
+            return (torch.randn(batch, *shape, device=device),
+                    torch.randint(0, model.num_classes, (batch,), device=device))
 
-                def run(noise, y, net=net, use_graph=use_graph):
-                    return sf.sample(net, noise, steps=args.steps, y=y, use_graph=use_graph)
-
+        first = {}
+        for name, fn in variants.items():
+            with variant(name), torch.no_grad():
                 start = time.perf_counter()
-                run(*make())  # first call: compilation or graph capture, reported apart
+                fn(*make())  # first call: compilation or graph capture, reported apart
                 _sync(device)
-                first = time.perf_counter() - start
-                seconds = median_time(run, make, device, args.repeats, args.warmup)
-                results[f"{name}@{batch}"] = dict(seconds=seconds, first_call_s=first, batch=batch)
+                first[name] = time.perf_counter() - start
+                for _ in range(args.warmup):
+                    fn(*make())
+        times = {name: [] for name in variants}
+        for _ in range(args.repeats):  # one call of each variant in turn, so that load drifts hit all alike
+            for name, fn in variants.items():
+                with variant(name), torch.no_grad():
+                    times[name].append(median_time(fn, make, device, 1, 0))
+        for name in variants:
+            results[f"{name}@{batch}"] = dict(seconds=statistics.median(times[name]), first_call_s=first[name],
+                                              batch=batch)
     return results
 
 
@@ -146,7 +181,7 @@ def training_times(args, model, device) -> dict:
         live = copy.deepcopy(model).train()
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         net = torch.compile(live, dynamic=False) if compiled else live
-        opt = torch.optim.AdamW(live.parameters(), lr=1e-4, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(live.parameters(), lr=1e-4, fused=True)  # as the Trainer
         config = ShortcutConfig(objective=objective)
         gen = torch.Generator(device).manual_seed(0)
 
@@ -221,7 +256,7 @@ def op_times(args, model, device, dtype) -> dict:
 def forward_flops(model, batch: int, device, steps: int) -> int:
     """FLOPs of one ``steps``-step sampling call at ``batch``, counted on the reference ops."""
     x = torch.randn(batch, model.in_channels, model.input_size, model.input_size, device=device)
-    with sf.backend("reference"), FlopCounterMode(display=False) as counter, torch.no_grad():
+    with sf.backend("reference"), sf.engine.mode("off"), FlopCounterMode(display=False) as counter, torch.no_grad():
         sf.sample(model, x, steps=steps, y=torch.zeros(batch, dtype=torch.long, device=device), use_graph=False)
     return counter.get_total_flops()
 
@@ -243,14 +278,21 @@ def report(results: dict) -> str:
     peak, bw = results["matmul_peak_flops"], results["copy_bytes_per_s"]
     lines = [f"# {results['device']} · {results['model']} · {results['dtype']} · torch {results['torch']}",
              f"matmul peak {peak / 1e12:.2f} TFLOP/s · copy bandwidth {bw / 1e9:.1f} GB/s", "",
-             "| sampling (1 step) | batch | ms/call | images/s | vs eager | TFLOP/s | % peak | first call s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"weights {results['weight_bytes'] / 1e6:.1f} MB: read once at the copy bandwidth "
+             f"{1e3 * results['weight_bytes'] / bw:.3f} ms (the memory-bound limit of a batch-1 step)"
+             f" · engine ISA {results['engine_isa']}", "",
+             f"| sampling ({results['args']['steps']} step) | batch | ms/call | images/s | vs eager | TFLOP/s | % peak "
+             "| % memory limit | first call s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, r in s.items():
         name, batch = key.rsplit("@", 1)
         eager = s[f"eager@{batch}"]["seconds"]
         flops = results["sample_flops_per_image"] * r["batch"] / r["seconds"]
+        # the memory-bound limit: every step reads every weight once
+        limit = results["args"]["steps"] * results["weight_bytes"] / bw
+        memory = f"{100 * limit / r['seconds']:.1f}" if r["batch"] == 1 else "-"
         lines.append(f"| {name} | {batch} | {r['seconds'] * 1e3:.3f} | {r['batch'] / r['seconds']:.1f} | "
-                     f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | "
+                     f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | {memory} | "
                      f"{r['first_call_s']:.1f} |")
     lines += ["", "| training step | ms/step | images/s | vs eager | TFLOP/s | % peak |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -275,8 +317,9 @@ def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="DiT-B/2" if cuda else "digits",
-                        choices=[*sf.DIT_PRESETS, "digits", "tiny"],
-                        help="a DiT preset on latents, or the digits demo's model (the CPU default), or a tiny model")
+                        choices=[*sf.DIT_PRESETS, "digits", "tiny", "cpu-serving"],
+                        help="a DiT preset on latents, the digits demo's model (the CPU default), a tiny model, or "
+                             "cpu-serving: DiT-S/2 on 32x32x4 latents at batch 1 and 16")
     parser.add_argument("--image-size", type=int, default=32, help="latent side for DiT presets")
     parser.add_argument("--channels", type=int, default=4, help="latent channels for DiT presets")
     parser.add_argument("--classes", type=int, default=1000, help="classes for DiT presets")
@@ -291,6 +334,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     args = parser.parse_args(argv)
+    if args.preset == "cpu-serving":
+        args.preset, args.image_size, args.channels = "DiT-S/2", 32, 4
+        args.batch = 16 if args.batch == parser.get_default("batch") else args.batch
     if args.dtype == "bf16" and not args.device.startswith("cuda"):
         parser.error("--dtype bf16 needs a CUDA device")
     for name in ("batch", "train_batch", "repeats"):
@@ -310,6 +356,8 @@ def main(argv=None) -> dict:
                    native_extension=sf.backends.native_available(), args=vars(args))
     results["matmul_peak_flops"] = matmul_peak(device, dtype, args.repeats)
     results["copy_bytes_per_s"] = copy_bandwidth(device, args.repeats)
+    results["weight_bytes"] = sum(p.numel() for p in model.parameters()) * dtype.itemsize
+    results["engine_isa"] = sf.engine.active_isa()
     results["sample_flops_per_image"] = forward_flops(model, 1, device, args.steps)
     results["train_flops_per_step"] = train_flops(model, args.train_batch, device)
     results["sampling"] = sampling_times(args, model, device, dtype)

@@ -27,6 +27,9 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+// fp32 for the half types and fp32, fp64 for fp64: a float64 run must not round its sums to fp32.
+at::ScalarType accumulate_type(const Tensor& t) { return at::promote_types(t.scalar_type(), at::kFloat); }
+
 class Attention : public torch::autograd::Function<Attention> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -86,8 +89,9 @@ class GatedResidual : public torch::autograd::Function<GatedResidual> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &gate = saved[0], &y = saved[1], &grad = grads[0];
-    // The sum over tokens in fp32, as the kernels sum.
-    const Tensor grad_gate = (grad.to(at::kFloat) * y.to(at::kFloat)).sum(1).to(gate.scalar_type());
+    // The sum over tokens in fp32 or wider, as the kernels sum.
+    const auto acc = accumulate_type(grad);
+    const Tensor grad_gate = (grad.to(acc) * y.to(acc)).sum(1).to(gate.scalar_type());
     return {grad, grad_gate, grad * gate.unsqueeze(1)};
   }
 };
@@ -105,14 +109,15 @@ class ConditionSum : public torch::autograd::Function<ConditionSum> {
     return op.call(c, level, d_table, y, y_table);
   }
 
-  // Each table row receives the sum (in fp32) of the gradients of the
-  // samples that read it; the tables have the dtype of c and so of grad.
+  // Each table row receives the sum (in fp32 or wider) of the gradients of
+  // the samples that read it; the tables have the dtype of c and so of grad.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& grad = grads[0];
     auto rows_grad = [&](const Tensor& index, const char* rows) {
-      const Tensor sums = at::zeros({ctx->saved_data[rows].toInt(), grad.size(1)}, grad.options().dtype(at::kFloat));
-      return sums.index_add_(0, index, grad.to(at::kFloat)).to(grad.scalar_type());
+      const auto acc = accumulate_type(grad);
+      const Tensor sums = at::zeros({ctx->saved_data[rows].toInt(), grad.size(1)}, grad.options().dtype(acc));
+      return sums.index_add_(0, index, grad.to(acc)).to(grad.scalar_type());
     };
     const Tensor grad_y_table = saved[1].defined() ? rows_grad(saved[1], "y_rows") : Tensor();
     return {grad, Tensor(), rows_grad(saved[0], "d_rows"), Tensor(), grad_y_table};

@@ -3,7 +3,12 @@
 A shortcut model ``v(x_t, t, d, y)`` takes the step size ``d`` as an input and
 is trained so that one large step agrees with two half steps; it then
 generates in 1, 2, 4, ... or ``1/d_min`` Euler steps.
+
+``shortcut_fast.metrics`` is ``shortcut_fast.eval.fid`` (``sf.metrics.fid(...)``),
+imported on first use so that ``import shortcut_fast`` stays light.
 """
+
+import importlib
 
 from . import ops
 from .checkpoint import load_model, save_model
@@ -21,6 +26,16 @@ backends.preload()
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``shortcut_fast.metrics``: the FID module, imported on first access."""
+    if name == "metrics":
+        module = importlib.import_module(".eval.fid", __name__)
+        globals()["metrics"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DIT_PRESETS",
     "ShortcutConfig",
@@ -35,6 +50,7 @@ __all__ = [
     "from_flow_model",
     "get_backend",
     "load_model",
+    "metrics",
     "ops",
     "sample",
     "save_model",

@@ -10,6 +10,7 @@ into place only when complete, so a crash never leaves a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -43,7 +44,8 @@ def atomic_directory(path: str | os.PathLike):
     The temporary directory lives beside ``path`` (same file system, so the
     final moves are renames). An existing ``path`` is moved aside first and
     removed only after the new one is in place; on an exception the temporary
-    directory is removed and ``path`` is left as it was.
+    directory is removed and ``path`` is left as it was. A full disk (or
+    quota) raises an ``OSError`` that says so and that nothing was replaced.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -61,15 +63,33 @@ def atomic_directory(path: str | os.PathLike):
             aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / path.name
             os.rename(path, aside)
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if aside is not None and not path.exists():
             os.rename(aside, path)
         if aside is not None:
             shutil.rmtree(aside.parent, ignore_errors=True)
+        _raise_if_disk_full(err, path)
         raise
+    _fsync_directory(path.parent)  # the rename itself survives a power cut
     if aside is not None:
         shutil.rmtree(aside.parent)
+
+
+def _raise_if_disk_full(err: BaseException, path: Path) -> None:
+    """Turn a full disk or quota while writing ``path`` into an error that says what it means for the run."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(err.errno, f"no space left to write {path} ({err.strerror}); nothing was replaced and "
+                      "earlier checkpoints are intact: free space and save again") from err
+
+
+def _fsync_directory(path: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -83,8 +103,9 @@ def atomic_file(path: str | os.PathLike):
         yield Path(tmp)
         os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        _raise_if_disk_full(err, path)
         raise
 
 

@@ -1,10 +1,15 @@
-"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample`` and ``doctor``.
+"""The ``shortcut-fast`` command: ``demo``, ``train``, ``sample``, ``encode``, ``fid``, ``doctor`` and
+``convert-official``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
 ``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
 (under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
-``shortcut-fast sample --model DIR --steps 1 --out grid.png``: sample a saved model.
+``shortcut-fast sample --model DIR --steps 1 --out grid.png [--vae VAE]``: sample a saved model (a latent model
+decodes through the VAE); ``--out DIR`` writes one PNG per sample, e.g. for FID.
+``shortcut-fast encode --data FOLDER --vae VAE --image-size 256 --out DIR``: latent shards (under ``torchrun`` too).
+``shortcut-fast fid --samples DIR --ref DIR|stats.npz --inception FILE``: FID.
 ``shortcut-fast doctor``: versions, hardware, each op's backend and its parity with the reference (for bug reports).
+``shortcut-fast convert-official CKPT OUT``: convert a checkpoint of the paper's JAX code (no code in it runs).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
+from .checks import check_int
 from .data.datasets import ImageFolder, TensorShards, find_shards
 from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
-from .distributed import init_distributed
+from .distributed import init_distributed, rank_and_world
 from .eval.demo import DemoConfig, run_demo
-from .eval.images import save_grid
+from .eval.images import save_grid, save_images
 from .finetune import from_flow_model, read_model_spec
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP
 from .sampling import sample
@@ -74,16 +80,10 @@ def read_config_file(path: str | Path) -> dict:
             raise ValueError(f"config file {path}: '{key}' must be a path or a list of paths, got {value!r}")
     for key, low in (("steps", 0), ("image_size", 1)):
         if key in data:
-            _setting_int(f"config file {path}: '{key}'", data[key], low)
+            check_int(f"config file {path}: '{key}'", data[key], low)
     if "num_classes" in data.get("model", {}):
-        _setting_int(f"config file {path}: 'model.num_classes'", data["model"]["num_classes"], 0)
+        check_int(f"config file {path}: 'model.num_classes'", data["model"]["num_classes"], 0)
     return data
-
-
-def _setting_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.Module:
@@ -234,10 +234,17 @@ def _cmd_sample(args) -> int:
     num_classes = getattr(model, "num_classes", 0)
     gen = torch.Generator(args.device).manual_seed(args.seed)
     out = Path(args.out)
+    if out.suffix not in (".png", ".npy", ""):
+        raise ValueError(f"--out must end in .png or .npy, or be a folder for one PNG per sample; got {out.name}")
     if isinstance(model, ShortcutDiT):
         shape = (model.in_channels, model.input_size, model.input_size)
     else:
         shape = (model.dim,)
+    if out.suffix != ".npy" and not (isinstance(model, ShortcutDiT) and (args.vae or shape[0] in (1, 3))):
+        raise ValueError("PNG output needs an image model with 1 or 3 channels, or a latent model with --vae; "
+                         "write .npy instead")
+    if isinstance(args.batch_size, bool) or args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if num_classes and args.label is None:
         labels = torch.arange(num_classes, device=args.device).repeat_interleave(args.n)
         rows = num_classes
@@ -245,17 +252,29 @@ def _cmd_sample(args) -> int:
         labels = None if not num_classes else torch.full((args.n,), args.label, device=args.device)
         rows = 1
     count = rows * args.n
-    x = sample(model, shape=(count, *shape), steps=args.steps, y=labels, cfg_scale=args.cfg_scale, generator=gen)
-    if out.suffix == ".png":
-        if not isinstance(model, ShortcutDiT) or shape[0] not in (1, 3):
-            raise ValueError("a .png grid needs an image model with 1 or 3 channels; write .npy instead")
-        row_labels = [str(c) for c in range(num_classes)] if rows > 1 else None
-        save_grid(x.clamp(-1, 1).view(rows, args.n, *shape).cpu(), out, row_labels=row_labels)
-    elif out.suffix == ".npy":
+    vae = None
+    if args.vae:
+        from .data.latents import decode, load_vae
+
+        vae = load_vae(args.vae, device=args.device)
+    chunks = []
+    for start in range(0, count, args.batch_size):
+        size = min(args.batch_size, count - start)
+        y = None if labels is None else labels[start:start + size]
+        x = sample(model, shape=(size, *shape), steps=args.steps, y=y, cfg_scale=args.cfg_scale, generator=gen)
+        chunks.append((x if vae is None else decode(x, vae)).cpu())
+    x = torch.cat(chunks)
+    shape = tuple(x.shape[1:])
+    if out.suffix == ".npy":
         with atomic_file(out) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, x.cpu().numpy())
+            np.save(fh, x.numpy())
+    elif out.suffix == ".png":
+        row_labels = [str(c) for c in range(num_classes)] if rows > 1 else None
+        # small images are enlarged to be seen; decoded 256x256 ones are shown as they are
+        save_grid(x.clamp(-1, 1).view(rows, args.n, *shape), out, row_labels=row_labels,
+                  scale=max(1, min(4, 256 // shape[-1])))
     else:
-        raise ValueError(f"--out must end in .png or .npy, got {out.name}")
+        save_images(x, out)
     print(f"wrote {count} samples ({args.steps} step(s)) to {out}")
     return 0
 
@@ -265,6 +284,52 @@ def _cmd_doctor(args) -> int:
     from .doctor import run
 
     return run(args.device, args.timing_seconds)
+
+
+# ---------------------------------------------------------------- convert-official
+def _cmd_convert_official(args) -> int:
+    from .official import convert_official  # numpy only; never imports anything the file names
+
+    out = convert_official(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
+                           num_heads=args.num_heads)
+    print(f"wrote the {args.weights} weights of {args.checkpoint} to {out} (ShortcutDiT, conditioning='official')")
+    return 0
+
+
+# ---------------------------------------------------------------- encode
+def _cmd_encode(args) -> int:
+    from .data.latents import encode_folder, load_vae
+
+    device = init_distributed(args.device)
+    vae = load_vae(args.vae, device=device)
+    summary = encode_folder(args.data, args.out, vae, image_size=args.image_size, latents=args.latents,
+                            batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.workers,
+                            seed=args.seed, progress=not args.quiet)
+    if rank_and_world()[0] == 0:
+        print(f"encoded {summary['encoded']} of {summary['images'] + summary['skipped']} images "
+              f"({summary['skipped']} unreadable, skipped) into {summary['shards']} shard(s) in {args.out}: "
+              f"{summary['shards_written']} written, {summary['shards_skipped']} already done")
+    return 0
+
+
+# ---------------------------------------------------------------- fid
+def _cmd_fid(args) -> int:
+    from .eval import fid
+
+    extractor = fid.inception_extractor(args.inception, args.device)
+    mu, sigma = fid.feature_stats(args.samples, extractor, batch_size=args.batch_size, device=args.device)
+    if args.save_stats:
+        fid.save_stats(args.save_stats, mu, sigma)
+        print(f"wrote the statistics of {args.samples} to {args.save_stats}")
+    if args.ref:
+        if Path(args.ref).suffix == ".npz":
+            ref = fid.load_stats(args.ref)
+        else:
+            ref = fid.feature_stats(args.ref, extractor, batch_size=args.batch_size, device=args.device)
+        print(f"FID {fid.gaussian_frechet_distance(mu, sigma, *ref):.4f}")
+    elif not args.save_stats:
+        raise ValueError("give --ref (a folder of images or an .npz of reference statistics) or --save-stats")
+    return 0
 
 
 # ---------------------------------------------------------------- arguments
@@ -315,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--steps", type=int, default=1,
                      help="sampling steps, any int from 1 to 1/min_step: trained step sizes summing to 1, "
                      "large steps first (default 1)")
-    smp.add_argument("--out", required=True, help="grid.png (image models) or samples.npy")
+    smp.add_argument("--out", required=True,
+                     help="grid.png (image models), samples.npy, or a folder: one PNG per sample")
     smp.add_argument("--n", type=int, default=8, help="samples per class (or in all, unconditional)")
     smp.add_argument("--label", type=int, help="sample only this class")
     smp.add_argument("--cfg-scale", type=float,
@@ -323,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(guidance_input) the scale is its input: one forward per step")
     smp.add_argument("--weights", choices=["auto", "ema", "live"], default="auto",
                      help="EMA or live weights of a trainer checkpoint (default: EMA when present)")
+    smp.add_argument("--vae", help="a latent model: decode the samples with this local AutoencoderKL folder")
+    smp.add_argument("--batch-size", type=int, default=256, help="samples per sampling call (default 256)")
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--device", default="cpu")
     smp.set_defaults(func=_cmd_sample)
@@ -331,6 +399,45 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--device", help="cpu or cuda (default: the GPU if there is one)")
     doc.add_argument("--timing-seconds", type=float, default=1.0, help="seconds of 1-step sampling (0: none)")
     doc.set_defaults(func=_cmd_doctor)
+
+    conv = sub.add_parser("convert-official", help="convert a checkpoint of the paper's JAX code into a model "
+                                                   "directory (read without running any code from the file)")
+    conv.add_argument("checkpoint", help="the pickled train state written by the paper's training script")
+    conv.add_argument("out", help="the model directory to write (config.json + model.safetensors)")
+    conv.add_argument("--weights", choices=["ema", "params"], default="ema",
+                      help="the EMA weights (default) or the live ones")
+    conv.add_argument("--input-size", type=int,
+                      help="the side of the (latent) input: default the file's config, else 32 (256px images)")
+    conv.add_argument("--num-heads", type=int,
+                      help="attention heads: default the file's config, else the paper's for the width "
+                           "(768: 12, 1152: 16)")
+    conv.set_defaults(func=_cmd_convert_official)
+
+    enc = sub.add_parser("encode", help="encode an image folder into latent shards with a diffusers VAE (torchrun too)")
+    enc.add_argument("--data", required=True, help="a folder of class sub-folders of images")
+    enc.add_argument("--vae", required=True, help="a local AutoencoderKL folder (save_pretrained); nothing downloads")
+    enc.add_argument("--out", required=True, help="the folder of latents-NNNNN.safetensors shards")
+    enc.add_argument("--image-size", type=int, required=True,
+                     help="resize the shorter side to this and center-crop a square")
+    enc.add_argument("--latents", choices=["mean", "sample"], default="mean",
+                     help="store the posterior mean (default) or a sample of it")
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("--shard-size", type=int, default=4096, help="images per shard (default 4096)")
+    enc.add_argument("--workers", type=int, default=4, help="image-decoding DataLoader workers (default 4)")
+    enc.add_argument("--seed", type=int, default=0, help="for --latents sample")
+    enc.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's LOCAL_RANK GPU)")
+    enc.add_argument("--quiet", action="store_true", help="no progress bar")
+    enc.set_defaults(func=_cmd_encode)
+
+    fid = sub.add_parser("fid", help="FID of sample images against reference images or statistics")
+    fid.add_argument("--samples", required=True, help="a folder of images (recursive) or a .npy of images")
+    fid.add_argument("--ref", help="a folder of reference images or an .npz with mu and sigma")
+    fid.add_argument("--inception", required=True,
+                     help="the local FID Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth)")
+    fid.add_argument("--save-stats", help="also write the samples' statistics to this .npz")
+    fid.add_argument("--batch-size", type=int, default=50)
+    fid.add_argument("--device", default="cpu")
+    fid.set_defaults(func=_cmd_fid)
     return parser
 
 
@@ -340,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         parser.exit(2, f"shortcut-fast {args.command}: error: {err}\n")
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Hashable
 import torch
 import torch.nn as nn
 
+from .checks import check_int
+
 WARMUP_RUNS = 2  # eager runs before capture: lazy initialisation, cuBLAS workspaces, Triton autotuning
 
 
@@ -75,9 +77,7 @@ class GraphCache:
 
     @max_size.setter
     def max_size(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"the graph cache size must be an int >= 0 (0 turns caching off), got {value!r}")
-        self._max_size = value
+        self._max_size = check_int("the graph cache size", value, 0, " (0 turns caching off)")
         self._trim()
 
     def __len__(self) -> int:

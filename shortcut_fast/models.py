@@ -5,6 +5,10 @@ blocks) for images or latents; ``ShortcutMLP`` the same conditioning on plain
 vectors. Both add the embedding of the step size ``d`` (a learned table row per
 level) to the embedding of ``t`` and of the class label.
 
+``ShortcutDiT(..., conditioning="official")`` builds instead the conditioning
+of the checkpoints published with the paper (see ``OfficialConditionEmbedder``),
+which ``shortcut_fast.official`` converts.
+
 Any ``nn.Module`` called as ``model(x, t, d, y)`` works with the objective, the
 sampler and the trainer; these two are the package's own.
 
@@ -15,72 +19,23 @@ blocks; raise these module constants for a larger model.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import checks, ops
+from .ops.reference import T_SCALE
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
 from .techniques.guidance import GuidanceEmbedder, guidance_parameters
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
 FREQ_DIM = 256  # sinusoidal features of t
-LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)  # what class labels may be
+CONDITIONINGS = ("shortcut", "official")  # the ways ShortcutDiT embeds t, d and y
 
 #################################################################################
 #                        Input validation shared by models                      #
 #################################################################################
-
-def _as_batch_vector(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
-    """A number, 0-d or (B,) tensor -> a float32 (B,) tensor on ``device``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-        raise TypeError(f"{name} must be a float or a float tensor of shape ({batch},), got {type(value).__name__}")
-    if not isinstance(value, torch.Tensor):
-        if isinstance(value, int) and abs(value) > 2**53:  # float(value) may overflow; never in [0, 1] anyway
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        value = torch.tensor(float(value), device=device)
-    if value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"{name} must be a real float tensor, got dtype {value.dtype}")
-    if value.dim() == 0:
-        value = value.expand(batch)
-    if value.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match the batch of x, got {tuple(value.shape)}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but x is on {device}; put them on one device")
-    return value.float()
-
-
-def _check_sizes(**sizes) -> None:
-    """Every size a positive int; ``num_classes`` an int >= 0 (0 = unconditional); ``depth <= MAX_DEPTH``."""
-    for name, value in sizes.items():
-        low = 0 if name == "num_classes" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}{' (0 = unconditional)' if low == 0 else ''}, "
-                             f"got {value!r}")
-    if sizes.get("depth", 0) > MAX_DEPTH:
-        raise ValueError(f"depth must be at most MAX_DEPTH={MAX_DEPTH}, got {sizes['depth']}")
-
-
-def _check_mlp_ratio(mlp_ratio, hidden_size: int) -> int:
-    """The width of the blocks' MLPs, ``int(hidden_size * mlp_ratio)``, which must be >= 1."""
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)):
-        raise TypeError(f"mlp_ratio must be a positive number (e.g. 4.0), got {type(mlp_ratio).__name__}")
-    if not (math.isfinite(hidden_size * mlp_ratio) and hidden_size * mlp_ratio >= 1):
-        raise ValueError(f"mlp_ratio must be a finite number with hidden_size * mlp_ratio >= 1, got {mlp_ratio}")
-    return int(hidden_size * mlp_ratio)
-
-
-def _check_guidance_input(guidance_input, num_classes: int) -> None:
-    """``guidance_input`` (intrinsic guidance) is a bool and needs a class-conditional model."""
-    if not isinstance(guidance_input, bool):
-        raise TypeError(f"guidance_input must be a bool, got {guidance_input!r}")
-    if guidance_input and num_classes == 0:
-        raise ValueError("guidance_input=True needs a class-conditional model (num_classes > 0): "
-                         "guidance steers towards a label")
-
 
 def _check_parameter_count(count: int, settings: dict) -> None:
     """Refuse, before allocating, a model of more than ``MAX_PARAMETERS`` weights."""
@@ -121,15 +76,33 @@ class ShortcutModule(nn.Module):
         ``t`` in [0, 1] and ``d`` (one of ``step_sizes``) are floats or (B,) tensors;
         ``y`` holds class indices in ``[0, num_classes]`` (``num_classes`` = no label)
         for a class-conditional model; ``None`` means unlabelled. ``w``, a float or (B,)
-        tensor of guidance scales, is the guidance input of a model built with
+        tensor of guidance scales >= 0, is the guidance input of a model built with
         ``guidance_input=True`` (``None``: ``w = 1``, no guidance). ``x`` is not scanned
         for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
         non-finite row of the output and leaves the others as they are.
 
-        The checks of the values of ``t``, ``d`` and ``y`` read them back to the
-        host; they are skipped while ``torch.compile`` traces the model and while a
-        CUDA graph is captured, where a read-back is not allowed.
+        Types, shapes, dtypes and devices are always checked (metadata, free).
+        The values of ``t``, ``d``, ``y`` and ``w`` are checked too (``check_inputs``,
+        one host read), except where the caller validated or built them itself:
+        inside ``sample``, ``shortcut_loss`` and the trainer (``checks.trusted_inputs``),
+        and while ``torch.compile`` traces or a CUDA graph is captured.
         """
+        t, d, y, w = self._inputs(x, t, d, y, w)
+        if not checks.values_checked_upstream(x):
+            checks.require(*self._value_conditions(t, d, y, w))
+        return self._velocity(x, t, level_index(d, self.min_step), self._label_rows(y, x), self._guidance_rows(w, x))
+
+    def check_inputs(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> None:
+        """Raise ``TypeError``/``ValueError`` when ``forward(x, t, d, y, w)`` would refuse these inputs.
+
+        Runs every check of ``forward`` (the value checks as one host read), so a
+        loop of one's own can validate once and then call the model inside
+        ``checks.trusted_inputs()`` without reading values back each step.
+        """
+        checks.require(*self._value_conditions(*self._inputs(x, t, d, y, w)))
+
+    def _inputs(self, x, t, d, y, w):
+        """The metadata checks of ``forward``; ``t``, ``d`` (and ``w``) as float (B,) tensors on the device of ``x``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -142,48 +115,26 @@ class ShortcutModule(nn.Module):
             raise TypeError(f"x has dtype {x.dtype} but the model's weights are {param.dtype}; "
                             "cast one of them or run under torch.autocast")
         batch = x.shape[0]
-        t = _as_batch_vector("t", t, batch, x.device)
-        d = _as_batch_vector("d", d, batch, x.device)
-        check_values = not (torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()))
-        if check_values and not bool(((t >= 0) & (t <= 1)).all()):
-            raise ValueError(f"t must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}")
-        level = level_index(d, self.min_step, check=check_values)
-        return self._velocity(x, t, level, self._check_labels(y, batch, x.device, check_values),
-                              self._check_guidance(w, batch, x.device, check_values))
+        t = checks.as_batch_vector("t", t, batch, x.device)
+        d = checks.as_batch_vector("d", d, batch, x.device)
+        w = checks.check_guidance_scales(w, self.guidance_input, batch, x.device)
+        return t, d, checks.check_labels(y, self.num_classes, batch, x.device), w
 
-    def _check_guidance(self, w, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
-        if not self.guidance_input:
-            if w is not None:
-                raise ValueError("this model has no guidance input (guidance_input=False) but w was given; "
-                                 "pass w=None, or guide with two forwards (sample(..., cfg_scale=...))")
-            return None
-        if w is None:
-            return torch.ones(batch, device=device)
-        w = _as_batch_vector("w", w, batch, device)
-        if check_values and not bool(torch.isfinite(w).all() & (w >= 0).all()):
-            raise ValueError(f"guidance scales w must be finite and >= 0; got values from {w.min().item()} "
-                             f"to {w.max().item()}")
+    def _value_conditions(self, t, d, y, w) -> list[checks.Condition]:
+        return [checks.in_unit_interval("t", t), checks.step_sizes_of(d, self.min_step),
+                *checks.labels_in_range(y, self.num_classes), *checks.guidance_scales_valid(w)]
+
+    def _guidance_rows(self, w, x) -> torch.Tensor | None:
+        """Checked guidance scales; ``w = 1`` (no guidance) for every row when a guided model gets ``None``."""
+        if w is None and self.guidance_input:
+            return torch.ones(x.shape[0], device=x.device)
         return w
 
-    def _check_labels(self, y, batch: int, device: torch.device, check_values: bool) -> torch.Tensor | None:
+    def _label_rows(self, y, x) -> torch.Tensor | None:
+        """Checked labels as int64; the null class for every row when a conditional model gets ``None``."""
         if y is None:
-            if self.num_classes == 0:
-                return None
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        if self.num_classes == 0:
-            raise ValueError("this model is unconditional (num_classes=0) but labels y were given; pass y=None")
-        if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
-            got = getattr(y, "dtype", type(y).__name__)
-            raise TypeError(f"y must be an integer tensor of class indices (int8/16/32/64), got {got}")
-        if y.shape != (batch,):
-            raise ValueError(f"y must have shape ({batch},) to match the batch of x, got {tuple(y.shape)}")
-        if y.device != device:
-            raise ValueError(f"y is on {y.device} but x is on {device}; put them on one device")
-        if check_values and batch and not bool(((y >= 0) & (y <= self.num_classes)).all()):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} for 'no label'); "
-                f"got values from {y.min().item()} to {y.max().item()}"
-            )
+            return None if self.num_classes == 0 else torch.full((x.shape[0],), self.num_classes, dtype=torch.long,
+                                                                  device=x.device)
         return y.long()
 
     def _init_adaln_zero(self) -> None:
@@ -245,6 +196,37 @@ class ConditionEmbedder(nn.Module):
             self.w_embed.initialize()
 
 
+class OfficialConditionEmbedder(nn.Module):
+    """``c = MLP_t(sinusoid(t)) + MLP_d(sinusoid(log2(1/d))) + table_y[y]``, as in the published checkpoints.
+
+    Both sinusoids take their input unscaled: ``t`` in [0, 1] and the step level
+    ``log2(1/d)``, an integer from 0 (``d = 1``) to ``K`` (``d = d_min``). The label
+    table always exists (``num_classes + 1`` rows, the last one the null class).
+    """
+
+    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM):
+        super().__init__()
+        self.freq_dim, self.max_level = freq_dim, num_levels - 1
+        self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.dt_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.y_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def _embed(self, mlp: nn.Sequential, value: torch.Tensor) -> torch.Tensor:
+        # the shared sinusoid stretches its input by T_SCALE; these embedders see it unstretched
+        return mlp(ops.timestep_features(value / T_SCALE, self.freq_dim).to(mlp[0].weight.dtype))
+
+    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dt_base = (self.max_level - level).float()  # level 0 is d_min, so log2(1/d) = K - level
+        return self._embed(self.t_mlp, t) + self._embed(self.dt_mlp, dt_base) + self.y_table(y)
+
+    def initialize(self) -> None:
+        """Normal rows (std 0.02) for both MLPs' weights and the label table."""
+        for mlp in (self.t_mlp, self.dt_mlp):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        nn.init.normal_(self.y_table.weight, std=0.02)
+
+
 def _zero_(module: nn.Linear) -> None:
     nn.init.zeros_(module.weight)
     nn.init.zeros_(module.bias)
@@ -255,18 +237,23 @@ def _zero_(module: nn.Linear) -> None:
 #################################################################################
 
 class Attention(nn.Module):
-    """Multi-head self-attention over tokens (B, N, C)."""
+    """Multi-head self-attention over tokens (B, N, C).
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    ``q_scale`` multiplies the queries before the usual ``1/sqrt(head_dim)``
+    scaling (the official conditioning's attention scales by ``1/head_dim``).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, q_scale: float = 1.0):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.q_scale = num_heads, q_scale
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = ops.attention(qkv[0], qkv[1], qkv[2])  # (B, nh, N, hs)
+        q = qkv[0] if self.q_scale == 1.0 else qkv[0] * self.q_scale
+        out = ops.attention(q, qkv[1], qkv[2])  # (B, nh, N, hs)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -281,9 +268,9 @@ class Mlp(nn.Sequential):
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning (gated residuals)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, q_scale: float = 1.0):
         super().__init__()
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, q_scale)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
@@ -332,6 +319,11 @@ class ShortcutDiT(ShortcutModule):
     Input and output are images or latents (B, in_channels, input_size, input_size).
     ``num_classes=0`` makes it unconditional; ``min_step`` sets the smallest step
     size (``2**-K``), hence the ``K + 1`` rows of the step-size table.
+
+    ``conditioning="official"`` reproduces the model of the published checkpoints
+    (``shortcut_fast.official`` converts them): ``OfficialConditionEmbedder`` and
+    attention scaled by ``1/head_dim``. It needs ``num_classes >= 1`` (an
+    unconditional official model has one class and is always fed the null class).
     """
 
     def __init__(
@@ -345,21 +337,31 @@ class ShortcutDiT(ShortcutModule):
         mlp_ratio: float = 4.0,
         num_classes: int = 1000,
         min_step: float = DEFAULT_MIN_STEP,
+        conditioning: str = "shortcut",
         guidance_input: bool = False,
     ):
         super().__init__()
-        _check_sizes(input_size=input_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
-                     depth=depth, num_heads=num_heads, num_classes=num_classes)
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {list(CONDITIONINGS)}, got {conditioning!r}")
+        if conditioning == "official" and (isinstance(num_classes, int) and num_classes == 0):
+            raise ValueError("conditioning='official' always has a label table: use num_classes=1 for an "
+                             "unconditional model (it is fed the null class), got num_classes=0")
+        checks.check_sizes(MAX_DEPTH, input_size=input_size, in_channels=in_channels, patch_size=patch_size,
+                           hidden_size=hidden_size, depth=depth, num_heads=num_heads, num_classes=num_classes)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
-        mlp_hidden = _check_mlp_ratio(mlp_ratio, hidden_size)
-        _check_guidance_input(guidance_input, num_classes)
+        mlp_hidden = checks.check_mlp_ratio(mlp_ratio, hidden_size)
+        checks.check_guidance_input(guidance_input, num_classes, conditioning)
         num_levels = num_doublings(min_step) + 1
         h, out = hidden_size, patch_size * patch_size * in_channels
         per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
-        count = (_condition_parameters(h, num_levels, num_classes, guidance_input) + depth * per_block
+        if conditioning == "official":  # a second t-MLP (for log2(1/d)) instead of the step-size table
+            cond_count = _condition_parameters(h, 0, num_classes) + FREQ_DIM * h + h * h + 2 * h
+        else:
+            cond_count = _condition_parameters(h, num_levels, num_classes, guidance_input)
+        count = (cond_count + depth * per_block
                  + (2 * h * h + 2 * h + h * out + out)  # final layer
                  + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
         _check_parameter_count(count, dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
@@ -368,18 +370,25 @@ class ShortcutDiT(ShortcutModule):
         self.config = dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            num_classes=num_classes, min_step=min_step)
-        if guidance_input:  # only when set, so that the saved configs of other models stay as they were
+        if conditioning != "shortcut":  # only then, so configs saved before the option stay as they were
+            self.config["conditioning"] = conditioning
+        if guidance_input:  # likewise
             self.config["guidance_input"] = True
-        self.guidance_input = guidance_input
+        self.conditioning, self.guidance_input = conditioning, guidance_input
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.min_step = num_classes, min_step
         self.grid = input_size // patch_size
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(hidden_size, self.grid))[None],
-                             persistent=False)
-        self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes, guidance_input=guidance_input)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        # fixed, so not saved: initialize_weights and every load_state_dict fill it (see _fill_pos_embed)
+        self.register_buffer("pos_embed", torch.empty(1, self.grid ** 2, hidden_size), persistent=False)
+        self.register_load_state_dict_post_hook(ShortcutDiT._fill_pos_embed)
+        if conditioning == "official":
+            self.cond = OfficialConditionEmbedder(hidden_size, num_levels, num_classes)
+        else:
+            self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes, guidance_input=guidance_input)
+        q_scale = (hidden_size // num_heads) ** -0.5 if conditioning == "official" else 1.0
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, q_scale) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
         self.initialize_weights()
 
@@ -394,12 +403,22 @@ class ShortcutDiT(ShortcutModule):
         return cls(**DIT_PRESETS[name], **kwargs)
 
     def initialize_weights(self) -> None:
-        """DiT initialisation: adaLN-Zero, so that every block starts as the identity."""
+        """DiT initialisation: adaLN-Zero, so that every block starts as the identity; the fixed positions.
+
+        A model built on the meta device and materialised with ``to_empty``
+        (as for FSDP) is complete after this call or after ``load_state_dict``.
+        """
+        self._fill_pos_embed()
         self._init_adaln_zero()
         # patch embedding: like a linear layer over the flattened patch
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
+
+    @torch.no_grad()
+    def _fill_pos_embed(self, _incompatible_keys=None) -> None:
+        """Compute the sin-cos positions into the ``pos_embed`` buffer, on whatever device it lives."""
+        self.pos_embed.copy_(torch.from_numpy(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid))[None])
 
     def _check_x(self, x: torch.Tensor) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
@@ -414,7 +433,8 @@ class ShortcutDiT(ShortcutModule):
 
     def _velocity(self, x, t, level, y, w):
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
-        c = self.cond(t, level, y, w)  # (B, C)
+        # w is None unless guidance_input, which the official conditioning refuses at construction
+        c = self.cond(t, level, y) if w is None else self.cond(t, level, y, w)  # (B, C)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C_in, H, W)
@@ -451,8 +471,8 @@ class ShortcutMLP(ShortcutModule):
     def __init__(self, dim: int = 2, hidden_size: int = 256, depth: int = 4, num_classes: int = 0,
                  min_step: float = DEFAULT_MIN_STEP, guidance_input: bool = False):
         super().__init__()
-        _check_sizes(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
-        _check_guidance_input(guidance_input, num_classes)
+        checks.check_sizes(MAX_DEPTH, dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
+        checks.check_guidance_input(guidance_input, num_classes)
         h = hidden_size
         count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
                  + (dim * h + h)  # input
@@ -493,14 +513,6 @@ MODEL_CLASSES: dict[str, type[ShortcutModule]] = {"ShortcutDiT": ShortcutDiT, "S
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def check_velocity(v, shape) -> torch.Tensor:
-    """A model's output, which the contract makes a float tensor of the input's shape."""
-    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or tuple(v.shape) != tuple(shape):
-        got = f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"the model returned {got}; expected a float tensor of shape {tuple(shape)}")
-    return v
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

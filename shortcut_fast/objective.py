@@ -22,13 +22,14 @@ twin EMA, is ``TrainConfig.target_ema_decay``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
-from . import ops
-from .models import LABEL_DTYPES, check_velocity, unwrap_model
+from . import checks, ops
+from .checks import check_velocity
+from .models import unwrap_model
 from .ops import reference as SF
 from .steps import DEFAULT_MIN_STEP, num_doublings
 from .techniques.guidance import draw_guidance_scales, guided_flow_target
@@ -59,36 +60,33 @@ class ShortcutConfig:
         num_doublings(self.min_step)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        _check_number("bootstrap_fraction", self.bootstrap_fraction, 0.0, 1.0, high_open=True)
-        _check_number("class_dropout", self.class_dropout, 0.0, 1.0)
-        if not isinstance(self.ema_targets, bool):
-            raise TypeError(f"ema_targets must be a bool, got {type(self.ema_targets).__name__}")
+        checks.check_number("bootstrap_fraction", self.bootstrap_fraction, 0.0, 1.0, high_open=True)
+        checks.check_number("class_dropout", self.class_dropout, 0.0, 1.0)
+        checks.check_bool("ema_targets", self.ema_targets)
         if self.clip is not None:
-            _check_number("clip", self.clip, 0.0, math.inf, low_open=True, high_open=True)
+            checks.check_number("clip", self.clip, 0.0, math.inf, low_open=True, high_open=True)
         if self.bootstrap_cfg_scale is not None:
-            _check_number("bootstrap_cfg_scale", self.bootstrap_cfg_scale, 0.0, math.inf, high_open=True)
+            checks.check_number("bootstrap_cfg_scale", self.bootstrap_cfg_scale, 0.0, math.inf, high_open=True)
         if self.objective == "shortcut" and num_doublings(self.min_step) == 0:
             raise ValueError("the shortcut objective needs min_step < 1 (at least two step levels)")
         self._check_techniques()
 
     def _check_techniques(self) -> None:
-        if not isinstance(self.ot_pairing, bool):
-            raise TypeError(f"ot_pairing must be a bool, got {type(self.ot_pairing).__name__}")
+        checks.check_bool("ot_pairing", self.ot_pairing)
         if self.intrinsic_guidance is not None:
             if not isinstance(self.intrinsic_guidance, (tuple, list)) or len(self.intrinsic_guidance) != 2:
                 raise ValueError(f"intrinsic_guidance must be a pair (low, high) of guidance scales or None, "
                                  f"got {self.intrinsic_guidance!r}")
             self.intrinsic_guidance = tuple(self.intrinsic_guidance)
             for value in self.intrinsic_guidance:
-                _check_number("intrinsic_guidance", value, 0.0, math.inf, high_open=True)
+                checks.check_number("intrinsic_guidance", value, 0.0, math.inf, high_open=True)
             if self.intrinsic_guidance[0] > self.intrinsic_guidance[1]:
                 raise ValueError(f"intrinsic_guidance must be (low, high) with low <= high, "
                                  f"got {self.intrinsic_guidance}")
             if self.bootstrap_cfg_scale is not None:
                 raise ValueError("intrinsic_guidance and bootstrap_cfg_scale exclude each other: with intrinsic "
                                  "guidance the self-consistency targets are guided by the w input; set one of them")
-        if isinstance(self.wavelet_levels, bool) or not isinstance(self.wavelet_levels, int) \
-                or not 0 <= self.wavelet_levels <= 10:
+        if not checks.is_int(self.wavelet_levels) or not 0 <= self.wavelet_levels <= 10:
             raise ValueError(f"wavelet_levels must be an int in [0, 10] (0 = plain L2), got {self.wavelet_levels!r}")
         if self.wavelet_weights is not None:
             if self.wavelet_levels == 0:
@@ -99,7 +97,7 @@ class ShortcutConfig:
                                  f"(detail bands of each level, then the approximation), got {self.wavelet_weights!r}")
             self.wavelet_weights = tuple(self.wavelet_weights)
             for value in self.wavelet_weights:
-                _check_number("wavelet_weights", value, 0.0, math.inf, high_open=True)
+                checks.check_number("wavelet_weights", value, 0.0, math.inf, high_open=True)
             if not sum(self.wavelet_weights) > 0:
                 raise ValueError(f"wavelet_weights must not all be 0, got {self.wavelet_weights}")
 
@@ -110,27 +108,7 @@ class ShortcutConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ShortcutConfig:
         """Settings from a dict, rejecting unknown keys."""
-        return cls(**_known_keys(cls, data))
-
-
-def _known_keys(cls, data: dict) -> dict:
-    if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__} settings must be a dict, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names, key=repr)  # keys of mixed types sort by their repr
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings {unknown}; allowed: {sorted(names)}")
-    return dict(data)
-
-
-def _check_number(name, value, low, high, low_open=False, high_open=False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    # written so that NaN fails both comparisons
-    ok = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+        return cls(**checks.known_keys(cls, data))
 
 
 def bootstrap_levels(n: int, num_levels: int, generator=None, device=None) -> torch.Tensor:
@@ -157,8 +135,16 @@ class ShortcutBatch:
     w: torch.Tensor | None = None  # guidance inputs (intrinsic guidance), else None
 
 
-def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
-    """Validate the loss inputs; return the model's null-class index (0 = unconditional)."""
+def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0, 1)) -> tuple[ShortcutConfig, int]:
+    """The metadata checks of the loss inputs (no host read); returns the config and the null-class index.
+
+    The value checks (``x1`` finite, labels in range) are ``loss_value_conditions``.
+    """
+    config = ShortcutConfig() if config is None else config
+    if not isinstance(config, ShortcutConfig):
+        raise TypeError(f"config must be a ShortcutConfig (ShortcutConfig.from_dict for a dict), "
+                        f"got {type(config).__name__}")
+    checks.check_generator(generator)
     base = unwrap_model(model)
     if not isinstance(x1, torch.Tensor) or not x1.is_floating_point():
         raise TypeError(f"x1 must be a floating-point tensor, got {getattr(x1, 'dtype', type(x1).__name__)}")
@@ -168,8 +154,6 @@ def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
     if x1.is_meta or (param is not None and param.device != x1.device):
         where = "the model's" if param is None else f"the model's device {param.device}"
         raise ValueError(f"x1 is on {x1.device}; it must hold values on {where}")
-    if not bool(torch.isfinite(x1).all()):
-        raise ValueError("x1 holds NaN or inf values")
     if config.wavelet_levels:
         check_wavelet_levels(config.wavelet_levels, x1.shape)
     if config.intrinsic_guidance is not None and y is not None and not getattr(base, "guidance_input", False):
@@ -180,20 +164,15 @@ def _check_batch(model: nn.Module, x1, y, config: ShortcutConfig) -> int:
     if model_min_step is not None and model_min_step != config.min_step:
         raise ValueError(f"config.min_step={config.min_step} differs from the model's min_step={model_min_step}")
     num_classes = getattr(base, "num_classes", 0)
-    if y is not None:
-        if num_classes == 0:
-            raise ValueError("labels y were given but the model is unconditional (no num_classes > 0 attribute)")
-        if not isinstance(y, torch.Tensor) or y.dtype not in LABEL_DTYPES:
-            raise TypeError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
-        if y.shape != (x1.shape[0],):
-            raise ValueError(f"y must be a tensor of shape ({x1.shape[0]},), got {tuple(y.shape)}")
-        if y.device != x1.device:
-            raise ValueError(f"y is on {y.device} but x1 is on {x1.device}")
-        # checked before class dropout could hide a bad label behind the null class
-        if not bool(((y >= 0) & (y <= num_classes)).all()):
-            raise ValueError(f"labels y must lie in [0, {num_classes}] ({num_classes} = no label); "
-                             f"got values from {int(y.min())} to {int(y.max())}")
-    return num_classes
+    checks.check_labels(y, num_classes, x1.shape[0], x1.device, x_name="x1")
+    _check_shard(shard)
+    checks.check_generator(generator, x1.device, "x1")
+    return config, num_classes
+
+
+def loss_value_conditions(x1: torch.Tensor, y, num_classes: int) -> list[checks.Condition]:
+    """``x1`` finite and the labels in range, checked before class dropout could hide a bad label."""
+    return [checks.finite("x1", x1), *checks.labels_in_range(y, num_classes)]
 
 
 def _call(model, x, t, d, y, w: torch.Tensor | None) -> torch.Tensor:
@@ -232,7 +211,7 @@ def self_consistency_targets(teacher, xb, tb, db, yb, guided, *, null_class: int
 
 def _check_shard(shard) -> tuple[int, int]:
     if (not isinstance(shard, tuple) or len(shard) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            or not all(checks.is_int(v) for v in shard)
             or not 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     return shard
@@ -253,16 +232,25 @@ def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_m
     its rows, so ``world`` processes see exactly what one process with the
     global batch sees, and each holds its share of the bootstrap rows.
     """
-    config = ShortcutConfig() if config is None else config
-    if not isinstance(config, ShortcutConfig):
-        raise TypeError(f"config must be a ShortcutConfig (ShortcutConfig.from_dict for a dict), "
-                        f"got {type(config).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    null_class = _check_batch(model, x1, y, config)
-    rank, world = _check_shard(shard)
-    if generator is not None and generator.device.type != x1.device.type:
-        raise ValueError(f"generator is on {generator.device} but x1 is on {x1.device}")
+    config, null_class = check_loss_inputs(model, x1, y, config, generator, shard)
+    checks.require(*loss_value_conditions(x1, y, null_class))
+    return draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
+
+
+def draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
+               null_class: int) -> ShortcutBatch:
+    """``make_batch`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
+
+    No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
+
+    ``t`` and ``d`` are drawn here, valid by construction, so the models run under ``checks.trusted_inputs()``.
+    """
+    with checks.trusted_inputs():
+        return _draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
+
+
+def _draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class) -> ShortcutBatch:
+    rank, world = shard
     B, device, K = x1.shape[0], x1.device, num_doublings(config.min_step)
     n_global = B * world
     n_boot_global = round(n_global * config.bootstrap_fraction) if config.objective == "shortcut" else 0
@@ -345,9 +333,20 @@ def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, targe
     tensors ``loss``, ``flow_loss`` and ``consistency_loss`` (NaN when that part
     of the batch is empty).
     """
-    config = ShortcutConfig() if config is None else config
-    batch = make_batch(model, x1, y, config, target_model, generator, shard, targets)
-    v = _call(model, batch.x_t, batch.t, batch.d, batch.y, batch.w)
+    config, null_class = check_loss_inputs(model, x1, y, config, generator, shard)
+    checks.require(*loss_value_conditions(x1, y, null_class))
+    return loss_on_checked_inputs(model, x1, y, config, target_model, generator, shard, targets, null_class)
+
+
+def loss_on_checked_inputs(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
+                           null_class: int):
+    """``shortcut_loss`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
+
+    No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
+    """
+    batch = draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
+    with checks.trusted_inputs():
+        v = _call(model, batch.x_t, batch.t, batch.d, batch.y, batch.w)
     if config.wavelet_levels:
         err = wavelet_loss(v, batch.target, config.wavelet_levels, config.wavelet_weights)  # (B,)
     else:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import ops
+from . import checks, engine, ops
+from .checks import check_velocity
 from .graphs import CapturedCall, GraphCache, weights_key
-from .models import ShortcutModule, check_velocity, unwrap_model
+from .models import ShortcutModule, unwrap_model
 from .ops import reference as SF
 from .steps import DEFAULT_MIN_STEP, resolve_schedule
 
@@ -44,7 +44,8 @@ def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
     return param.dtype if param is not None and param.is_floating_point() else fallback
 
 
-def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
+def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[checks.Condition]]:
+    """The starting point: the given ``noise`` (and the check that it is finite) or noise drawn for ``shape``."""
     if (noise is None) == (shape is None):
         raise ValueError("give exactly one of noise (a tensor) or shape (a tuple such as (16, 1, 8, 8))")
     if noise is not None:
@@ -57,11 +58,9 @@ def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
         if param is not None and noise.device != param.device:
             raise ValueError(f"noise is on {noise.device} but the model is on {param.device}; move one of them")
         _check_fits_model(model, "noise of shape", noise)
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError("noise holds NaN or inf values")
-        return noise
+        return noise, [checks.finite("noise", noise)]
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+        checks.is_int(s) and s >= 1 for s in shape
     ):
         raise ValueError(f"shape must be a tuple of at least two positive ints (B, ...), got {shape!r}")
     shape = tuple(int(s) for s in shape)
@@ -73,13 +72,9 @@ def _noise(model, noise, shape, generator, dtype) -> torch.Tensor:
     device = _model_device(model)
     if device.type == "meta":
         raise ValueError("the model is on the meta device: it has no weights to sample with; load them first")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
-                         "use torch.Generator(device) on the model's device")
+    checks.check_generator(generator, device)
     _check_fits_model(model, "shape", torch.empty(shape, device="meta"))
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype), []
 
 
 def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None,
@@ -187,7 +182,8 @@ def sample(
     instead takes ``w`` as its input, one forward per step, and without
     ``cfg_scale`` runs at ``w = 1``.
 
-    ``sample(model, noise=z, steps=1, y=y)`` equals ``z + model(z, 0, 1, y)``.
+    ``sample(model, noise=z, steps=1, y=y)`` equals ``z + model(z, 0, 1, y)`` (bit for bit on the
+    eager loop, to fp32 rounding, 1e-5 relative, on the C++ engine).
     The network runs in the dtype of its weights, the Euler updates in the
     dtype of the noise. Returns a new tensor of the shape and dtype of the noise.
     A ``shape`` of more than ``MAX_NOISE_ELEMENTS`` values is refused: draw it in several calls.
@@ -199,24 +195,25 @@ def sample(
     graphs are kept in an LRU cache (``set_graph_cache_size``,
     ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
     that size. In-place weight updates are seen by the graphs. On the CPU the
-    loop runs eagerly (with the native ops when the extension is built).
+    package's fp32 models run the loop in the C++ engine (``shortcut_fast.engine``:
+    its switch and what it covers); other modules and calls run it eagerly.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
-    if use_graph is not None and not isinstance(use_graph, bool):
-        raise TypeError(f"use_graph must be True, False or None (automatic), got {use_graph!r}")
+    checks.check_optional_bool("use_graph", use_graph, "automatic")
     base = unwrap_model(model)
     steps = resolve_schedule(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
-    x = _noise(model, noise, shape, generator, dtype)
+    x, conditions = _noise(model, noise, shape, generator, dtype)
     batch = x.shape[0]
+    null_class = getattr(base, "num_classes", 0)
     if y is not None and not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a tensor of class indices or None, got {type(y).__name__}")
     if cfg_scale is not None:
-        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
+        if not checks.is_number(cfg_scale):
             raise TypeError(f"cfg_scale must be a number or None, got {cfg_scale!r}")
         if not math.isfinite(cfg_scale):
             raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
-        if getattr(base, "num_classes", 0) <= 0:
+        if null_class <= 0:
             raise ValueError("cfg_scale needs a class-conditional model (num_classes > 0); this one is unconditional")
         if y is None:
             raise ValueError("cfg_scale needs labels y to guide towards")
@@ -225,19 +222,24 @@ def sample(
                              f"got {cfg_scale}")
     if isinstance(y, torch.Tensor) and y.shape != (batch,):
         raise ValueError(f"y must have shape ({batch},) to match the batch of the noise, got {tuple(y.shape)}")
+    if isinstance(base, ShortcutModule):
+        # the Euler loop builds t and d itself; the labels are the package model's only other input
+        checks.check_labels(y, null_class, batch, x.device, x_name="the noise")
+        conditions += checks.labels_in_range(y, null_class)
     if use_graph and x.device.type != "cuda":
         raise ValueError(f"use_graph=True needs a model on a CUDA device; this one is on {x.device}")
     if use_graph is None:
         use_graph = x.device.type == "cuda" and isinstance(base, ShortcutModule)
+    checks.require(*conditions)
 
     # the network runs in its weights' dtype; the Euler sum stays in the noise's dtype
     net_dtype = _model_dtype(model, x.dtype)
-    null_class = getattr(base, "num_classes", 0)
     scale = None if cfg_scale is None else torch.tensor(float(cfg_scale), device=x.device)
-    if not use_graph:
-        return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress,
-                           intrinsic=getattr(base, "guidance_input", False))
-    if y is not None:
-        # a graph cannot check labels while it runs: check them once here
-        y = base._check_labels(y, batch, x.device, check_values=True)
-    return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)
+    with checks.trusted_inputs():
+        if not use_graph:
+            out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
+            if out is not None:
+                return out
+            return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress,
+                               intrinsic=getattr(base, "guidance_input", False))
+        return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)

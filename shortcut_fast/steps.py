@@ -16,17 +16,18 @@ as trained levels allow.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
+
+from .checks import is_int, is_number, require, step_sizes_of
 
 DEFAULT_MIN_STEP = 1.0 / 128
 
 
 def num_doublings(min_step: float) -> int:
     """``K`` such that ``min_step == 2**-K``; raises ``ValueError`` otherwise."""
-    if isinstance(min_step, bool) or not isinstance(min_step, (int, float)):
+    if not is_number(min_step):
         raise TypeError(f"min_step must be a float 2**-K, got {type(min_step).__name__}")
     if not (0.0 < min_step <= 1.0):
         raise ValueError(f"min_step must be 2**-K with K >= 0 (e.g. 1/128), got {min_step}")
@@ -49,7 +50,7 @@ def allowed_steps(min_step: float = DEFAULT_MIN_STEP) -> list[int]:
 def check_num_steps(steps: int, min_step: float = DEFAULT_MIN_STEP) -> int:
     """Validate a number of sampling steps: an int in ``[1, 1 / min_step]``."""
     top = 2 ** num_doublings(min_step)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    if not is_int(steps):
         raise TypeError(f"steps must be an int in [1, {top}] or a sequence of step sizes; got {type(steps).__name__}")
     steps = int(steps)
     if not 1 <= steps <= top:
@@ -83,7 +84,7 @@ def check_schedule(schedule: Sequence[float], min_step: float = DEFAULT_MIN_STEP
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
         raise TypeError(f"a schedule must be a non-empty sequence of step sizes, got {schedule!r}")
     sizes = step_sizes(min_step)
-    if not all(isinstance(d, (int, float)) and not isinstance(d, bool) and d in sizes for d in schedule):
+    if not all(is_number(d) and d in sizes for d in schedule):
         raise ValueError(f"every step of a schedule must be a step size of the model, one of {sizes}; got {schedule!r}")
     # sums of powers of two >= 2**-20 are exact in float64, so the test is exact
     if math.fsum(schedule) != 1.0:
@@ -98,31 +99,17 @@ def resolve_schedule(steps, min_step: float = DEFAULT_MIN_STEP) -> tuple[float, 
     return step_schedule(check_num_steps(steps, min_step), min_step)
 
 
-def level_index(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP, check: bool = True) -> torch.Tensor:
-    """Map step sizes ``d`` (float tensor) to level indices (int64), validating them.
+def level_index(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP) -> torch.Tensor:
+    """Map step sizes ``d`` (float tensor) to level indices (int64), without reading them back to the host.
 
-    Raises ``ValueError`` when any ``d`` is not one of ``step_sizes(min_step)``.
-    ``check=False`` skips the validation, which reads the values back to the host:
-    for captured CUDA graphs and compiled code whose ``d`` is valid by construction.
+    ``d`` must hold step sizes of the model: validate a user's values with
+    ``check_step_sizes`` first (a value that is none of them maps to a wrong level).
     """
-    k = num_doublings(min_step)
-    d64 = d.detach().to(torch.float64)
-    # log2 of an exact power of two is exact; the tolerance only admits values
-    # that went through a low-precision cast (bf16 keeps powers of two exact too).
-    idx = torch.round(torch.log2(d64.clamp_min(1e-30))) + k
-    if not check:
-        return idx.to(torch.int64)
-    ok = (
-        torch.isfinite(d64)
-        & (d64 > 0)
-        & (idx >= 0)
-        & (idx <= k)
-        & ((d64 - torch.exp2(idx - k)).abs() <= 1e-6 * d64.abs())
-    )
-    if not bool(ok.all()):
-        bad = d64[~ok].flatten()[:4].tolist()
-        raise ValueError(
-            f"d must hold step sizes of the model, powers of two in [{min_step}, 1] "
-            f"(the flow level is d = {min_step}, not 0); got {bad}"
-        )
-    return idx.to(torch.int64)
+    # log2 of an exact power of two is exact, also after a bf16 or fp16 cast
+    return (torch.round(torch.log2(d.detach().to(torch.float64).clamp_min(1e-30))) + num_doublings(min_step)).long()
+
+
+def check_step_sizes(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP) -> None:
+    """Raise ``ValueError`` when any value of ``d`` is not one of ``step_sizes(min_step)`` (one host read)."""
+    num_doublings(min_step)
+    require(step_sizes_of(d, min_step))

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+import shortcut_fast as sf
 
 
 def perturb_(model: nn.Module, seed: int = 0, scale: float = 0.02) -> nn.Module:
@@ -127,3 +141,173 @@ def op_grads(fn, inputs, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The gradients of ``fn`` with respect to each of ``inputs`` (in their dtype) for ``grad_out``."""
     leaves = [t.detach().requires_grad_() for t in inputs]
     return torch.autograd.grad(fn(*leaves), leaves, grad_out)
+
+
+def require_tool(name: str, *also_in: str | os.PathLike | None) -> str:
+    """The full path of the command-line tool ``name`` that the calling test needs.
+
+    Looked for beside the running Python (where pip installs cmake and ruff), then
+    on ``PATH``, then in the folders ``also_in`` (``None`` entries are ignored).
+    A missing tool skips the test, except under ``CI=true``: CI installs every
+    tool the tests use (``.ci/run``), so there a missing one fails the test
+    instead of passing unnoticed as a skip.
+    """
+    folders = [str(Path(sys.executable).parent), os.environ.get("PATH", ""), *(os.fspath(d) for d in also_in if d)]
+    found = shutil.which(name, path=os.pathsep.join(folders))
+    if found is None:
+        message = f"{name} is not installed (looked in {os.pathsep.join(folders)})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; under CI=true every tool the tests use must be there", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
+#################################################################################
+#      Shared by the hostile-input tests (tests/test_hostile_*.py)              #
+#################################################################################
+
+FEW, SOME, MANY = (settings(max_examples=n, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+                   for n in (25, 40, 60))
+
+META = torch.device("meta")
+FAIL_FAST_S = 5.0  # a rejected size must be refused well within this, without allocating
+
+
+def expect_error(call, exc=(ValueError, TypeError), names=()):
+    """Run ``call``; it must raise ``exc`` with a message naming one of ``names``. Returns the message."""
+    with pytest.raises(exc) as info:
+        call()
+    msg = str(info.value)
+    assert not names or any(n in msg for n in names), f"{type(info.value).__name__}: {msg!r} names none of {names}"
+    return msg
+
+
+def _tiny(model: nn.Module, seed: int) -> nn.Module:
+    return perturb_(model, seed=seed).eval().requires_grad_(False)
+
+
+# Never trained: the hostile tests only need models whose every input changes the output.
+MLP_COND = _tiny(sf.ShortcutMLP(dim=3, hidden_size=16, depth=1, num_classes=5), 0)
+MLP_UNCOND = _tiny(sf.ShortcutMLP(dim=2, hidden_size=8, depth=1, num_classes=0, min_step=1 / 8), 1)
+DIT_COND = _tiny(sf.ShortcutDiT(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                                num_classes=3), 2)
+DIT_UNCOND = _tiny(sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=1, hidden_size=8, depth=1, num_heads=1,
+                                  num_classes=0, min_step=1 / 4), 3)
+MODELS = [MLP_COND, MLP_UNCOND, DIT_COND, DIT_UNCOND]
+MODELS_F64 = [copy.deepcopy(m).double() for m in MODELS]
+MODELS_META = [copy.deepcopy(m).to(META) for m in MODELS]
+
+
+def x_shape(model, batch: int) -> tuple[int, ...]:
+    """The shape of a batch of ``batch`` inputs ``x`` for ``model`` (a ShortcutDiT or ShortcutMLP)."""
+    if isinstance(model, sf.ShortcutDiT):
+        return (batch, model.in_channels, model.input_size, model.input_size)
+    return (batch, model.dim)
+
+
+def not_an_int():
+    """Values that are not ints: bools, floats, strings, None, containers, complex numbers."""
+    return st.one_of(st.booleans(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+                     st.none(), st.lists(st.integers(0, 9), max_size=2), st.complex_numbers(),
+                     st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.binary(max_size=3))
+
+
+def not_a_number():
+    """Values that are neither ints nor floats."""
+    return st.one_of(st.text(max_size=4), st.none(), st.lists(st.floats(0, 1), max_size=2), st.complex_numbers(),
+                     st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.binary(max_size=3))
+
+
+def bad_int(low: int):
+    """Anything that is not an int >= low."""
+    return st.one_of(not_an_int(), st.integers(max_value=low - 1))
+
+
+HUGE = st.integers(10**10, 10**30)
+VALID_MIN_STEPS = {2.0**-k for k in range(21)}
+
+
+@st.composite
+def mlp_settings(draw):
+    """Valid ShortcutMLP keyword arguments of a small model."""
+    return dict(dim=draw(st.integers(1, 5)), hidden_size=draw(st.integers(8, 32)), depth=1,
+                num_classes=draw(st.integers(0, 5)), min_step=draw(st.sampled_from([1.0, 0.5, 1 / 8, 1 / 128])))
+
+
+@st.composite
+def dit_settings(draw):
+    """Valid ShortcutDiT keyword arguments of a small model."""
+    heads = draw(st.sampled_from([1, 2, 4]))
+    hidden = draw(st.sampled_from([h for h in range(8, 33, 4) if h % heads == 0]))
+    patch = draw(st.sampled_from([1, 2]))
+    return dict(input_size=patch * draw(st.integers(1, 3)), in_channels=draw(st.integers(1, 3)), patch_size=patch,
+                hidden_size=hidden, depth=1, num_heads=heads, mlp_ratio=draw(st.sampled_from([0.5, 1, 2.5, 4.0])),
+                num_classes=draw(st.integers(0, 5)), min_step=draw(st.sampled_from([1.0, 1 / 4, 1 / 128])))
+
+
+class WrongOutput(nn.Module):
+    """A user's module that returns something other than a velocity of the shape of x."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t, d, y=None):
+        if self.kind == "narrow":
+            return x[:, :1] * self.w
+        if self.kind == "flat":
+            return (x * self.w).flatten()
+        if self.kind == "int":
+            return x.long()
+        if self.kind == "tuple":
+            return (x * self.w, None)
+        return None
+
+
+SHORTCUT_BAD = {
+    "min_step": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: v not in VALID_MIN_STEPS)),
+    "bootstrap_fraction": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v < 1)),
+    "ema_targets": st.one_of(not_a_number().filter(lambda v: v is not None), st.integers(), st.floats()),
+    "clip": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
+                      st.floats().filter(lambda v: not 0 < v < math.inf), st.integers(max_value=0)),
+    "class_dropout": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v <= 1)),
+    "bootstrap_cfg_scale": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
+                                     st.floats().filter(lambda v: not 0 <= v < math.inf), st.integers(max_value=-1)),
+    "objective": st.one_of(st.text(max_size=8).filter(lambda v: v not in ("shortcut", "flow")), st.integers(),
+                           st.none(), st.lists(st.text(max_size=2), max_size=2)),
+}
+
+TRAIN_INTS = {"batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "num_workers": 0, "seed": 0}
+TRAIN_BAD = {
+    **{name: bad_int(low) for name, low in TRAIN_INTS.items()},
+    "lr": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 < v < math.inf),
+                    st.integers(max_value=0)),
+    "weight_decay": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v < math.inf)),
+    "ema_decay": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v <= 1)),
+    "grad_clip": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
+                           st.floats().filter(lambda v: not 0 < v < math.inf)),
+    "betas": st.one_of(st.lists(st.floats(0, 0.99), max_size=4).filter(lambda b: len(b) != 2),
+                       st.tuples(st.floats().filter(lambda v: not 0 <= v < 1), st.floats(0, 0.99)),
+                       st.tuples(st.floats(0, 0.99), st.one_of(not_a_number(), st.booleans())),
+                       st.text(min_size=2, max_size=2)),
+    "shortcut": st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2), st.floats(),
+                          st.sampled_from([{"clip": -1.0}, {"min_step": 0.3}, {"objective": "x"}, {"zzz": 1}])),
+}
+
+
+def quiet_config(**kw) -> sf.TrainConfig:
+    """A TrainConfig of batch 4 that logs every step and prints no progress bar; ``kw`` overrides."""
+    return sf.TrainConfig(**{"batch_size": 4, "progress": False, "log_every": 1, **kw})
+
+
+def fresh_mlp(num_classes: int = 0, **kw) -> sf.ShortcutMLP:
+    """A new, untrained ShortcutMLP on 3-vectors."""
+    return sf.ShortcutMLP(dim=3, hidden_size=8, depth=1, num_classes=num_classes, **kw)
+
+
+@contextlib.contextmanager
+def scratch():
+    """A temporary folder (a Path) for one hypothesis example; ``tmp_path`` is shared by all examples of a test."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import shortcut_fast as sf
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
@@ -21,13 +23,15 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow
 def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     throughput = _load_script()
     results = throughput.main(["--preset", "tiny", "--no-compile", "--batch", "3", "--train-batch", "4",
                                "--repeats", "2", "--warmup", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
-    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3"}
+    engine = {"shortcut_fast:engine@1", "shortcut_fast:engine@3"} if sf.engine.available() else set()
+    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *engine}
     assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:flow"}
     assert set(results["ops"]) == {"attention", "modulate_layernorm", "gated_residual", "timestep_features",
                                    "condition_sum", "euler_step", "bootstrap_midpoint", "bootstrap_target"}

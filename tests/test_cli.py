@@ -13,6 +13,7 @@ from shortcut_fast.checkpoint import resolve_checkpoint
 from shortcut_fast.cli import main
 
 
+@pytest.mark.slow
 def test_demo_at_reduced_size(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "20", "--samples-per-class", "3", "--quiet"]) == 0
@@ -29,6 +30,7 @@ def test_demo_at_reduced_size(tmp_path, capsys):
     assert "1 step(s): accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_then_sample(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "run.toml"
@@ -56,6 +58,7 @@ def test_train_then_sample(tmp_path):
     np.testing.assert_allclose(x, want.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_on_vector_file(tmp_path):
     data = tmp_path / "points.safetensors"
     save_file({"x": torch.randn(64, 2), "y": torch.randint(0, 2, (64,))}, str(data))

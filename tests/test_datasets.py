@@ -186,14 +186,17 @@ def test_resize_and_center_crop_of_a_non_square_image(tmp_path, landscape):
     assert torch.equal(small[2], torch.ones(4, 4))  # a flat channel stays flat through the resize
 
 
-def test_flip_is_random_left_right(tmp_path):
+def test_flip_is_left_right_and_drawn_per_epoch(tmp_path):
     (tmp_path / "c").mkdir()
     _write_image(tmp_path / "c" / "img.png", np.arange(48).reshape(4, 4, 3) * 5)
     plain = ImageFolder(tmp_path, 4, flip=False)
     want = plain.load(tmp_path / "c" / "img.png")
     assert all(torch.equal(plain[0][0], want) for _ in range(5))
-    torch.manual_seed(0)
-    draws = [ImageFolder(tmp_path, 4)[0][0] for _ in range(40)]
+    data = ImageFolder(tmp_path, 4)
+    draws = []
+    for epoch in range(40):
+        data.set_epoch(epoch)
+        draws.append(data[0][0])
     flipped = sum(torch.equal(x, want.flip(-1)) for x in draws)
     assert sum(torch.equal(x, want) for x in draws) + flipped == 40 and 5 < flipped < 35
 

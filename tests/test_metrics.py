@@ -174,12 +174,14 @@ def held_out_classifier(digits_split):
     return train_digits_classifier(x_train, y_train, seed=0)
 
 
+@pytest.mark.slow
 def test_classifier_generalizes(digits_split, held_out_classifier):
     _, _, x_test, y_test = digits_split
     accuracy = (held_out_classifier.predict(x_test) == y_test).double().mean().item()
     assert accuracy >= 0.97
 
 
+@pytest.mark.slow
 def test_classifier_outputs_and_mode(digits_split, held_out_classifier):
     x = digits_split[2][:7]
     clf = held_out_classifier
@@ -194,6 +196,7 @@ def test_classifier_outputs_and_mode(digits_split, held_out_classifier):
         clf(torch.zeros(2, 64))
 
 
+@pytest.mark.slow
 def test_class_accuracy(digits_split, held_out_classifier):
     _, _, x_test, y_test = digits_split
     predicted = held_out_classifier.predict(x_test)

@@ -12,8 +12,9 @@ import torch
 from helpers import perturb_
 
 from shortcut_fast import DIT_PRESETS, ShortcutDiT, ShortcutMLP, allowed_steps, models, step_sizes
-from shortcut_fast.models import _as_batch_vector, count_parameters, sincos_pos_embed_2d
-from shortcut_fast.steps import check_num_steps, level_index, num_doublings
+from shortcut_fast.checks import as_batch_vector
+from shortcut_fast.models import count_parameters, sincos_pos_embed_2d
+from shortcut_fast.steps import check_num_steps, check_step_sizes, level_index, num_doublings
 
 TINY = dict(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=2, num_heads=2)
 ALLOWED_D_MSG = r"powers of two in \[0\.0078125, 1\]"
@@ -429,12 +430,12 @@ def test_mlp_backward_gives_finite_gradients(tiny_mlp):
 
 
 def test_zero_d_cpu_tensors_and_floats_are_put_on_the_batch_device():
-    out = _as_batch_vector("t", torch.tensor(0.25), 3, torch.device("cpu"))
+    out = as_batch_vector("t", torch.tensor(0.25), 3, torch.device("cpu"))
     assert out.shape == (3,) and out.dtype == torch.float32 and torch.equal(out, torch.full((3,), 0.25))
 
 
 def test_python_float_t_lands_on_the_device_of_x():
-    out = _as_batch_vector("t", 0.5, 3, torch.device("meta"))
+    out = as_batch_vector("t", 0.5, 3, torch.device("meta"))
     assert out.device.type == "meta" and out.shape == (3,)
 
 
@@ -495,7 +496,8 @@ def test_level_index_maps_step_sizes_to_levels():
     assert torch.equal(level_index(torch.tensor([1.0, 0.125]), 1 / 8), torch.tensor([3, 0]))
     assert level_index(torch.tensor([0.5])).dtype == torch.int64
     with pytest.raises(ValueError, match=r"powers of two in \[0\.125, 1\].*not 0"):
-        level_index(torch.tensor([0.0]), 1 / 8)
+        check_step_sizes(torch.tensor([0.0]), 1 / 8)
+    check_step_sizes(torch.tensor([1.0, 0.125]), 1 / 8)
 
 
 def test_dtype_mismatch_is_a_type_error(tiny_dit):

@@ -43,6 +43,7 @@ def _table(md: str, header_start: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_report_and_pictures(quick_run):
     _, out = quick_run
     for name in ("quality_vs_steps.png", "quality_2d.png", "quality_digits.png"):
@@ -71,6 +72,7 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
     assert [r[1] for r in finetune if r[0] == "finetune"] == ["0", "3", "6"]
 
 
+@pytest.mark.slow
 def test_quick_mode_flow_is_worse_at_one_step(quick_run):
     # even 200 steps separate the objectives at one step on these two sets (not at 128 steps)
     _, out = quick_run
@@ -81,6 +83,7 @@ def test_quick_mode_flow_is_worse_at_one_step(quick_run):
         assert res["flow"]["swd"]["1"] > 1.3 * res["flow"]["swd"]["128"]
 
 
+@pytest.mark.slow
 def test_render_rewrites_from_the_json(quick_run, tmp_path):
     quality, out = quick_run
     report = json.loads((out / "quality.json").read_text())

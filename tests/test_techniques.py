@@ -3,6 +3,7 @@ and sampling with any step count."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -380,6 +381,13 @@ def test_guidance_input_errors(tiny_dit):
         sf.ShortcutMLP(dim=2, num_classes=0, guidance_input=True)
     with pytest.raises(ValueError, match="finite and >= 0"):
         _guided_dit()(torch.randn(2, 1, 8, 8), 0.0, 1.0, torch.tensor([0, 1]), w=torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match="conditioning='shortcut' only"):
+        sf.ShortcutDiT(**TINY_DIT, num_classes=4, conditioning="official", guidance_input=True)
+    with pytest.raises(TypeError, match="guidance_input must be a bool"):
+        sf.ShortcutMLP(dim=2, num_classes=3, guidance_input=1)
+    # check_inputs validates w like the forward does
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        _guided_dit().check_inputs(torch.randn(2, 1, 8, 8), 0.0, 1.0, torch.tensor([0, 1]), w=-1.0)
 
 
 def test_guided_model_saves_and_loads(tmp_path):
@@ -438,6 +446,27 @@ def test_twin_ema_is_saved_and_resumed(tmp_path):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(resumed.target_ema_model.parameters(),
                                                      resumed.ema_model.parameters(), strict=True))
+    # resumed, the run goes on bit for bit as the uninterrupted one, both EMAs included
+    trainer.fit(2)
+    resumed.fit(2)
+    for name in ("model", "ema_model", "target_ema_model"):
+        for a, b in zip(getattr(resumed, name).parameters(), getattr(trainer, name).parameters(), strict=True):
+            assert torch.equal(a, b), name
+
+
+def test_train_step_with_a_target_ema_is_the_trainers_twin_ema_step():
+    trainer, _ = _twin_trainer()
+    model = copy.deepcopy(trainer.model)
+    ema, fast = copy.deepcopy(trainer.ema_model), copy.deepcopy(trainer.target_ema_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, fused=True)
+    generator = torch.Generator().manual_seed(1)  # the trainer's seed
+    x1, y = next(trainer.data)
+    trainer.train_step(x1, y)
+    sf.train_step(model, optimizer, x1, y, config=trainer.config.shortcut, ema_model=ema, ema_decay=0.9,
+                  target_ema_model=fast, target_ema_decay=0.5, generator=generator)
+    for mine, theirs in [(model, trainer.model), (ema, trainer.ema_model), (fast, trainer.target_ema_model)]:
+        for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_every_option_trains_a_few_steps():

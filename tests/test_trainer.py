@@ -43,6 +43,7 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_dataset", [False, True])
 def test_resume_continues_exactly(tmp_path, as_dataset):
     x, y = make_data(40)  # 5 batches an epoch: the resumed part crosses an epoch boundary
@@ -85,6 +86,7 @@ def test_ema_update_rule():
     assert not any(p.requires_grad for p in trainer.ema_model.parameters())
 
 
+@pytest.mark.slow
 def test_warmup_and_learning_rate():
     x, y = make_data(16)
     trainer = sf.Trainer(make_model(), (x, y), config(lr=0.1, warmup_steps=4))
@@ -95,6 +97,7 @@ def test_warmup_and_learning_rate():
     assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
 
 
+@pytest.mark.slow
 def test_cosine_decay_after_warmup():
     x, y = make_data(16)
     trainer = sf.Trainer(make_model(), (x, y), config(lr=0.1, warmup_steps=2, decay_steps=6))
@@ -108,6 +111,7 @@ def test_cosine_decay_after_warmup():
     assert lrs[-1] == 0.0
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss():
     x, y = make_data(256)
     trainer = sf.Trainer(make_model(), (x, y), config(batch_size=64, lr=3e-3, log_every=1, warmup_steps=0))
@@ -117,6 +121,7 @@ def test_training_reduces_the_loss():
     assert last < 0.5 * first
 
 
+@pytest.mark.slow
 def test_save_writes_no_pickle_and_loads_ema(tmp_path):
     x, y = make_data(32)
     trainer = sf.Trainer(make_model(), (x, y), config())
@@ -135,6 +140,7 @@ def test_save_writes_no_pickle_and_loads_ema(tmp_path):
     assert not list(tmp_path.glob(".run.*"))
 
 
+@pytest.mark.slow
 def test_checkpoint_every_keeps_the_newest(tmp_path):
     x, y = make_data(32)
     root = tmp_path / "ck"
@@ -168,6 +174,7 @@ def test_damaged_checkpoint_is_named(tmp_path):
 
 
 # ---------------------------------------------------------------- data inputs
+@pytest.mark.slow
 def test_every_data_form_trains():
     x, y = make_data(32)
     for data in [(x, y), TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)]:

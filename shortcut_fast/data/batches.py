@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..models import LABEL_DTYPES
+from ..checks import LABEL_DTYPES
 
 
 def _check_tensor_data(x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +38,48 @@ def _split_item(batch):
                     f"got a batch of type {type(batch).__name__}")
 
 
+class _EpochItems(Dataset):
+    """A Dataset indexed by ``(epoch, index)``: tells the dataset its epoch, then returns its item ``index``.
+
+    The epoch travels with every index, so a DataLoader worker that prefetched
+    across an epoch boundary, or was started before a resume, still draws each
+    sample's random choices (e.g. ``ImageFolder``'s flips) for the right epoch.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset, self.epoch = dataset, None
+        self.has_epochs = callable(getattr(dataset, "set_epoch", None))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if self.has_epochs and epoch != self.epoch:
+            self.dataset.set_epoch(epoch)
+            self.epoch = epoch
+        return self.dataset[index]
+
+
+class _RemainingBatches:
+    """The batch sampler of a ``BatchSource``'s one DataLoader: its current epoch from its position on.
+
+    Each ``iter`` reads the source's epoch and position afresh, so one
+    DataLoader (and its persistent workers) serves every epoch and a resume.
+    """
+
+    def __init__(self, source: BatchSource):
+        self.source = source
+
+    def __iter__(self):
+        epoch = self.source.epoch
+        for batch in self.source._epoch_batches():
+            yield [(epoch, i) for i in batch.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.source._epoch_batches())
+
+
 class BatchSource:
     """Endless, resumable batches of ``(x, y)`` from tensors, a Dataset or a DataLoader.
 
@@ -46,6 +88,11 @@ class BatchSource:
     same batches. Under torchrun each rank takes its share of every global batch.
     A user's DataLoader is iterated as it is (restarted when exhausted) and its
     order is its own.
+
+    A Dataset is read through one DataLoader for the whole run, whose workers
+    persist across epochs. A Dataset with a ``set_epoch(epoch)`` method (like
+    ``ImageFolder``) is told the epoch of every item it serves, in the worker
+    that serves it, so its random choices do not depend on the workers.
     """
 
     def __init__(self, data, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world: int = 1,
@@ -74,7 +121,7 @@ class BatchSource:
         if self.size is not None and self.size < batch_size * world:
             raise ValueError(f"the data holds {self.size} samples, fewer than one batch "
                              f"({batch_size} x {world} processes); lower batch_size")
-        self.epoch, self.pos, self._iter = 0, 0, None
+        self.epoch, self.pos, self._iter, self._loader = 0, 0, None, None
 
     @property
     def has_labels(self) -> bool | None:
@@ -104,11 +151,13 @@ class BatchSource:
     def _new_iter(self):
         if self.loader is not None:
             return iter(self.loader)
-        batches = self._epoch_batches()
         if self.x is not None:
-            return ((self.x[i], None if self.y is None else self.y[i]) for i in batches)
-        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, collate_fn=_collate))
+            return ((self.x[i], None if self.y is None else self.y[i]) for i in self._epoch_batches())
+        if self._loader is None:
+            self._loader = DataLoader(_EpochItems(self.dataset), batch_sampler=_RemainingBatches(self),
+                                      num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                      collate_fn=_collate, persistent_workers=self.num_workers > 0)
+        return iter(self._loader)
 
     def __next__(self):
         if self._iter is None:

@@ -229,7 +229,11 @@ class ImageFolder(Dataset):
     them. Each image is converted to RGB (``channels=3``) or grayscale
     (``channels=1``), resized so its shorter side is ``image_size`` (bicubic),
     center-cropped to a square and, when ``flip``, mirrored left-right with
-    probability 0.5 (drawn from torch's RNG, so DataLoader workers differ).
+    probability 0.5. Whether sample ``i`` is mirrored is a hash of
+    (``seed``, ``epoch``, ``i``): the same in any process, with any number of
+    DataLoader workers, and again after a resume. ``set_epoch`` moves to the
+    flips of another epoch (``BatchSource`` calls it); indexing the dataset
+    directly gives the flips of its current epoch (0 unless set).
 
     Unreadable files are skipped with one warning at construction; a file that
     fails later is replaced by the next readable one. Both kinds are listed in
@@ -237,10 +241,11 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, *, channels: int = 3, flip: bool = True,
-                 extensions: Sequence[str] = (".png", ".jpg", ".jpeg")):
+                 extensions: Sequence[str] = (".png", ".jpg", ".jpeg"), seed: int = 0):
         self.root = Path(root)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+        self.seed, self.epoch = _check_count("seed", seed), 0
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         if not self.root.is_dir():
@@ -277,6 +282,14 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the random flips of ``epoch`` (an int >= 0) from now on."""
+        self.epoch = _check_count("epoch", epoch)
+
+    def is_flipped(self, index: int) -> bool:
+        """Whether item ``index`` is mirrored in the current epoch (always False without ``flip``)."""
+        return self.flip and random_bits(self.seed, self.epoch, _global_index(index, len(self))) >> 63 == 1
+
     def load(self, path: str | os.PathLike) -> torch.Tensor:
         """One image file as a (channels, size, size) float32 tensor in [-1, 1], before any flip."""
         size = self.image_size
@@ -304,10 +317,37 @@ class ImageFolder(Dataset):
                     self.skipped.append(path)
                     warnings.warn(f"skipping unreadable image {path} ({err})", stacklevel=2)
                 continue
-            if self.flip and torch.rand(1).item() < 0.5:
+            if self.is_flipped(index):
                 x = x.flip(-1)
             return x, label
         raise ValueError(f"none of the {len(self)} images under {self.root} can be read")
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(value: int) -> int:
+    """A bijective 64-bit mixing function (the finaliser of splitmix64): nearby inputs, unrelated outputs."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def random_bits(seed: int, epoch: int, index: int) -> int:
+    """64 pseudo-random bits that depend only on (``seed``, ``epoch``, ``index``), for per-sample augmentation.
+
+    A counter-based draw: no generator state to carry between processes or
+    to save in a checkpoint, and the same bits whatever order samples are read in.
+    """
+    return _mix64(_mix64(_mix64(seed) ^ epoch) ^ index)
+
+
+def _check_count(name: str, value) -> int:
+    """``value`` as an int >= 0 (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
 
 
 def _verifies(path: Path) -> bool:

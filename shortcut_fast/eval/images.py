@@ -135,3 +135,18 @@ def save_grid(
     with atomic_file(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
+
+
+def save_images(images: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
+    """Write each image of ``images`` (N, C, H, W) in [-1, 1], C = 1 or 3, as ``folder/000000.png``, ... atomically."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be a tensor (N, 1 or 3, H, W), got {tuple(getattr(images, 'shape', ()))}")
+    folder = Path(folder)
+    pixels = _to_uint8(images[None])[0]
+    paths = []
+    for i, cell in enumerate(pixels):
+        path = folder / f"{i:06d}.png"
+        with atomic_file(path) as tmp:
+            Image.fromarray(cell[..., 0] if cell.shape[-1] == 1 else cell).save(tmp, format="PNG")
+        paths.append(path)
+    return paths

@@ -15,10 +15,17 @@ import math
 import torch
 import torch.nn as nn
 
-from ..distributed import is_fsdp, local_tensor
+from .. import checks
+from ..distributed import full_tensor, is_fsdp, local_tensor
 from ..graphs import CapturedCall, GraphCache, weights_key
 from ..models import ShortcutModule, unwrap_model
-from ..objective import ShortcutConfig, self_consistency_targets, shortcut_loss
+from ..objective import (
+    ShortcutConfig,
+    check_loss_inputs,
+    loss_on_checked_inputs,
+    loss_value_conditions,
+    self_consistency_targets,
+)
 
 TARGET_GRAPHS = GraphCache(max_size=4)  # captured target computations, least recently used dropped first
 
@@ -61,7 +68,8 @@ def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: fl
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y: torch.Tensor | None = None,
                *, config: ShortcutConfig | None = None, ema_model: nn.Module | None = None, ema_decay: float = 0.999,
                generator: torch.Generator | None = None, grad_clip: float | None = 1.0, bf16: bool = True,
-               use_graph: bool | None = None) -> dict:
+               use_graph: bool | None = None, target_ema_model: nn.Module | None = None,
+               target_ema_decay: float = 0.99) -> dict:
     """One optimizer step of the shortcut objective on ``(x1, y)``; returns the loss logs.
 
     The function form of what ``Trainer`` does each step, for training loops
@@ -69,39 +77,91 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     replayed from a CUDA graph on a GPU (``use_graph=None``: when the teacher
     can be captured; ``False``: eager), bf16 autocast on CUDA when ``bf16``,
     gradient clipping at ``grad_clip`` (None: off), the optimizer step, and
-    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)`` (``update_ema``, as ``Trainer`` does). Gives the loss and
-    gradients of ``shortcut_loss`` for the same batch and generator state.
+    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)`` (``update_ema``, as ``Trainer`` does). Twin EMA
+    (``TrainConfig.target_ema_decay``): with ``target_ema_model`` the targets come from it instead, and it is
+    updated with ``target_ema_decay`` after ``ema_model``. Gives the loss and
+    gradients of ``shortcut_loss`` for the same batch and generator state; like it, checks that ``x1`` is
+    finite and the labels in range (one host read) before any work.
     """
     if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"model must be an nn.Module and optimizer a torch.optim.Optimizer, got "
                         f"{type(model).__name__} and {type(optimizer).__name__}")
-    if use_graph is not None and not isinstance(use_graph, bool):
-        raise TypeError(f"use_graph must be True, False or None (automatic), got {use_graph!r}")
-    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must be a number in [0, 1], got {ema_decay!r}")
+    checks.check_optional_bool("use_graph", use_graph, "automatic")
+    checks.check_number("ema_decay", ema_decay, 0.0, 1.0)
+    checks.check_number("target_ema_decay", target_ema_decay, 0.0, 1.0)
+    if target_ema_model is not None and not isinstance(target_ema_model, nn.Module):
+        raise TypeError(f"target_ema_model must be an nn.Module or None, got {type(target_ema_model).__name__}")
+    config, null_class = check_loss_inputs(model, x1, y, config, generator)
     if use_graph and not x1.is_cuda:
         raise ValueError(f"use_graph=True needs CUDA tensors; x1 is on {x1.device}")
+    checks.require(*loss_value_conditions(x1, y, null_class))
     targets = graph_targets if use_graph is not False and x1.is_cuda else self_consistency_targets
-    with torch.autocast(x1.device.type, dtype=torch.bfloat16, enabled=bf16 and x1.is_cuda):
-        loss, logs = shortcut_loss(model, x1, y, config, target_model=ema_model, generator=generator,
-                                   targets=targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    live = unwrap_model(model)
-    logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(live.parameters(), math.inf if grad_clip is None else grad_clip)
-    optimizer.step()
-    if ema_model is not None:
-        update_ema(ema_model, live, ema_decay)
+    logs, _ = step_on_checked_inputs(model, optimizer, x1, y, config=config, null_class=null_class,
+                                     ema_model=ema_model, ema_decay=ema_decay, generator=generator,
+                                     grad_clip=grad_clip, bf16=bf16 and x1.is_cuda, targets=targets,
+                                     target_model=target_ema_model, target_decay=target_ema_decay)
     return logs
 
 
+def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y, *,
+                           config: ShortcutConfig, null_class: int, ema_model: nn.Module | None, ema_decay: float,
+                           generator, grad_clip: float | None, bf16: bool, targets, shard=(0, 1),
+                           skip_non_finite: bool = False, agree=None, allowed: torch.Tensor | None = None,
+                           target_model: nn.Module | None = None,
+                           target_decay: float | None = None) -> tuple[dict, torch.Tensor | None]:
+    """The one training-step core of ``train_step`` and ``Trainer``: bf16 autocast (when ``bf16``), loss,
+    backward, clipping, the optimizer step and the EMA update, on checked inputs and without a host read.
+
+    ``skip_non_finite`` (``Trainer``; the optimizer must be a fused AdamW) makes the update conditional on
+    one device flag, ``ok = isfinite(x1) & isfinite(loss) & isfinite(grad_norm)``, combined over ranks by
+    ``agree`` and and'ed with ``allowed`` (a device flag of the caller's): where it is false, weights,
+    optimizer state and EMA stay exactly as they were. ``target_model`` (twin EMA), when given, builds the
+    self-consistency targets in place of ``ema_model`` and is updated with ``target_decay``. Returns the logs
+    and ``ok`` (None without ``skip_non_finite``).
+    """
+    teacher = ema_model if target_model is None else target_model
+    with torch.autocast(x1.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, logs = loss_on_checked_inputs(model, x1, y, config, teacher, generator, shard, targets,
+                                            null_class)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    live = unwrap_model(model)
+    max_norm = math.inf if grad_clip is None else grad_clip
+    logs["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(live.parameters(), max_norm))
+    ok = None
+    if skip_non_finite:
+        # one scan of the batch, folded with the loss and the gradient norm into one flag that stays on the device
+        ok = torch.isfinite(x1).all() & torch.isfinite(loss.detach()) & torch.isfinite(logs["grad_norm"])
+        ok = ok if agree is None else agree(ok)
+        ok = ok if allowed is None else ok & allowed
+        # The fused AdamW kernels skip the whole update (weights, moments and step count) where found_inf
+        # is set: the mechanism of gradient scaling, at no cost. Restoring from a copy after an
+        # unconditional step would cost three extra copies of the weights per step.
+        optimizer.found_inf = (~ok).float()
+    optimizer.step()
+    if skip_non_finite:
+        del optimizer.found_inf
+    if ema_model is not None:
+        update_ema(ema_model, live, ema_decay, ok)
+    if target_model is not None and target_model is not ema_model:
+        update_ema(target_model, live, target_decay, ok)
+    return logs, ok
+
+
 @torch.no_grad()
-def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float, ok: torch.Tensor | None = None) -> None:
     """``ema = lerp(ema, live, 1 - decay)`` for every parameter (each rank's shard of a sharded one), in one
-    foreach call; buffers are copied."""
+    foreach call; buffers are copied. With the device flag ``ok`` the update applies only where it is true."""
+    if is_fsdp(ema_model):
+        # the root stays gathered after the target forwards (FSDP expects a backward next)
+        ema_model.reshard()
     ema = [local_tensor(p) for p in ema_model.parameters()]
     live = [local_tensor(p) for p in model.parameters()]
-    torch._foreach_lerp_(ema, live, 1.0 - decay)
+    if ok is None:
+        torch._foreach_lerp_(ema, live, 1.0 - decay)
+    else:
+        # a weight of 0 leaves each EMA value exactly as it is (lerp adds 0 * (live - ema))
+        weight = ok.to(ema[0].dtype) * (1.0 - decay) if ema else None
+        torch._foreach_lerp_(ema, live, [weight] * len(ema))
     for b_ema, b in zip(ema_model.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
-
+        b_ema.copy_(b if ok is None else torch.where(ok, b, b_ema))

@@ -21,11 +21,12 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
+from .. import checks
 from ..data.batches import BatchSource
-from ..distributed import full_tensor, fully_shard_blocks, is_fsdp, rank_and_world
+from ..distributed import fully_shard_blocks, rank_and_world
 from ..models import unwrap_model
-from ..objective import ShortcutConfig, _check_number, _known_keys, self_consistency_targets, shortcut_loss
-from .step import graph_targets, update_ema
+from ..objective import ShortcutConfig, check_loss_inputs, self_consistency_targets
+from .step import graph_targets, step_on_checked_inputs
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TARGET_EMA_FILE = "ema_target.safetensors"  # the fast EMA of twin EMA
@@ -68,8 +69,7 @@ class TrainConfig:
         if isinstance(self.shortcut, dict):
             self.shortcut = ShortcutConfig.from_dict(self.shortcut)
         for name in ("fsdp", "bf16", "progress", "graph_targets"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            checks.check_bool(name, getattr(self, name))
         if not isinstance(self.shortcut, ShortcutConfig):
             raise TypeError(f"shortcut must be a ShortcutConfig, got {type(self.shortcut).__name__}")
         if self.checkpoint_dir is not None:
@@ -84,20 +84,18 @@ class TrainConfig:
         for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("decay_steps", 0),
                           ("checkpoint_every", 0), ("num_workers", 0), ("seed", 0), ("keep_checkpoints", 1),
                           ("max_bad_steps", 1)]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        _check_number("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
-        _check_number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
-        _check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+            checks.check_int(name, getattr(self, name), low)
+        checks.check_number("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        checks.check_number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        checks.check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.target_ema_decay is not None:
-            _check_number("target_ema_decay", self.target_ema_decay, 0.0, 1.0)
+            checks.check_number("target_ema_decay", self.target_ema_decay, 0.0, 1.0)
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         for beta in self.betas:
-            _check_number("betas", beta, 0.0, 1.0, high_open=True)
+            checks.check_number("betas", beta, 0.0, 1.0, high_open=True)
         if self.grad_clip is not None:
-            _check_number("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
+            checks.check_number("grad_clip", self.grad_clip, 0.0, math.inf, low_open=True, high_open=True)
 
     def to_dict(self) -> dict:
         """Plain JSON-able settings."""
@@ -106,7 +104,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """Settings from a dict (``shortcut`` may be a nested dict), rejecting unknown keys."""
-        return cls(**_known_keys(cls, data))
+        return cls(**checks.known_keys(cls, data))
 
 
 #################################################################################
@@ -126,6 +124,11 @@ class Trainer:
     fast EMA ``trainer.target_ema_model`` then builds the targets);
     ``trainer.history`` the logged losses;
     ``trainer.skipped_steps`` the steps skipped for non-finite values.
+
+    A step reads nothing back to the host: whether its batch, loss and
+    gradients were finite is a flag on the device that gates the update (see
+    ``train_step``), and the run's counters of skipped steps stay there too.
+    The trainer reads them every ``log_every`` steps and before a checkpoint.
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, encoder=None):
@@ -146,6 +149,9 @@ class Trainer:
                                 self.rank, self.world, pin_memory=self.device.type == "cuda")
         if self.data.has_labels and getattr(self.model, "num_classes", 0) == 0:
             raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
+        if self.data.has_labels:
+            # in-memory labels are checked once here; batches of a Dataset or DataLoader at each step
+            checks.require(*checks.labels_in_range(self.data.y, self.model.num_classes))
         if encoder is not None and not callable(encoder):
             raise TypeError(f"encoder must be callable (a module or function), got {type(encoder).__name__}")
         self.encoder = encoder
@@ -163,15 +169,17 @@ class Trainer:
         elif self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # fused: one kernel per step on CUDA and on the CPU, and it can skip a step on a device flag
         self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, betas=self.config.betas,
-                                           weight_decay=self.config.weight_decay,
-                                           fused=self.device.type == "cuda")
+                                           weight_decay=self.config.weight_decay, fused=True)
         # one stream for noise, times, levels and label dropout, the same on every rank:
         # each rank draws for the global batch and keeps its rows (see make_batch)
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
         self.step = 0
-        self.skipped_steps = 0
-        self._bad_in_a_row = 0
+        # on the device: steps skipped, consecutive bad steps, the step at which max_bad_steps was reached (or -1)
+        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        self._bad_run = torch.zeros((), dtype=torch.long, device=self.device)
+        self._stopped_at = torch.full((), -1, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- one step
@@ -183,73 +191,78 @@ class Trainer:
             scale *= 0.5 * (1.0 + math.cos(math.pi * min(step, decay) / decay))
         return self.config.lr * scale
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if is_fsdp(self.target_ema_model):
-            # the root stays gathered after the target forwards (FSDP expects a backward next)
-            self.target_ema_model.reshard()
-        update_ema(self.ema_model, self.model, self.config.ema_decay)
-        if self.target_ema_model is not self.ema_model:
-            update_ema(self.target_ema_model, self.model, self.config.target_ema_decay)
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped so far for a non-finite batch, loss or gradient (reads a device counter)."""
+        return int(self._skipped)
+
+    @property
+    def _bad_in_a_row(self) -> int:
+        return int(self._bad_run)
 
     def train_step(self, x1: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         """One optimizer step on the batch ``(x1, y)``; returns the loss logs (detached tensors).
 
-        A batch, loss or gradient that is not finite skips the update (weights,
-        optimizer and EMA stay as they were); ``logs["skipped"]`` is then 1.
-        After ``max_bad_steps`` such steps in a row it raises ``NonFiniteError``.
+        A batch, loss or gradient that is not finite skips the update: weights,
+        optimizer and EMA stay exactly as they were, and ``logs["skipped"]`` is 1.
+        That decision is a flag on the device, never read back here. After
+        ``max_bad_steps`` such steps in a row the run is stopped: every later
+        step is skipped as well, and ``NonFiniteError`` is raised at the next
+        check, every ``log_every`` steps, before a checkpoint and at the end of
+        ``fit`` (so no checkpoint holds a step past the stop).
         """
+        return self._train_step(x1, y, labels_checked=False)
+
+    def _train_step(self, x1, y, labels_checked: bool) -> dict:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
+        y_given = y
         x1 = x1.to(self.device, non_blocking=True)
         y = None if y is None else y.to(self.device, non_blocking=True)
         use_bf16 = self.config.bf16 and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            if self.encoder is not None:
-                with torch.no_grad():
-                    x1 = self.encoder(x1).float()
-            if self._any_rank(not bool(torch.isfinite(x1).all())):
-                return self._skip({"loss": torch.tensor(float("nan"))})
-            fast = self.config.graph_targets and self.device.type == "cuda"
-            loss, logs = shortcut_loss(self.train_model, x1, y, self.config.shortcut,
-                                       target_model=self.target_ema_model,
-                                       generator=self.generator, shard=(self.rank, self.world),
-                                       targets=graph_targets if fast else self_consistency_targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        logs["grad_norm"] = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if self._any_rank(not bool(torch.isfinite(logs["grad_norm"]) & torch.isfinite(loss))):
-            return self._skip(logs)
-        self.optimizer.step()
-        self._update_ema()
-        self.step += 1
-        self._bad_in_a_row = 0
-        logs["skipped"] = torch.tensor(0.0)
+        if self.encoder is not None:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                x1 = self.encoder(x1).float()
+        shard = (self.rank, self.world)
+        config, null_class = check_loss_inputs(self.train_model, x1, y, self.config.shortcut, self.generator, shard)
+        if not labels_checked:
+            # read where the labels were given: a DataLoader's batch on the CPU needs no device sync
+            checks.require(*checks.labels_in_range(y_given, null_class))
+        fast = self.config.graph_targets and self.device.type == "cuda"
+        logs, ok = step_on_checked_inputs(
+            self.train_model, self.optimizer, x1, y, config=config, null_class=null_class,
+            ema_model=self.ema_model, ema_decay=self.config.ema_decay, generator=self.generator,
+            grad_clip=self.config.grad_clip, bf16=use_bf16, targets=graph_targets if fast else self_consistency_targets,
+            shard=shard, skip_non_finite=True, agree=self._all_ranks, allowed=self._stopped_at < 0,
+            target_model=self.target_ema_model, target_decay=self.config.target_ema_decay)
+        self.step += 1  # a skipped step spends its batch and random draws too
+        self._skipped += (~ok).long()
+        self._bad_run = torch.where(ok, 0, self._bad_run + 1)
+        reached = (self._stopped_at < 0) & (self._bad_run >= self.config.max_bad_steps)
+        self._stopped_at = torch.where(reached, self.step, self._stopped_at)
+        logs["skipped"] = (~ok).float()
+        if self.step % self.config.log_every == 0:
+            self._raise_if_stopped()
         return logs
 
-    def _any_rank(self, flag: bool) -> bool:
-        """``flag`` or'ed over all ranks, so that every rank skips the same steps."""
+    def _all_ranks(self, ok: torch.Tensor) -> torch.Tensor:
+        """``ok`` and'ed over all ranks on the device, so that every rank skips the same steps."""
         if self.world == 1:
-            return flag
-        t = torch.tensor(float(flag), device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t)
+            return ok
+        flag = ok.float()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return flag > 0
 
-    def _skip(self, logs: dict) -> dict:
-        """Count a step without an update; stop the run after too many in a row."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1  # the batch and the random draws are spent, as in a normal step
-        self.skipped_steps += 1
-        self._bad_in_a_row += 1
-        if self._bad_in_a_row >= self.config.max_bad_steps:
+    def _raise_if_stopped(self) -> None:
+        """Raise ``NonFiniteError`` if ``max_bad_steps`` bad steps in a row stopped the run (one host read)."""
+        stopped_at = int(self._stopped_at)
+        if stopped_at >= 0:
             raise NonFiniteError(
-                f"{self._bad_in_a_row} steps in a row had a non-finite batch, loss or gradient (step {self.step}); "
-                "stopping. Weights were not updated by them; the last checkpoint is intact. Check the data, "
-                "lower lr or raise grad_clip, then resume.")
-        logs["skipped"] = torch.tensor(1.0)
-        return logs
+                f"{self.config.max_bad_steps} steps in a row had a non-finite batch, loss or gradient "
+                f"(step {stopped_at}); stopping. Weights were not updated by them nor by the steps after them "
+                f"(up to step {self.step}); the last checkpoint is intact. Check the data, lower lr or raise "
+                "grad_clip, then resume.")
 
     # ---------------------------------------------------------------- the loop
     def fit(self, steps: int) -> list[dict]:
@@ -258,15 +271,14 @@ class Trainer:
         With ``config.checkpoint_dir`` set, a checkpoint is written every
         ``checkpoint_every`` steps and at the end (see ``checkpoint``).
         """
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        checks.check_int("steps", steps, 0)
         cfg = self.config
         bar = tqdm(total=steps, desc="training", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         start = time.perf_counter()
         saved_at = None
         for _ in range(steps):
             x1, y = next(self.data)
-            logs = self.train_step(x1, y)
+            logs = self._train_step(x1, y, labels_checked=self.data.x is not None)
             if self.step % cfg.log_every == 0:
                 row = {"step": self.step, "seconds": time.perf_counter() - start, "skipped_steps": self.skipped_steps}
                 row.update({k: float(v) for k, v in logs.items() if k != "skipped"})
@@ -277,6 +289,7 @@ class Trainer:
                 self.checkpoint()
                 saved_at = self.step
         bar.close()
+        self._raise_if_stopped()
         if cfg.checkpoint_dir and steps and saved_at != self.step:
             self.checkpoint()
         return self.history
@@ -291,6 +304,7 @@ class Trainer:
         """
         if not self.config.checkpoint_dir:
             raise ValueError("checkpoint() needs config.checkpoint_dir")
+        self._raise_if_stopped()
         root = Path(self.config.checkpoint_dir)
         path = self.save(root / f"step_{self.step:08d}")
         if path is None:

@@ -27,9 +27,10 @@ def main() -> None:
     parser.add_argument("--ckpt")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--fsdp", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
     dist.init_process_group("gloo")
-    model, data, config = setup_run(args.objective, args.batch, args.ckpt, fsdp=args.fsdp)
+    model, data, config = setup_run(args.objective, args.batch, args.ckpt, fsdp=args.fsdp, dtype=args.dtype)
     trainer = sf.Trainer.resume(args.ckpt, data) if args.resume else sf.Trainer(model, data, config)
     wrapped = isinstance(trainer.train_model, torch.nn.parallel.DistributedDataParallel)
     assert wrapped != args.fsdp  # FSDP shards the module in place instead of wrapping it

@@ -1,0 +1,229 @@
+// The engine's N-step sampler for ShortcutDiT and ShortcutMLP, and its ops torch.ops.shortcut_fast.engine_*.
+//
+// shortcut_fast/engine.py passes the module's own weight tensors (no copies, so in-place updates are seen) in
+// the order below, and the configuration as ints:
+//   config  = [kind (0 DiT, 1 MLP), hidden, heads, depth, tokens, patch, in_channels (MLP: dim), grid,
+//              doublings K (min_step = 2^-K), isa (kernels.h Isa), aten_rows]
+//   weights = [freqs, t_w1, t_b1, t_w2, t_b2, d_table, y_table or empty, in_w, in_b, pos_embed or empty,
+//              final_ada_w, final_ada_b, final_w, final_b] then per block
+//              DiT: [ada_w, ada_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b]
+//              MLP: [ada_w, ada_b, fc1_w, fc1_b, fc2_w, fc2_b]
+#include <Python.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "layers.h"
+
+namespace shortcut_fast::engine {
+namespace {
+
+constexpr int64_t kCommon = 14;
+
+struct Config {
+  bool dit;
+  int64_t hidden, heads, depth, tokens, patch, in_channels, grid, doublings;
+  Context ctx;
+};
+
+// Releases the GIL for the loop when the caller holds it (the op may be called with or without it).
+struct GilRelease {
+  PyThreadState* state = nullptr;
+  GilRelease() {
+    if (Py_IsInitialized() && PyGILState_Check()) state = PyEval_SaveThread();
+  }
+  ~GilRelease() {
+    if (state) PyEval_RestoreThread(state);
+  }
+};
+
+const float* ptr(const at::Tensor& t) { return t.numel() ? t.const_data_ptr<float>() : nullptr; }
+
+at::Tensor buffer(int64_t rows, int64_t cols) { return at::empty({rows, cols}, at::TensorOptions().dtype(at::kFloat)); }
+
+struct Sampler {
+  const Config& cfg;
+  const std::vector<at::Tensor>& w;
+  int64_t batch, rows_batch, m;  // samples, rows of the network (2x under guidance), token rows
+  int64_t per_block;
+
+  const at::Tensor& block(int64_t i, int64_t j) const { return w[kCommon + i * per_block + j]; }
+
+  // c = t_mlp(features(t)) + d_table[level] + y_table[y] for every row; returns silu(c), the adaLN input
+  at::Tensor condition(double t, const int64_t* y) const {
+    const int64_t h = cfg.hidden, half = w[0].numel(), fdim = w[1].size(1);
+    std::vector<float> feat(fdim, 0.0f);
+    const float s = static_cast<float>(t) * 1000.0f;  // as the reference: t in fp32, then stretched in fp32
+    for (int64_t j = 0; j < half; ++j) {
+      const float arg = s * w[0].const_data_ptr<float>()[j];
+      feat[j] = std::cos(arg);
+      feat[half + j] = std::sin(arg);
+    }
+    std::vector<float> hid(h), base(h);
+    linear(cfg.ctx, feat.data(), 1, w[1], {Epi::kBiasSilu, ptr(w[2])}, hid.data(), nullptr);
+    linear(cfg.ctx, hid.data(), 1, w[3], {Epi::kBias, ptr(w[4])}, base.data(), nullptr);
+    return conditioned_rows(base, y);
+  }
+
+  at::Tensor conditioned_rows(const std::vector<float>& base, const int64_t* y) const {
+    const int64_t h = cfg.hidden;
+    const int64_t level = cfg.doublings - std::llround(std::log2(static_cast<double>(steps)));
+    const float* d_row = ptr(w[5]) + level * h;
+    const float* y_table = ptr(w[6]);
+    at::Tensor sc = buffer(rows_batch, h);
+    float* out = sc.data_ptr<float>();
+    for (int64_t b = 0; b < rows_batch; ++b) {
+      const float* y_row = y_table ? y_table + y[b] * h : nullptr;
+      for (int64_t i = 0; i < h; ++i) {
+        float c = base[i] + d_row[i];
+        if (y_row) c += y_row[i];
+        out[b * h + i] = c / (1.0f + std::exp(-c));
+      }
+    }
+    return sc;
+  }
+
+  // one velocity evaluation of every row: x (B, ...) -> v (rows, out_features) in token order
+  at::Tensor velocity(const float* x, const at::Tensor& sc) const {
+    const int64_t h = cfg.hidden;
+    at::Tensor hs = buffer(m, h), ln = buffer(m, h), scratch = buffer(m, h);
+    float* hp = hs.data_ptr<float>();
+    if (cfg.dit) {
+      const int64_t width = w[7].size(1);
+      at::Tensor patches = buffer(m, width);
+      patchify(x, batch, rows_batch, cfg.in_channels, cfg.patch, cfg.grid, patches.data_ptr<float>());
+      Epilogue e{Epi::kBiasTable, ptr(w[8]), ptr(w[9])};
+      e.gate_ld = h;
+      e.tokens = cfg.tokens;
+      linear(cfg.ctx, patches.data_ptr<float>(), m, w[7], e, hp, nullptr);
+    } else {
+      at::Tensor rows = buffer(m, cfg.in_channels);
+      for (int64_t b = 0; b < rows_batch; ++b)
+        std::copy(x + (b % batch) * cfg.in_channels, x + (b % batch + 1) * cfg.in_channels,
+                  rows.data_ptr<float>() + b * cfg.in_channels);
+      linear(cfg.ctx, rows.data_ptr<float>(), m, w[7], {Epi::kBias, ptr(w[8])}, hp, nullptr);
+    }
+    const int64_t chunks = cfg.dit ? 6 : 3;
+    at::Tensor mod = buffer(rows_batch, chunks * h);
+    const float* mp = mod.data_ptr<float>();
+    const int64_t ld = chunks * h;
+    for (int64_t i = 0; i < cfg.depth; ++i) {
+      linear(cfg.ctx, sc.data_ptr<float>(), rows_batch, block(i, 0), {Epi::kBias, ptr(block(i, 1))},
+             mod.data_ptr<float>(), nullptr);
+      int64_t j = 2;
+      if (cfg.dit) {
+        modulate_layernorm(hp, m, h, mp, mp + h, ld, cfg.tokens, ln.data_ptr<float>());
+        at::Tensor qkv = buffer(m, 3 * h), att = buffer(m, h);
+        linear(cfg.ctx, ln.data_ptr<float>(), m, block(i, 2), {Epi::kBias, ptr(block(i, 3))}, qkv.data_ptr<float>(),
+               nullptr);
+        attention(qkv.data_ptr<float>(), rows_batch, cfg.tokens, cfg.heads, h / cfg.heads, att.data_ptr<float>());
+        linear(cfg.ctx, att.data_ptr<float>(), m, block(i, 4), gated(block(i, 5), mp + 2 * h, ld), hp,
+               scratch.data_ptr<float>());
+        j = 6;
+      }
+      const int64_t off = cfg.dit ? 3 * h : 0;  // the MLP half of the modulation
+      modulate_layernorm(hp, m, h, mp + off, mp + off + h, ld, cfg.tokens, ln.data_ptr<float>());
+      at::Tensor f = buffer(m, block(i, j).size(0));
+      linear(cfg.ctx, ln.data_ptr<float>(), m, block(i, j), {Epi::kBiasGelu, ptr(block(i, j + 1))},
+             f.data_ptr<float>(), nullptr);
+      linear(cfg.ctx, f.data_ptr<float>(), m, block(i, j + 2), gated(block(i, j + 3), mp + off + 2 * h, ld), hp,
+             scratch.data_ptr<float>());
+    }
+    at::Tensor fmod = buffer(rows_batch, 2 * h);
+    linear(cfg.ctx, sc.data_ptr<float>(), rows_batch, w[10], {Epi::kBias, ptr(w[11])}, fmod.data_ptr<float>(),
+           nullptr);
+    modulate_layernorm(hp, m, h, fmod.data_ptr<float>(), fmod.data_ptr<float>() + h, 2 * h, cfg.tokens,
+                       ln.data_ptr<float>());
+    at::Tensor v = buffer(m, w[12].size(0));
+    linear(cfg.ctx, ln.data_ptr<float>(), m, w[12], {Epi::kBias, ptr(w[13])}, v.data_ptr<float>(), nullptr);
+    return v;
+  }
+
+  Epilogue gated(const at::Tensor& bias, const float* gate, int64_t ld) const {
+    Epilogue e{Epi::kGatedResidual, ptr(bias)};
+    e.gate = gate;
+    e.gate_ld = ld;
+    e.tokens = cfg.tokens;
+    return e;
+  }
+
+  // x += d * v, v guided as v_null + s (v_cond - v_null) when s is given; v rows in token order
+  void euler(float* x, const float* v, float d, std::optional<float> s) const {
+    const int64_t p = cfg.patch, c = cfg.in_channels, g = cfg.grid, side = g * p;
+    const int64_t width = v_width(), half = batch * cfg.tokens * width;
+    at::parallel_for(0, batch * cfg.tokens, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / cfg.tokens, tok = i % cfg.tokens, gy = tok / g, gx = tok % g;
+        for (int64_t j = 0; j < width; ++j) {
+          float vel = v[i * width + j];
+          if (s) {
+            const float vn = v[half + i * width + j];
+            vel = vn + *s * (vel - vn);
+          }
+          // token columns are (py, px, c), as the model's unpatchify reads them
+          const int64_t idx = cfg.dit ? ((b * c + j % c) * side + gy * p + (j / c) / p) * side + gx * p + (j / c) % p
+                                      : b * width + j;
+          x[idx] = x[idx] + d * vel;
+        }
+      }
+    });
+  }
+
+  int64_t v_width() const { return w[12].size(0); }
+  int64_t steps = 1;
+};
+
+at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> config, const at::Tensor& x,
+                         const std::optional<at::Tensor>& y, std::optional<double> cfg_scale, int64_t steps) {
+  TORCH_CHECK(config.size() == 11, "engine_sample: config must hold 11 ints, got ", config.size());
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "engine_sample: x must be an fp32 CPU tensor");
+  TORCH_CHECK(steps >= 1 && (steps & (steps - 1)) == 0, "engine_sample: steps must be a power of two");
+  for (const auto& t : weights)
+    TORCH_CHECK(t.numel() == 0 || (t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu()),
+                "engine_sample: every weight must be a contiguous fp32 CPU tensor");
+  const Isa isa = static_cast<Isa>(config[9]);
+  TORCH_CHECK(isa_supported(isa), "engine_sample: this CPU or build cannot run ISA ", config[9]);
+  Config cfg{config[0] == 0, config[1], config[2], config[3], config[4], config[5], config[6], config[7], config[8],
+             Context{kernels_for(isa), config[10]}};
+  const int64_t per_block = cfg.dit ? 10 : 6;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block,
+              "engine_sample: expected ", kCommon + cfg.depth * per_block, " weights, got ", weights.size());
+  const bool guided = cfg_scale.has_value();
+  const int64_t batch = x.size(0), rows_batch = guided ? 2 * batch : batch;
+  at::Tensor out = x.contiguous().clone();
+  std::vector<int64_t> labels;
+  if (weights[6].numel()) {
+    const int64_t null_class = weights[6].size(0) - 1;
+    TORCH_CHECK(y.has_value() || !guided, "engine_sample: guidance needs labels");
+    at::Tensor yl = y.has_value() ? y->to(at::kLong).contiguous() : at::full({batch}, null_class, at::kLong);
+    labels.assign(yl.const_data_ptr<int64_t>(), yl.const_data_ptr<int64_t>() + batch);
+    if (guided) labels.resize(rows_batch, null_class);
+  }
+  GilRelease release;
+  Sampler sampler{cfg, weights, batch, rows_batch, rows_batch * cfg.tokens, per_block};
+  sampler.steps = steps;
+  const float d = 1.0f / static_cast<float>(steps);
+  const std::optional<float> s = guided ? std::optional<float>(static_cast<float>(*cfg_scale)) : std::nullopt;
+  float* xp = out.data_ptr<float>();
+  for (int64_t i = 0; i < steps; ++i) {
+    at::Tensor sc = sampler.condition(static_cast<double>(i) / static_cast<double>(steps), labels.data());
+    at::Tensor v = sampler.velocity(xp, sc);
+    sampler.euler(xp, v.const_data_ptr<float>(), d, s);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(shortcut_fast, m) {
+  m.def("engine_sample(Tensor[] weights, int[] config, Tensor x, Tensor? y, float? cfg_scale, int steps) -> Tensor");
+  m.def("engine_isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(static_cast<Isa>(isa)); });
+  m.def("engine_resolve_isa(int isa) -> int",
+        [](int64_t isa) { return static_cast<int64_t>(resolve_isa(static_cast<Isa>(isa))); });
+  m.impl("engine_sample", c10::DispatchKey::CPU, TORCH_FN(engine_sample));
+}
+
+}  // namespace shortcut_fast::engine

@@ -1,0 +1,204 @@
+"""The C++ inference engine: the whole N-step sampling loop of the package's models in one native call.
+
+``sample()`` hands a call to the engine when the model is a plain ``ShortcutDiT``
+or ``ShortcutMLP`` in fp32 on the CPU, the noise is fp32 and the native
+extension is built; the loop (every forward, the guidance and the Euler
+updates) then runs in C++ with the GIL released, its small-batch matrix
+products in hand-written AVX2/AVX-512 kernels chosen for the running CPU and
+its large ones in ATen's BLAS, each followed by a fused epilogue. Any other
+module keeps the eager loop. A call the engine does not cover (another dtype,
+hooks on the model, autocast, a progress bar, a schedule of unequal steps, a
+model with a guidance input or the official conditioning) falls back to the
+eager loop with one logged notice per reason. (Schedules of unequal steps and
+intrinsic guidance are not yet taught to the C++ loop.)
+
+The engine reads the module's own weight tensors where they live, without
+copies, so in-place updates (optimizer steps, the EMA, ``load_state_dict``)
+are seen by the next call, as with the CUDA graphs; new weight tensors
+(``model.to(...)``) change ``weights_key`` and so the tensors handed over.
+(Prepacked copies would need a change signal: ``torch.optim.AdamW(fused=True)``
+does not bump the tensors' version counters.)
+
+The switch: ``set_mode("auto" | "on" | "off")`` or ``with mode(name):``;
+``"on"`` raises ``ValueError`` where the engine cannot serve a call, ``"off"``
+never uses it. ``set_isa`` / ``use_isa`` force the kernels of one ISA
+(``"scalar"``, ``"avx2"``, ``"avx512"``; ``"auto"`` picks the best the CPU has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from .graphs import GraphCache, weights_key
+from .models import ShortcutDiT, ShortcutMLP, unwrap_model
+from .ops import backends
+from .steps import num_doublings
+
+MODES = ("auto", "on", "off")
+ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}  # the values of csrc/engine/kernels.h's Isa
+ATEN_ROWS = 64  # token rows from which a linear layer runs on ATen's BLAS instead of the small-M kernels
+
+_mode = "auto"
+_isa = "auto"
+_TENSORS = GraphCache(max_size=8)  # the weight lists handed to the engine, by weights_key
+_noticed: set[str] = set()
+log = logging.getLogger(__name__)
+
+
+def set_mode(name: str) -> None:
+    """Use the engine where it applies (``"auto"``), always (``"on"``: raise where it cannot) or never (``"off"``)."""
+    global _mode
+    if name not in MODES:
+        raise ValueError(f"engine mode must be one of {MODES}, got {name!r}")
+    _mode = name
+
+
+def get_mode() -> str:
+    """The current engine mode."""
+    return _mode
+
+
+@contextlib.contextmanager
+def mode(name: str) -> Iterator[None]:
+    """Scoped ``set_mode``."""
+    previous = _mode
+    set_mode(name)
+    try:
+        yield
+    finally:
+        set_mode(previous)
+
+
+def isa_supported(name: str) -> bool:
+    """Whether this build and this CPU run the engine's kernels for ``name`` (a key of ``ISAS``)."""
+    if name not in ISAS:
+        raise ValueError(f"ISA must be one of {sorted(ISAS)}, got {name!r}")
+    return available() and bool(torch.ops.shortcut_fast.engine_isa_supported(ISAS[name]))
+
+
+def active_isa() -> str:
+    """The ISA whose kernels the engine runs now (``"auto"`` resolved for this CPU)."""
+    if not available():
+        return "none"
+    code = torch.ops.shortcut_fast.engine_resolve_isa(ISAS[_isa])
+    return next(name for name, value in ISAS.items() if value == code)
+
+
+def set_isa(name: str) -> None:
+    """Force the engine's kernels of one ISA; ``"auto"`` picks the best this CPU supports."""
+    global _isa
+    if not isa_supported(name):
+        raise ValueError(f"this build or CPU cannot run the engine's {name!r} kernels; "
+                         f"supported: {[n for n in ISAS if isa_supported(n)]}")
+    _isa = name
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Scoped ``set_isa``."""
+    previous = _isa
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def available() -> bool:
+    """Whether the native extension with the engine is built and loaded."""
+    return backends.native_available() and hasattr(torch.ops.shortcut_fast, "engine_sample")
+
+
+def _freqs(freq_dim: int) -> torch.Tensor:
+    # the sinusoid frequencies of ops.reference.timestep_features, in the same fp32 arithmetic
+    half = freq_dim // 2
+    return torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+
+
+def _linear(layer: nn.Module) -> list[torch.Tensor]:
+    return [layer.weight.detach(), layer.bias.detach()]
+
+
+def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int]]:
+    """The module's tensors in the order of csrc/engine/engine.cpp, and its configuration ints."""
+    empty = torch.empty(0)
+    cond = base.cond
+    tensors = [_freqs(cond.freq_dim), *_linear(cond.t_mlp[0]), *_linear(cond.t_mlp[2]), cond.d_table.weight.detach(),
+               empty if cond.y_table is None else cond.y_table.weight.detach()]
+    hidden = cond.d_table.weight.shape[1]
+    if isinstance(base, ShortcutDiT):
+        conv = base.x_embedder
+        tensors += [conv.weight.detach().view(hidden, -1), conv.bias.detach(), base.pos_embed[0]]
+        heads, tokens, patch, channels, grid = (base.blocks[0].attn.num_heads if base.blocks else 1, base.grid**2,
+                                                base.patch_size, base.in_channels, base.grid)
+    else:
+        tensors += [*_linear(base.inp), empty]
+        heads, tokens, patch, channels, grid = 1, 1, 1, base.dim, 1
+    tensors += [*_linear(base.final_layer.adaLN_modulation[-1]), *_linear(base.final_layer.linear)]
+    for block in base.blocks:
+        tensors += _linear(block.adaLN_modulation[-1])
+        if isinstance(base, ShortcutDiT):
+            tensors += [*_linear(block.attn.qkv), *_linear(block.attn.proj)]
+        tensors += [*_linear(block.mlp[0]), *_linear(block.mlp[2])]
+    config = [0 if isinstance(base, ShortcutDiT) else 1, hidden, heads, len(base.blocks), tokens, patch, channels, grid,
+              num_doublings(base.min_step)]
+    return tensors, config
+
+
+def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool, schedule: tuple[float, ...]) -> str | None:
+    """Why the engine cannot serve this call, or None."""
+    if not available():
+        return "the native extension with the engine is not built"
+    if len(set(schedule)) != 1:
+        return "the engine runs schedules of equal steps only (step counts that are powers of two)"
+    if base.guidance_input:
+        return "the engine does not embed the guidance input of intrinsic guidance (guidance_input=True)"
+    if getattr(base, "conditioning", "shortcut") != "shortcut":
+        return "the engine runs the package's own conditioning, not conditioning='official'"
+    if x.device.type != "cpu":
+        return f"the engine runs on the CPU; the noise is on {x.device}"
+    if x.dtype != torch.float32 or any(p.dtype != torch.float32 for p in base.parameters()):
+        return "the engine runs fp32 models on fp32 noise"
+    if any(p.device.type != "cpu" for p in base.parameters()):
+        return "the engine needs the model's weights on the CPU"
+    if torch.is_autocast_enabled("cpu"):
+        return "CPU autocast is on"
+    if progress:
+        return "the engine shows no progress bar"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in base.modules()):
+        return "the model has forward hooks, which the engine would skip"
+    if any(not p.is_contiguous() for p in base.parameters()):
+        return "a weight is not contiguous"
+    return None
+
+
+def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: float | None,
+        schedule: tuple[float, ...], progress: bool = False) -> torch.Tensor | None:
+    """Euler steps of the validated ``schedule`` (``steps.resolve_schedule``) from the validated noise ``x``.
+
+    Runs them in the engine, or returns None where the eager loop should run.
+    """
+    base = unwrap_model(model)
+    if _mode == "off" or type(base) not in (ShortcutDiT, ShortcutMLP):
+        if _mode == "on":
+            raise ValueError(f"the engine serves ShortcutDiT and ShortcutMLP only, not {type(base).__name__}")
+        return None
+    reason = _unsupported(base, x, progress, schedule)
+    if reason is not None:
+        if _mode == "on":
+            raise ValueError(f"the engine cannot serve this call: {reason}; use engine.set_mode('auto') to fall back")
+        if reason not in _noticed:
+            _noticed.add(reason)
+            log.warning("shortcut_fast engine: %s; sampling with the eager loop instead", reason)
+        return None
+    y = None if y is None else y.long()  # validated by sample()
+    tensors, config = _TENSORS.get(weights_key(base), lambda: _pack(base))
+    config = [*config, ISAS[_isa], ATEN_ROWS]
+    # equal steps summing to 1: their count is the engine's uniform step count
+    return torch.ops.shortcut_fast.engine_sample(tensors, config, x, y, cfg_scale, len(schedule))

@@ -1,0 +1,231 @@
+"""The C++ sampling engine against the eager loop on the reference ops: values, fallbacks, weight updates, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import TinyCustomModel, perturb_
+
+import shortcut_fast as sf
+from shortcut_fast import engine, sampling
+from shortcut_fast.steps import num_doublings
+
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.skipif(not engine.available(), reason="the native extension with the engine is not built")]
+
+ISA_PATHS = [
+    "scalar",
+    pytest.param("avx2", marks=pytest.mark.skipif(not engine.isa_supported("avx2"),
+                                                  reason="this CPU has no AVX2+FMA")),
+    pytest.param("avx512", marks=pytest.mark.skipif(not engine.isa_supported("avx512"),
+                                                    reason="this CPU has no AVX-512F: its kernels are built, not run")),
+]
+
+
+def _dit(num_classes: int, patch: int = 2, channels: int = 2) -> sf.ShortcutDiT:
+    model = sf.ShortcutDiT(input_size=8, in_channels=channels, patch_size=patch, hidden_size=48, depth=2,
+                           num_heads=3, num_classes=num_classes)
+    return perturb_(model, seed=num_classes + patch, scale=0.1).eval()
+
+
+def _mlp(num_classes: int) -> sf.ShortcutMLP:
+    return perturb_(sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=num_classes), seed=5, scale=0.1).eval()
+
+
+def _noise(model, batch: int, seed: int = 0) -> torch.Tensor:
+    shape = (model.dim,) if isinstance(model, sf.ShortcutMLP) else (model.in_channels, model.input_size,
+                                                                     model.input_size)
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model, z, **kwargs) -> torch.Tensor:
+    with engine.mode("off"), sf.backend("reference"):
+        return sf.sample(model, z, **kwargs)
+
+
+def _engine(model, z, monkeypatch, **kwargs) -> torch.Tensor:
+    """The engine's result, with the eager loop made to fail so that a silent fallback cannot pass."""
+    def no_eager(*args, **kw):
+        raise AssertionError("the eager loop ran")
+
+    with monkeypatch.context() as patch, engine.mode("on"):
+        patch.setattr(sampling, "_euler_loop", no_eager)
+        return sf.sample(model, z, **kwargs)
+
+
+def _assert_matches(out, ref, z) -> None:
+    """1e-5 of the largest change the sampler made (the output minus its noise)."""
+    scale = (ref - z).abs().max().item()
+    assert scale > 1e-2  # the models move the noise: the comparison is of real velocities
+    torch.testing.assert_close(out - z, ref - z, rtol=0, atol=1e-5 * scale)
+
+
+MODELS = {"dit": lambda: _dit(10), "dit_uncond_patch4": lambda: _dit(0, patch=4, channels=1),
+          "mlp": lambda: _mlp(4), "mlp_uncond": lambda: _mlp(0)}
+
+
+@pytest.mark.parametrize("isa", ISA_PATHS)
+@pytest.mark.parametrize("aten_rows", [1, 10**9], ids=["aten_gemm", "own_gemm"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_engine_matches_reference_on_odd_batches_with_and_without_guidance(name, aten_rows, isa, monkeypatch):
+    model = MODELS[name]()
+    monkeypatch.setattr(engine, "ATEN_ROWS", aten_rows)
+    for batch, steps in [(1, 1), (3, 2), (7, 4)]:
+        z = _noise(model, batch, seed=batch)
+        labels = torch.randint(0, model.num_classes, (batch,)) if model.num_classes else None
+        guidance = [None, 1.7] if model.num_classes else [None]
+        for cfg in guidance:
+            with engine.use_isa(isa):
+                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+
+
+def test_engine_matches_reference_at_every_count_of_equal_steps(monkeypatch):
+    model = _dit(10)
+    z, labels = _noise(model, 3), torch.tensor([0, 9, 10])  # 10: the null class
+    for k in range(num_doublings(model.min_step) + 1):
+        _assert_matches(_engine(model, z, monkeypatch, steps=2**k, y=labels),
+                        _reference(model, z, steps=2**k, y=labels), z)
+    # an explicit schedule of equal steps is the same call
+    _assert_matches(_engine(model, z, monkeypatch, steps=(0.25,) * 4, y=labels),
+                    _reference(model, z, steps=4, y=labels), z)
+
+
+def test_engine_sees_an_optimizer_step_and_new_weight_tensors(monkeypatch):
+    model = _dit(10)
+    z, labels = _noise(model, 2), torch.tensor([1, 2])
+    before = _engine(model, z, monkeypatch, y=labels)  # the engine now holds this model's tensors
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    x1 = torch.randn(4, 2, 8, 8)
+    sf.train_step(model.train(), opt, x1, torch.tensor([0, 1, 2, 3]), use_graph=False)
+    model.eval()
+    after = _engine(model, z, monkeypatch, y=labels)
+    reference = _reference(model, z, y=labels)
+    assert (after - before).abs().max() > 1e-3
+    _assert_matches(after, reference, z)
+    model.double().float()  # new tensors everywhere
+    with torch.no_grad():
+        model.final_layer.linear.bias.add_(0.5)
+    _assert_matches(_engine(model, z, monkeypatch, y=labels), _reference(model, z, y=labels), z)
+
+
+def test_calls_the_engine_does_not_cover_fall_back_with_one_notice(caplog, monkeypatch):
+    model = _dit(10).double()
+    z, labels = _noise(model, 2).double(), torch.tensor([1, 2])
+    monkeypatch.setattr(engine, "_noticed", set())
+    with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
+        first = sf.sample(model, z, y=labels)
+        sf.sample(model, z, y=labels)
+    notices = [r for r in caplog.records if r.name == "shortcut_fast.engine"]
+    assert len(notices) == 1 and "fp32" in notices[0].getMessage()
+    with engine.mode("off"):
+        torch.testing.assert_close(first, sf.sample(model, z, y=labels), rtol=0, atol=0)
+    with engine.mode("on"), pytest.raises(ValueError, match="engine runs fp32 models"):
+        sf.sample(model, z, y=labels)
+
+
+def _guided_dit() -> sf.ShortcutDiT:
+    model = sf.ShortcutDiT(input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3,
+                           num_classes=10, guidance_input=True)
+    return perturb_(model, seed=7, scale=0.1).eval()
+
+
+FALLBACKS = {  # what the engine does not run yet, the sampling call and the words of its notice
+    "unequal steps": (lambda: _dit(10), dict(steps=3), "equal steps only"),
+    "explicit unequal schedule": (lambda: _dit(10), dict(steps=(0.25, 0.25, 0.5)), "equal steps only"),
+    "intrinsic guidance": (_guided_dit, dict(steps=2, cfg_scale=2.5), "guidance input"),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_schedules_and_guidance_inputs_fall_back_with_one_notice(case, caplog, monkeypatch):
+    build, kwargs, words = FALLBACKS[case]
+    model = build()
+    z, labels = _noise(model, 2), torch.tensor([1, 2])
+    monkeypatch.setattr(engine, "_noticed", set())
+    calls = []
+    eager = sampling._euler_loop
+    monkeypatch.setattr(sampling, "_euler_loop", lambda *a, **kw: calls.append(1) or eager(*a, **kw))
+    with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
+        first = sf.sample(model, z, y=labels, **kwargs)
+        sf.sample(model, z, y=labels, **kwargs)
+    notices = [r for r in caplog.records if r.name == "shortcut_fast.engine"]
+    assert len(notices) == 1 and words in notices[0].getMessage()
+    assert len(calls) == 2  # both calls ran the eager loop
+    with engine.mode("off"):
+        torch.testing.assert_close(first, sf.sample(model, z, y=labels, **kwargs), rtol=0, atol=0)
+    with engine.mode("on"), pytest.raises(ValueError, match=words):
+        sf.sample(model, z, y=labels, **kwargs)
+
+
+def test_other_modules_keep_the_eager_loop_quietly(caplog):
+    model = TinyCustomModel(dim=3, hidden=32, num_classes=4, seed=3).eval()
+    z = torch.randn(2, 3)
+    with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
+        out = sf.sample(model, z, steps=2)
+    assert not [r for r in caplog.records if r.name == "shortcut_fast.engine"]
+    with engine.mode("off"):
+        torch.testing.assert_close(out, sf.sample(model, z, steps=2), rtol=0, atol=0)
+    with engine.mode("on"), pytest.raises(ValueError, match="ShortcutDiT and ShortcutMLP only"):
+        sf.sample(model, z, steps=2)
+
+
+def _bad_calls(model):
+    z = _noise(model, 2)
+    return {
+        "schedule not summing to 1": dict(noise=z, steps=(0.5, 0.25)),
+        "steps too many": dict(noise=z, steps=256),
+        "label out of range": dict(noise=z, y=torch.tensor([0, 11])),
+        "negative label": dict(noise=z, y=torch.tensor([-1, 0])),
+        "float labels": dict(noise=z, y=torch.tensor([0.0, 1.0])),
+        "labels of the wrong batch": dict(noise=z, y=torch.tensor([0, 1, 2])),
+        "labels not a tensor": dict(noise=z, y=[0, 1]),
+        "guidance without labels": dict(noise=z, cfg_scale=2.0),
+        "infinite guidance": dict(noise=z, y=torch.tensor([0, 1]), cfg_scale=float("inf")),
+        "NaN noise": dict(noise=torch.full_like(z, float("nan"))),
+        "noise of the wrong shape": dict(noise=torch.randn(2, 2, 4, 4)),
+        "integer noise": dict(noise=torch.zeros(2, 2, 8, 8, dtype=torch.long)),
+        "noise and shape": dict(noise=z, shape=(2, 2, 8, 8)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls(_dit(10))))
+def test_bad_input_raises_the_same_error_on_both_paths(case):
+    model = _dit(10)
+    kwargs = _bad_calls(model)[case]
+    errors = []
+    for name in ("off", "on"):
+        with engine.mode(name), pytest.raises((ValueError, TypeError)) as err:
+            sf.sample(model, **kwargs)
+        errors.append((type(err.value), str(err.value)))
+    assert errors[0] == errors[1]
+
+
+def test_switches_reject_unknown_names():
+    with pytest.raises(ValueError, match="engine mode must be one of"):
+        engine.set_mode("fast")
+    with pytest.raises(ValueError, match="ISA must be one of"):
+        engine.set_isa("sse9")
+    assert engine.isa_supported("scalar") and engine.active_isa() in engine.ISAS
+
+
+def test_unsupported_isa_is_refused_with_what_is_supported():
+    missing = [name for name in ("avx2", "avx512") if not engine.isa_supported(name)]
+    if not missing:
+        pytest.skip("this CPU runs every ISA path")
+    with pytest.raises(ValueError, match="supported: "):
+        engine.set_isa(missing[0])
+
+
+def test_plain_modules_are_not_mistaken_for_the_package_models():
+    class Sub(sf.ShortcutMLP):  # a subclass may change the forward: the engine leaves it alone
+        def _velocity(self, x, t, level, y, w):
+            return super()._velocity(x, t, level, y, w) * 0 + 1
+
+    model = Sub(dim=3, hidden_size=8, depth=1).eval()
+    z = torch.zeros(2, 3)
+    torch.testing.assert_close(sf.sample(model, z), torch.ones(2, 3))
+    assert isinstance(model, nn.Module)
