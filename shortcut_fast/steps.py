@@ -82,13 +82,13 @@ def step_schedule(steps: int, min_step: float = DEFAULT_MIN_STEP, order: str = "
 def check_schedule(schedule: Sequence[float], min_step: float = DEFAULT_MIN_STEP) -> tuple[float, ...]:
     """Validate an explicit schedule: step sizes of the model (powers of two in ``[min_step, 1]``) summing to 1."""
     if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
-        raise TypeError(f"a schedule must be a non-empty sequence of step sizes, got {schedule!r}")
+        raise TypeError(f"steps must be an int or a schedule, a non-empty sequence of step sizes; got {schedule!r}")
     sizes = step_sizes(min_step)
     if not all(is_number(d) and d in sizes for d in schedule):
-        raise ValueError(f"every step of a schedule must be a step size of the model, one of {sizes}; got {schedule!r}")
+        raise ValueError(f"every one of steps={schedule!r} must be a step size of the model, one of {sizes}")
     # sums of powers of two >= 2**-20 are exact in float64, so the test is exact
     if math.fsum(schedule) != 1.0:
-        raise ValueError(f"the steps of a schedule must sum to 1, got {math.fsum(schedule)} for {schedule!r}")
+        raise ValueError(f"the step sizes of steps={schedule!r} must sum to 1, got {math.fsum(schedule)}")
     return tuple(float(d) for d in schedule)
 
 

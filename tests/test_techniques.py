@@ -411,6 +411,7 @@ def _twin_trainer(**kw):
     return sf.Trainer(model, (x, y), config), (x, y)
 
 
+@pytest.mark.slow
 def test_twin_ema_follows_both_decays_and_feeds_the_targets(monkeypatch):
     import shortcut_fast.train.trainer as trainer_module
 
