@@ -106,6 +106,17 @@ def check_mlp_ratio(mlp_ratio, hidden_size: int) -> int:
     return int(hidden_size * mlp_ratio)
 
 
+def check_guidance_input(guidance_input, num_classes: int, conditioning: str = "shortcut") -> None:
+    """``guidance_input`` (intrinsic guidance): a bool; True needs a class-conditional model of the own conditioning."""
+    check_bool("guidance_input", guidance_input)
+    if guidance_input and num_classes == 0:
+        raise ValueError("guidance_input=True needs a class-conditional model (num_classes > 0): "
+                         "guidance steers towards a label")
+    if guidance_input and conditioning != "shortcut":
+        raise ValueError(f"guidance_input=True is available with conditioning='shortcut' only (the published "
+                         f"checkpoints have no guidance input), got conditioning={conditioning!r}")
+
+
 def check_generator(generator, device: torch.device | None = None, what: str = "the model") -> None:
     """``generator``: None or a ``torch.Generator`` (on the device type of ``device`` when given)."""
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -154,6 +165,16 @@ def check_labels(y, num_classes: int, batch: int, device: torch.device, x_name: 
     return y
 
 
+def check_guidance_scales(w, guidance_input: bool, batch: int, device: torch.device) -> torch.Tensor | None:
+    """A model's guidance input ``w``: None, or (``guidance_input`` models only) a number or (B,) float tensor."""
+    if w is None:
+        return None
+    if not guidance_input:
+        raise ValueError("this model has no guidance input (guidance_input=False) but w was given; "
+                         "pass w=None, or guide with two forwards (sample(..., cfg_scale=...))")
+    return as_batch_vector("w", w, batch, device)
+
+
 def check_velocity(v, shape) -> torch.Tensor:
     """A model's output, which the contract makes a float tensor of the input's shape."""
     if not isinstance(v, torch.Tensor) or not v.is_floating_point() or tuple(v.shape) != tuple(shape):
@@ -188,6 +209,14 @@ def step_sizes_of(d: torch.Tensor, min_step: float) -> Condition:
     return ok.all(), lambda: ValueError(
         f"d must hold step sizes of the model, powers of two in [{min_step}, 1] "
         f"(the flow level is d = {min_step}, not 0); got {d64[~ok].flatten()[:4].tolist()}")
+
+
+def guidance_scales_valid(w: torch.Tensor | None) -> list[Condition]:
+    """Every guidance scale finite and >= 0; nothing to check for ``None``."""
+    if w is None:
+        return []
+    return [(torch.isfinite(w).all() & (w >= 0).all(), lambda: ValueError(
+        f"guidance scales w must be finite and >= 0; got values from {w.min().item()} to {w.max().item()}"))]
 
 
 def labels_in_range(y: torch.Tensor | None, num_classes: int) -> list[Condition]:

@@ -377,12 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     smp = sub.add_parser("sample", help="sample a saved model into a .png grid or a .npy array")
     smp.add_argument("--model", required=True, help="a directory written by save_model, train or demo")
-    smp.add_argument("--steps", type=int, default=1, help="sampling steps, a power of two (default 1)")
+    smp.add_argument("--steps", type=int, default=1,
+                     help="sampling steps, any int from 1 to 1/min_step: trained step sizes summing to 1, "
+                     "large steps first (default 1)")
     smp.add_argument("--out", required=True,
                      help="grid.png (image models), samples.npy, or a folder: one PNG per sample")
     smp.add_argument("--n", type=int, default=8, help="samples per class (or in all, unconditional)")
     smp.add_argument("--label", type=int, help="sample only this class")
-    smp.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale")
+    smp.add_argument("--cfg-scale", type=float,
+                     help="classifier-free guidance scale; for a model trained with intrinsic guidance "
+                     "(guidance_input) the scale is its input: one forward per step")
     smp.add_argument("--weights", choices=["auto", "ema", "live"], default="auto",
                      help="EMA or live weights of a trainer checkpoint (default: EMA when present)")
     smp.add_argument("--vae", help="a latent model: decode the samples with this local AutoencoderKL folder")

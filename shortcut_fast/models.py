@@ -26,6 +26,7 @@ import torch.nn as nn
 from . import checks, ops
 from .ops.reference import T_SCALE
 from .steps import DEFAULT_MIN_STEP, level_index, num_doublings, step_sizes
+from .techniques.guidance import GuidanceEmbedder, guidance_parameters
 
 MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, DiT-XL/2, has 0.68e9
 MAX_DEPTH = 1024  # blocks per model
@@ -44,16 +45,17 @@ def _check_parameter_count(count: int, settings: dict) -> None:
                          f"MAX_PARAMETERS={MAX_PARAMETERS:.3g}; lower the sizes")
 
 
-def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int) -> int:
+def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int, guidance_input: bool = False) -> int:
     """Weights of ``ConditionEmbedder``."""
     h = hidden_size
-    return FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
+    return (FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
+            + (guidance_parameters(h) if guidance_input else 0))
 
 
 class ShortcutModule(nn.Module):
     """Base of the package's models: argument checks and the conditioning contract.
 
-    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, level, y)`` where
+    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, level, y, w)`` where
     ``level`` holds step-size level indices and ``y`` class indices (the null
     class, ``num_classes``, for unlabelled rows) or ``None``.
     """
@@ -61,43 +63,46 @@ class ShortcutModule(nn.Module):
     num_classes: int
     min_step: float
     config: dict
+    guidance_input: bool = False  # takes the guidance scale w as an input (intrinsic guidance)
 
     @property
     def step_sizes(self) -> list[float]:
         """The step sizes this model was built for, smallest first."""
         return step_sizes(self.min_step)
 
-    def forward(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
         """Velocity at ``(x, t)`` for a step of size ``d``: a tensor of the shape of ``x``.
 
         ``t`` in [0, 1] and ``d`` (one of ``step_sizes``) are floats or (B,) tensors;
         ``y`` holds class indices in ``[0, num_classes]`` (``num_classes`` = no label)
-        for a class-conditional model; ``None`` means unlabelled. ``x`` is not scanned
+        for a class-conditional model; ``None`` means unlabelled. ``w``, a float or (B,)
+        tensor of guidance scales >= 0, is the guidance input of a model built with
+        ``guidance_input=True`` (``None``: ``w = 1``, no guidance). ``x`` is not scanned
         for NaN/inf: rows are independent, so a non-finite row of ``x`` gives a
         non-finite row of the output and leaves the others as they are.
 
         Types, shapes, dtypes and devices are always checked (metadata, free).
-        The values of ``t``, ``d`` and ``y`` are checked too (``check_inputs``, one
-        host read), except where the caller validated or built them itself: inside
-        ``sample``, ``shortcut_loss`` and the trainer (``checks.trusted_inputs``),
+        The values of ``t``, ``d``, ``y`` and ``w`` are checked too (``check_inputs``,
+        one host read), except where the caller validated or built them itself:
+        inside ``sample``, ``shortcut_loss`` and the trainer (``checks.trusted_inputs``),
         and while ``torch.compile`` traces or a CUDA graph is captured.
         """
-        t, d, y = self._inputs(x, t, d, y)
+        t, d, y, w = self._inputs(x, t, d, y, w)
         if not checks.values_checked_upstream(x):
-            checks.require(*self._value_conditions(t, d, y))
-        return self._velocity(x, t, level_index(d, self.min_step), self._label_rows(y, x))
+            checks.require(*self._value_conditions(t, d, y, w))
+        return self._velocity(x, t, level_index(d, self.min_step), self._label_rows(y, x), self._guidance_rows(w, x))
 
-    def check_inputs(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None) -> None:
-        """Raise ``TypeError``/``ValueError`` when ``forward(x, t, d, y)`` would refuse these inputs.
+    def check_inputs(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> None:
+        """Raise ``TypeError``/``ValueError`` when ``forward(x, t, d, y, w)`` would refuse these inputs.
 
         Runs every check of ``forward`` (the value checks as one host read), so a
         loop of one's own can validate once and then call the model inside
         ``checks.trusted_inputs()`` without reading values back each step.
         """
-        checks.require(*self._value_conditions(*self._inputs(x, t, d, y)))
+        checks.require(*self._value_conditions(*self._inputs(x, t, d, y, w)))
 
-    def _inputs(self, x, t, d, y):
-        """The metadata checks of ``forward``; ``t`` and ``d`` as float (B,) tensors on the device of ``x``."""
+    def _inputs(self, x, t, d, y, w):
+        """The metadata checks of ``forward``; ``t``, ``d`` (and ``w``) as float (B,) tensors on the device of ``x``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -112,11 +117,18 @@ class ShortcutModule(nn.Module):
         batch = x.shape[0]
         t = checks.as_batch_vector("t", t, batch, x.device)
         d = checks.as_batch_vector("d", d, batch, x.device)
-        return t, d, checks.check_labels(y, self.num_classes, batch, x.device)
+        w = checks.check_guidance_scales(w, self.guidance_input, batch, x.device)
+        return t, d, checks.check_labels(y, self.num_classes, batch, x.device), w
 
-    def _value_conditions(self, t, d, y) -> list[checks.Condition]:
+    def _value_conditions(self, t, d, y, w) -> list[checks.Condition]:
         return [checks.in_unit_interval("t", t), checks.step_sizes_of(d, self.min_step),
-                *checks.labels_in_range(y, self.num_classes)]
+                *checks.labels_in_range(y, self.num_classes), *checks.guidance_scales_valid(w)]
+
+    def _guidance_rows(self, w, x) -> torch.Tensor | None:
+        """Checked guidance scales; ``w = 1`` (no guidance) for every row when a guided model gets ``None``."""
+        if w is None and self.guidance_input:
+            return torch.ones(x.shape[0], device=x.device)
+        return w
 
     def _label_rows(self, y, x) -> torch.Tensor | None:
         """Checked labels as int64; the null class for every row when a conditional model gets ``None``."""
@@ -143,7 +155,7 @@ class ShortcutModule(nn.Module):
     def _check_x(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _velocity(self, x, t, level, y) -> torch.Tensor:
+    def _velocity(self, x, t, level, y, w) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -152,18 +164,24 @@ class ShortcutModule(nn.Module):
 #################################################################################
 
 class ConditionEmbedder(nn.Module):
-    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y]``: (B,) inputs -> (B, hidden)."""
+    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y] (+ MLP_w(sinusoid(w)))``: (B,) inputs -> (B, hidden)."""
 
-    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM):
+    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM,
+                 guidance_input: bool = False):
         super().__init__()
+        # intrinsic guidance (techniques.guidance): the embedding of w, zero at initialisation
+        self.w_embed = GuidanceEmbedder(hidden_size) if guidance_input else None
         self.freq_dim = freq_dim
         self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.d_table = nn.Embedding(num_levels, hidden_size)
         # one extra row: the null class used by class dropout and guidance
         self.y_table = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
 
-    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None,
+                w: torch.Tensor | None = None) -> torch.Tensor:
         c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))
+        if self.w_embed is not None:
+            c = c + self.w_embed(w)
         y_table = None if self.y_table is None else self.y_table.weight
         return ops.condition_sum(c, level, self.d_table.weight, y, y_table)
 
@@ -174,6 +192,8 @@ class ConditionEmbedder(nn.Module):
         nn.init.normal_(self.d_table.weight, std=0.02)
         if self.y_table is not None:
             nn.init.normal_(self.y_table.weight, std=0.02)
+        if self.w_embed is not None:
+            self.w_embed.initialize()
 
 
 class OfficialConditionEmbedder(nn.Module):
@@ -318,6 +338,7 @@ class ShortcutDiT(ShortcutModule):
         num_classes: int = 1000,
         min_step: float = DEFAULT_MIN_STEP,
         conditioning: str = "shortcut",
+        guidance_input: bool = False,
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -332,13 +353,14 @@ class ShortcutDiT(ShortcutModule):
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
         mlp_hidden = checks.check_mlp_ratio(mlp_ratio, hidden_size)
+        checks.check_guidance_input(guidance_input, num_classes, conditioning)
         num_levels = num_doublings(min_step) + 1
         h, out = hidden_size, patch_size * patch_size * in_channels
         per_block = (4 * h * h + 4 * h) + (2 * h * mlp_hidden + mlp_hidden + h) + (6 * h * h + 6 * h)  # attn/mlp/adaLN
         if conditioning == "official":  # a second t-MLP (for log2(1/d)) instead of the step-size table
             cond_count = _condition_parameters(h, 0, num_classes) + FREQ_DIM * h + h * h + 2 * h
         else:
-            cond_count = _condition_parameters(h, num_levels, num_classes)
+            cond_count = _condition_parameters(h, num_levels, num_classes, guidance_input)
         count = (cond_count + depth * per_block
                  + (2 * h * h + 2 * h + h * out + out)  # final layer
                  + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
@@ -350,7 +372,9 @@ class ShortcutDiT(ShortcutModule):
                            num_classes=num_classes, min_step=min_step)
         if conditioning != "shortcut":  # only then, so configs saved before the option stay as they were
             self.config["conditioning"] = conditioning
-        self.conditioning = conditioning
+        if guidance_input:  # likewise
+            self.config["guidance_input"] = True
+        self.conditioning, self.guidance_input = conditioning, guidance_input
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.min_step = num_classes, min_step
         self.grid = input_size // patch_size
@@ -359,8 +383,10 @@ class ShortcutDiT(ShortcutModule):
         # fixed, so not saved: initialize_weights and every load_state_dict fill it (see _fill_pos_embed)
         self.register_buffer("pos_embed", torch.empty(1, self.grid ** 2, hidden_size), persistent=False)
         self.register_load_state_dict_post_hook(ShortcutDiT._fill_pos_embed)
-        embedder = OfficialConditionEmbedder if conditioning == "official" else ConditionEmbedder
-        self.cond = embedder(hidden_size, num_levels, num_classes)
+        if conditioning == "official":
+            self.cond = OfficialConditionEmbedder(hidden_size, num_levels, num_classes)
+        else:
+            self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes, guidance_input=guidance_input)
         q_scale = (hidden_size // num_heads) ** -0.5 if conditioning == "official" else 1.0
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, q_scale) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
@@ -405,9 +431,10 @@ class ShortcutDiT(ShortcutModule):
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
 
-    def _velocity(self, x, t, level, y):
+    def _velocity(self, x, t, level, y, w):
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
-        c = self.cond(t, level, y)  # (B, C)
+        # w is None unless guidance_input, which the official conditioning refuses at construction
+        c = self.cond(t, level, y) if w is None else self.cond(t, level, y, w)  # (B, C)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C_in, H, W)
@@ -442,18 +469,24 @@ class ShortcutMLP(ShortcutModule):
     """A residual MLP velocity network on vectors (B, dim): 2D toys, tabular data, policies."""
 
     def __init__(self, dim: int = 2, hidden_size: int = 256, depth: int = 4, num_classes: int = 0,
-                 min_step: float = DEFAULT_MIN_STEP):
+                 min_step: float = DEFAULT_MIN_STEP, guidance_input: bool = False):
         super().__init__()
         checks.check_sizes(MAX_DEPTH, dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
+        checks.check_guidance_input(guidance_input, num_classes)
         h = hidden_size
-        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes) + (dim * h + h)  # input
+        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
+                 + (dim * h + h)  # input
                  + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
                  + (2 * h * h + 2 * h + h * dim + dim))  # final layer
         _check_parameter_count(count, dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes))
         self.config = dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes, min_step=min_step)
+        if guidance_input:  # only when set, so that the saved configs of other models stay as they were
+            self.config["guidance_input"] = True
+        self.guidance_input = guidance_input
         self.dim, self.num_classes, self.min_step = dim, num_classes, min_step
         self.inp = nn.Linear(dim, hidden_size)
-        self.cond = ConditionEmbedder(hidden_size, num_doublings(min_step) + 1, num_classes)
+        self.cond = ConditionEmbedder(hidden_size, num_doublings(min_step) + 1, num_classes,
+                                      guidance_input=guidance_input)
         self.blocks = nn.ModuleList([MLPBlock(hidden_size) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, dim)
         self.initialize_weights()
@@ -466,8 +499,8 @@ class ShortcutMLP(ShortcutModule):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
-    def _velocity(self, x, t, level, y):
-        c = self.cond(t, level, y)  # (B, C)
+    def _velocity(self, x, t, level, y, w):
+        c = self.cond(t, level, y, w)  # (B, C)
         h = self.inp(x)  # (B, C)
         for block in self.blocks:
             h = block(h, c)

@@ -12,6 +12,11 @@ half steps of the target model (the EMA weights by default)::
 
 Rows ``[0, n_boot)`` of the batch are the self-consistency part, the rest the
 flow part. ``objective="flow"`` is plain flow matching through the same code.
+
+Three techniques of iSM (arXiv 2510.21250) are options here, off by default:
+``intrinsic_guidance`` (``techniques.guidance``), ``wavelet_levels``
+(``techniques.wavelet``) and ``ot_pairing`` (``techniques.pairing``); the fourth,
+twin EMA, is ``TrainConfig.target_ema_decay``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from .checks import check_velocity
 from .models import unwrap_model
 from .ops import reference as SF
 from .steps import DEFAULT_MIN_STEP, num_doublings
+from .techniques.guidance import draw_guidance_scales, guided_flow_target
+from .techniques.pairing import ot_pair
+from .techniques.wavelet import check_wavelet_levels, wavelet_loss
 
 OBJECTIVES = ("shortcut", "flow")
 
@@ -42,6 +50,11 @@ class ShortcutConfig:
     class_dropout: float = 0.1  # probability of the null label on the flow part
     bootstrap_cfg_scale: float | None = None  # guided targets at the smallest bootstrap level; None = off
     objective: str = "shortcut"  # "shortcut" or "flow" (plain flow matching baseline)
+    # iSM Sec. 3.1: (low, high) range of the guidance scale w drawn per labelled row; the model takes w as an input
+    intrinsic_guidance: tuple[float, float] | None = None
+    wavelet_levels: int = 0  # iSM Sec. 3.2: Haar levels of the wavelet loss on image batches; 0 = the plain L2
+    wavelet_weights: tuple[float, ...] | None = None  # wavelet_levels + 1 band weights (details per level, then LL)
+    ot_pairing: bool = False  # iSM Sec. 3.3: pair noise and data rows by minibatch optimal transport (per rank)
 
     def __post_init__(self):
         num_doublings(self.min_step)
@@ -56,6 +69,37 @@ class ShortcutConfig:
             checks.check_number("bootstrap_cfg_scale", self.bootstrap_cfg_scale, 0.0, math.inf, high_open=True)
         if self.objective == "shortcut" and num_doublings(self.min_step) == 0:
             raise ValueError("the shortcut objective needs min_step < 1 (at least two step levels)")
+        self._check_techniques()
+
+    def _check_techniques(self) -> None:
+        checks.check_bool("ot_pairing", self.ot_pairing)
+        if self.intrinsic_guidance is not None:
+            if not isinstance(self.intrinsic_guidance, (tuple, list)) or len(self.intrinsic_guidance) != 2:
+                raise ValueError(f"intrinsic_guidance must be a pair (low, high) of guidance scales or None, "
+                                 f"got {self.intrinsic_guidance!r}")
+            self.intrinsic_guidance = tuple(self.intrinsic_guidance)
+            for value in self.intrinsic_guidance:
+                checks.check_number("intrinsic_guidance", value, 0.0, math.inf, high_open=True)
+            if self.intrinsic_guidance[0] > self.intrinsic_guidance[1]:
+                raise ValueError(f"intrinsic_guidance must be (low, high) with low <= high, "
+                                 f"got {self.intrinsic_guidance}")
+            if self.bootstrap_cfg_scale is not None:
+                raise ValueError("intrinsic_guidance and bootstrap_cfg_scale exclude each other: with intrinsic "
+                                 "guidance the self-consistency targets are guided by the w input; set one of them")
+        if not checks.is_int(self.wavelet_levels) or not 0 <= self.wavelet_levels <= 10:
+            raise ValueError(f"wavelet_levels must be an int in [0, 10] (0 = plain L2), got {self.wavelet_levels!r}")
+        if self.wavelet_weights is not None:
+            if self.wavelet_levels == 0:
+                raise ValueError("wavelet_weights needs wavelet_levels >= 1")
+            count = self.wavelet_levels + 1
+            if not isinstance(self.wavelet_weights, (tuple, list)) or len(self.wavelet_weights) != count:
+                raise ValueError(f"wavelet_weights must be wavelet_levels + 1 = {count} numbers "
+                                 f"(detail bands of each level, then the approximation), got {self.wavelet_weights!r}")
+            self.wavelet_weights = tuple(self.wavelet_weights)
+            for value in self.wavelet_weights:
+                checks.check_number("wavelet_weights", value, 0.0, math.inf, high_open=True)
+            if not sum(self.wavelet_weights) > 0:
+                raise ValueError(f"wavelet_weights must not all be 0, got {self.wavelet_weights}")
 
     def to_dict(self) -> dict:
         """Plain JSON-able settings."""
@@ -88,6 +132,7 @@ class ShortcutBatch:
     y: torch.Tensor | None
     target: torch.Tensor
     n_boot: int
+    w: torch.Tensor | None = None  # guidance inputs (intrinsic guidance), else None
 
 
 def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0, 1)) -> tuple[ShortcutConfig, int]:
@@ -109,6 +154,12 @@ def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0,
     if x1.is_meta or (param is not None and param.device != x1.device):
         where = "the model's" if param is None else f"the model's device {param.device}"
         raise ValueError(f"x1 is on {x1.device}; it must hold values on {where}")
+    if config.wavelet_levels:
+        check_wavelet_levels(config.wavelet_levels, x1.shape)
+    if config.intrinsic_guidance is not None and y is not None and not getattr(base, "guidance_input", False):
+        raise ValueError("intrinsic_guidance needs a model that takes the guidance scale as an input: "
+                         "ShortcutDiT/ShortcutMLP(guidance_input=True), or a module with guidance_input = True "
+                         "called as model(x, t, d, y, w=w)")
     model_min_step = getattr(base, "min_step", None)
     if model_min_step is not None and model_min_step != config.min_step:
         raise ValueError(f"config.min_step={config.min_step} differs from the model's min_step={model_min_step}")
@@ -124,10 +175,17 @@ def loss_value_conditions(x1: torch.Tensor, y, num_classes: int) -> list[checks.
     return [checks.finite("x1", x1), *checks.labels_in_range(y, num_classes)]
 
 
-def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None):
-    """``model(x, t, d, y)``; rows where ``guided`` is true get the guided velocity."""
+def _call(model, x, t, d, y, w: torch.Tensor | None) -> torch.Tensor:
+    """``model(x, t, d, y)``, with ``w=w`` for a model with a guidance input when ``w`` is given."""
+    v = model(x, t, d, y) if w is None else model(x, t, d, y, w=w)
+    return check_velocity(v, x.shape)
+
+
+def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None,
+              w: torch.Tensor | None = None):
+    """``model(x, t, d, y[, w])``; rows where ``guided`` is true get the two-forward guided velocity."""
     if guided is None:
-        return check_velocity(model(x, t, d, y), x.shape)
+        return _call(model, x, t, d, y, w)
     # conditional and unconditional rows in one batched forward
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
     v_cond, v_null = check_velocity(v, (2 * x.shape[0], *x.shape[1:])).chunk(2)
@@ -136,17 +194,18 @@ def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, s
 
 
 def self_consistency_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
-                             clip: float | None) -> torch.Tensor:
+                             clip: float | None, w: torch.Tensor | None = None) -> torch.Tensor:
     """The no-gradient targets of the self-consistency rows: two half steps of ``teacher``.
 
     ``v1 = v(x, t, d/2)``, ``x' = clip(x + d/2 v1)``, ``v2 = v(x', t + d/2, d/2)``,
     target ``clip((v1 + v2) / 2)``; rows where ``guided`` is true use the guided
-    velocity of scale ``scale``. Reads nothing back to the host beyond what the
+    velocity of scale ``scale``; ``w`` (B,), for intrinsic guidance, is the
+    teacher's guidance input in both half steps. Reads nothing back to the host beyond what the
     teacher does, so a CUDA graph can capture it (``fast_train.graph_targets``).
     """
-    v1 = _velocity(teacher, xb, tb, db / 2, yb, null_class, guided, scale)
+    v1 = _velocity(teacher, xb, tb, db / 2, yb, null_class, guided, scale, w)
     x_mid = ops.bootstrap_midpoint(xb, v1, db, clip)
-    v2 = _velocity(teacher, x_mid, tb + db / 2, db / 2, yb, null_class, guided, scale)
+    v2 = _velocity(teacher, x_mid, tb + db / 2, db / 2, yb, null_class, guided, scale, w)
     return ops.bootstrap_target(v1, v2, clip)
 
 
@@ -180,7 +239,9 @@ def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_m
 
 def draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
                null_class: int) -> ShortcutBatch:
-    """``make_batch`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``): no host read.
+    """``make_batch`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
+
+    No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
 
     ``t`` and ``d`` are drawn here, valid by construction, so the models run under ``checks.trusted_inputs()``.
     """
@@ -210,6 +271,8 @@ def _draw_batch(model, x1, y, config, target_model, generator, shard, targets, n
     d = torch.cat([d_b, torch.full((n_flow,), config.min_step, device=device)])
 
     x0 = torch.randn((n_global, *x1.shape[1:]), generator=generator, device=device, dtype=x1.dtype)[rank::world]
+    if config.ot_pairing:
+        x0 = ot_pair(x0, x1)  # within this rank's rows: see techniques.pairing
     x_t = (1 - t.view(expand)) * x0 + t.view(expand) * x1
 
     y_in = None
@@ -218,19 +281,39 @@ def _draw_batch(model, x1, y, config, target_model, generator, shard, targets, n
         drop = u_drop < config.class_dropout
         y_in = torch.cat([y[:n_boot], torch.where(drop, torch.full_like(y[n_boot:], null_class), y[n_boot:])])
 
-    target_f = x1[n_boot:] - x0[n_boot:]
-    if n_boot == 0:
-        return ShortcutBatch(x_t, t, d, y_in, target_f, 0)
-
     teacher = target_model if (config.ema_targets and target_model is not None) else model
+    target_f = x1[n_boot:] - x0[n_boot:]
+    w = None
+    if config.intrinsic_guidance is not None and y is not None:
+        w_all = draw_guidance_scales(n_global, *config.intrinsic_guidance, generator, device)
+        w = torch.cat([w_all[:n_boot_global][rows_b], w_all[n_boot_global:][rows_f]])
+        w = torch.where(y_in == null_class, torch.ones_like(w), w)  # w means nothing without a label
+        target_f = _guided_flow_target(teacher, x_t[n_boot:], t_f, d[n_boot:], y_in[n_boot:], w[n_boot:], target_f,
+                                       null_class)
+    if n_boot == 0:
+        return ShortcutBatch(x_t, t, d, y_in, target_f, 0, w)
+
     guided = None
     if config.bootstrap_cfg_scale is not None and y is not None:
         guided = level_b == 1  # the half step d/2 is d_min: the level trained by flow matching
     with torch.no_grad():
         yb = None if y is None else y[:n_boot]
+        extra = {} if w is None else {"w": w[:n_boot]}
         target_b = targets(teacher, x_t[:n_boot], t_b, d_b, yb, guided, null_class=null_class,
-                           scale=config.bootstrap_cfg_scale, clip=config.clip).to(x1.dtype)
-    return ShortcutBatch(x_t, t, d, y_in, torch.cat([target_b, target_f]), n_boot)
+                           scale=config.bootstrap_cfg_scale, clip=config.clip, **extra).to(x1.dtype)
+    return ShortcutBatch(x_t, t, d, y_in, torch.cat([target_b, target_f]), n_boot, w)
+
+
+@torch.no_grad()
+def _guided_flow_target(teacher, x, t, d, y, w, target, null_class: int) -> torch.Tensor:
+    """The intrinsic-guidance flow target: the teacher's unguided (w = 1) velocities for ``y`` and the null class."""
+    if x.shape[0] == 0:
+        return target
+    ones = torch.ones(2 * x.shape[0], device=x.device)
+    v = _call(teacher, torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]),
+              torch.cat([y, torch.full_like(y, null_class)]), ones)
+    v_cond, v_null = v.chunk(2)
+    return guided_flow_target(target, v_cond, v_null, w)
 
 
 def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
@@ -257,11 +340,17 @@ def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, targe
 
 def loss_on_checked_inputs(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
                            null_class: int):
-    """``shortcut_loss`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``): no host read."""
+    """``shortcut_loss`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
+
+    No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
+    """
     batch = draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
     with checks.trusted_inputs():
-        v = check_velocity(model(batch.x_t, batch.t, batch.d, batch.y), x1.shape)
-    err = (v.float() - batch.target.float()).pow(2).flatten(1).mean(1)  # (B,)
+        v = _call(model, batch.x_t, batch.t, batch.d, batch.y, batch.w)
+    if config.wavelet_levels:
+        err = wavelet_loss(v, batch.target, config.wavelet_levels, config.wavelet_weights)  # (B,)
+    else:
+        err = (v.float() - batch.target.float()).pow(2).flatten(1).mean(1)  # (B,)
     loss = err.mean()
     logs = {
         "loss": loss.detach(),

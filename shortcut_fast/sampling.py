@@ -1,4 +1,8 @@
-"""Sampling: N Euler steps of size ``1/N`` from noise at ``t = 0`` to data at ``t = 1``."""
+"""Sampling: N Euler steps from noise at ``t = 0`` to data at ``t = 1``, of the sizes of a step schedule.
+
+Any ``N`` from 1 to ``1 / min_step`` works: the steps are trained step sizes
+that sum to 1 (``steps.step_schedule``), all equal when ``N`` is a power of two.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from .checks import check_velocity
 from .graphs import CapturedCall, GraphCache, weights_key
 from .models import ShortcutModule, unwrap_model
 from .ops import reference as SF
-from .steps import DEFAULT_MIN_STEP, check_num_steps
+from .steps import DEFAULT_MIN_STEP, resolve_schedule
 
 MAX_NOISE_ELEMENTS = 2**31  # per call (8 GiB of fp32 noise); draw larger sets in several calls
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -74,18 +78,24 @@ def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[ch
 
 
 def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None,
-                steps: int, null_class: int, net_dtype: torch.dtype, progress: bool = False) -> torch.Tensor:
-    """``steps`` Euler steps from ``x`` at t = 0; guided by ``scale`` (a 0-d tensor) when it is given.
+                schedule: tuple[float, ...], null_class: int, net_dtype: torch.dtype, progress: bool = False,
+                intrinsic: bool = False) -> torch.Tensor:
+    """Euler steps of the sizes in ``schedule`` from ``x`` at t = 0; guided by ``scale`` (a 0-d tensor) when given.
 
-    Reads nothing back to the host, so a CUDA graph can capture it whole.
+    ``intrinsic``: the model takes the guidance scale as its input ``w``, so one
+    forward per step gives the guided velocity. Reads nothing back to the host,
+    so a CUDA graph can capture it whole, ``scale`` being one of its inputs.
     """
     batch = x.shape[0]
-    d = 1.0 / steps
-    d_vec = torch.full((batch,), d, device=x.device)
-    for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-        t = torch.full((batch,), i * d, device=x.device)
-        if scale is None:
-            v = check_velocity(model(x.to(net_dtype), t, d_vec, y), x.shape)
+    t_start = 0.0
+    for d in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
+        t = torch.full((batch,), t_start, device=x.device)
+        d_vec = torch.full((batch,), d, device=x.device)
+        t_start += d
+        if scale is None or intrinsic:
+            w = None if scale is None else scale.expand(batch)
+            v = model(x.to(net_dtype), t, d_vec, y) if w is None else model(x.to(net_dtype), t, d_vec, y, w=w)
+            v = check_velocity(v, x.shape)
         else:
             # conditional and null-class rows in one batched forward
             null = torch.full_like(y, null_class)
@@ -113,11 +123,16 @@ def clear_graph_cache() -> None:
 
 
 def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
-    """The Euler loop through a cached CUDA graph, one graph per (weights, batch, steps, guidance, dtypes, ...)."""
+    """The Euler loop through a cached CUDA graph, one graph per (weights, batch, schedule, guidance on/off, dtypes).
+
+    ``steps`` is the schedule (a tuple of step sizes); the guidance scale is an
+    input of the graph, so a new scale replays the same graph.
+    """
     key = (weights_key(model), tuple(x.shape), x.dtype, x.device, net_dtype, steps, y is None, scale is None)
 
     def capture():
-        loop = functools.partial(_euler_loop, model, steps=steps, null_class=null_class, net_dtype=net_dtype)
+        loop = functools.partial(_euler_loop, model, schedule=steps, null_class=null_class, net_dtype=net_dtype,
+                                 intrinsic=getattr(model, "guidance_input", False))
         return CapturedCall(loop, (x, y, scale), pool=GRAPH_CACHE.shared_pool())
 
     return GRAPH_CACHE.get(key, capture).replay(x, y, scale).clone()
@@ -153,7 +168,7 @@ def sample(
     noise: torch.Tensor | None = None,
     *,
     shape: tuple[int, ...] | None = None,
-    steps: int = 1,
+    steps: int | tuple[float, ...] = 1,
     y: torch.Tensor | None = None,
     cfg_scale: float | None = None,
     generator: torch.Generator | None = None,
@@ -161,14 +176,19 @@ def sample(
     progress: bool = False,
     use_graph: bool | None = None,
 ) -> torch.Tensor:
-    """Generate samples with ``steps`` Euler steps of size ``d = 1/steps``.
+    """Generate samples with ``steps`` Euler steps.
 
     ``model`` is any module called as ``model(x, t, d, y)``. Give either
     ``noise`` (the result is a deterministic function of it) or ``shape``
     (noise drawn from ``generator`` on the model's device, in ``dtype``).
-    ``steps`` is a power of two in ``[1, 1/min_step]`` (``min_step`` of the
-    model, 1/128 when it has none). With ``cfg_scale=w`` the velocity is
-    ``v_null + w (v_y - v_null)``, the null class being ``model.num_classes``.
+    ``steps`` is an int in ``[1, 1/min_step]`` (``min_step`` of the model,
+    1/128 when it has none), run as ``step_schedule(steps)`` (large steps first,
+    e.g. 3 steps as 1/2, 1/4, 1/4), or an explicit schedule: a sequence of step
+    sizes of the model that sum to 1. With ``cfg_scale=w`` the velocity is
+    ``v_null + w (v_y - v_null)``, the null class being ``model.num_classes``;
+    a model with a guidance input (``guidance_input``, intrinsic guidance)
+    instead takes ``w`` as its input, one forward per step, and without
+    ``cfg_scale`` runs at ``w = 1``.
 
     ``sample(model, noise=z, steps=1, y=y)`` equals ``z + model(z, 0, 1, y)`` (bit for bit on the
     eager loop, to fp32 rounding, 1e-5 relative, on the C++ engine).
@@ -178,7 +198,7 @@ def sample(
 
     On a CUDA device the whole loop (every forward, the guidance and the Euler
     updates) is captured in a CUDA graph on the first call for a given batch
-    size (rounded up to a power of two, ``graph_batch``), step count, guidance on/off and dtype, and
+    size (rounded up to a power of two, ``graph_batch``), schedule, guidance on/off and dtype, and
     replayed on later calls (``use_graph=None``, the default; ``False`` forces the eager loop). The
     graphs are kept in an LRU cache (``set_graph_cache_size``,
     ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
@@ -190,7 +210,7 @@ def sample(
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
     checks.check_optional_bool("use_graph", use_graph, "automatic")
     base = unwrap_model(model)
-    steps = check_num_steps(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
+    steps = resolve_schedule(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
     x, conditions = _noise(model, noise, shape, generator, dtype)
     batch = x.shape[0]
     null_class = getattr(base, "num_classes", 0)
@@ -205,6 +225,9 @@ def sample(
             raise ValueError("cfg_scale needs a class-conditional model (num_classes > 0); this one is unconditional")
         if y is None:
             raise ValueError("cfg_scale needs labels y to guide towards")
+        if getattr(base, "guidance_input", False) and cfg_scale < 0:
+            raise ValueError(f"cfg_scale is the guidance input of this model (intrinsic guidance) and must be >= 0, "
+                             f"got {cfg_scale}")
     if isinstance(y, torch.Tensor) and y.shape != (batch,):
         raise ValueError(f"y must have shape ({batch},) to match the batch of the noise, got {tuple(y.shape)}")
     if isinstance(base, ShortcutModule):
@@ -223,5 +246,8 @@ def sample(
     with checks.trusted_inputs():
         if not use_graph:
             out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
-            return out if out is not None else _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress)
+            if out is not None:
+                return out
+            return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress,
+                               intrinsic=getattr(base, "guidance_input", False))
         return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)

@@ -4,11 +4,19 @@ A level index ``i`` names the step size ``d = d_min * 2**i``: level 0 is the
 smallest step (the flow-matching level), level ``K = log2(1 / d_min)`` is the
 one-step jump ``d = 1``. Every module of the package speaks of step sizes
 through these helpers so that the validation and its messages live in one place.
+
+Sampling with ``N`` steps, any ``N`` in ``[1, 1 / d_min]``, follows a schedule
+of trained step sizes that sum to 1 (``step_schedule``): ``N`` a power of two
+gives ``N`` equal steps, and any other ``N`` splits ``N - P`` of the ``P``
+equal steps of the power of two ``P < N`` below it into halves, e.g. 3 steps as
+``1/2, 1/4, 1/4``. Only two adjacent levels are used, so the steps are as even
+as trained levels allow.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -35,19 +43,60 @@ def step_sizes(min_step: float = DEFAULT_MIN_STEP) -> list[float]:
 
 
 def allowed_steps(min_step: float = DEFAULT_MIN_STEP) -> list[int]:
-    """Numbers of sampling steps a model trained down to ``min_step`` supports."""
-    return [2**i for i in range(num_doublings(min_step) + 1)]
+    """Numbers of sampling steps a model trained down to ``min_step`` supports: ``1 .. 1 / min_step``."""
+    return list(range(1, 2 ** num_doublings(min_step) + 1))
 
 
 def check_num_steps(steps: int, min_step: float = DEFAULT_MIN_STEP) -> int:
-    """Validate a number of sampling steps: a power of two in ``[1, 1 / min_step]``."""
-    allowed = allowed_steps(min_step)
+    """Validate a number of sampling steps: an int in ``[1, 1 / min_step]``."""
+    top = 2 ** num_doublings(min_step)
     if not is_int(steps):
-        raise TypeError(f"steps must be an int, one of {allowed}; got {type(steps).__name__}")
+        raise TypeError(f"steps must be an int in [1, {top}] or a sequence of step sizes; got {type(steps).__name__}")
     steps = int(steps)
-    if steps not in allowed:
-        raise ValueError(f"steps must be a power of two in [1, {allowed[-1]}], one of {allowed}; got {steps}")
+    if not 1 <= steps <= top:
+        raise ValueError(f"steps must be an int in [1, {top}] (1 / min_step for min_step={min_step}); got {steps}")
     return steps
+
+
+SCHEDULE_ORDERS = ("descending", "ascending")  # large steps first, or small steps first
+
+
+def step_schedule(steps: int, min_step: float = DEFAULT_MIN_STEP, order: str = "descending") -> tuple[float, ...]:
+    """The step sizes of ``steps`` sampling steps (see the module doc), in ``order``.
+
+    ``"descending"`` takes the large steps first, ``"ascending"`` the small ones.
+    In both orders every step starts at a multiple of its own size, the times at
+    which the self-consistency rows of that level were trained. The default
+    order is provisional until ``benchmarks/schedules.py`` has compared the two
+    on a fully trained model.
+    """
+    steps = check_num_steps(steps, min_step)
+    if order not in SCHEDULE_ORDERS:
+        raise ValueError(f"order must be one of {SCHEDULE_ORDERS}, got {order!r}")
+    coarse = 2 ** (steps.bit_length() - 1)  # the largest power of two <= steps
+    split = steps - coarse  # this many coarse steps become two half steps each
+    sizes = [1.0 / coarse] * (coarse - split) + [0.5 / coarse] * (2 * split)
+    return tuple(sizes if order == "descending" else reversed(sizes))
+
+
+def check_schedule(schedule: Sequence[float], min_step: float = DEFAULT_MIN_STEP) -> tuple[float, ...]:
+    """Validate an explicit schedule: step sizes of the model (powers of two in ``[min_step, 1]``) summing to 1."""
+    if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
+        raise TypeError(f"steps must be an int or a schedule, a non-empty sequence of step sizes; got {schedule!r}")
+    sizes = step_sizes(min_step)
+    if not all(is_number(d) and d in sizes for d in schedule):
+        raise ValueError(f"every one of steps={schedule!r} must be a step size of the model, one of {sizes}")
+    # sums of powers of two >= 2**-20 are exact in float64, so the test is exact
+    if math.fsum(schedule) != 1.0:
+        raise ValueError(f"the step sizes of steps={schedule!r} must sum to 1, got {math.fsum(schedule)}")
+    return tuple(float(d) for d in schedule)
+
+
+def resolve_schedule(steps, min_step: float = DEFAULT_MIN_STEP) -> tuple[float, ...]:
+    """``steps`` as a schedule: an int through ``step_schedule``, a sequence through ``check_schedule``."""
+    if isinstance(steps, Sequence) and not isinstance(steps, (str, bytes)):
+        return check_schedule(steps, min_step)
+    return step_schedule(check_num_steps(steps, min_step), min_step)
 
 
 def level_index(d: torch.Tensor, min_step: float = DEFAULT_MIN_STEP) -> torch.Tensor:

@@ -107,5 +107,5 @@ def test_sample_errors(tmp_path, capsys):
                            num_classes=0)
     sf.save_model(model, tmp_path / "m")
     with pytest.raises(SystemExit):
-        main(["sample", "--model", str(tmp_path / "m"), "--steps", "3", "--out", str(tmp_path / "g.png")])
-    assert "power of two" in capsys.readouterr().err
+        main(["sample", "--model", str(tmp_path / "m"), "--steps", "129", "--out", str(tmp_path / "g.png")])
+    assert "steps must be an int in [1, 128]" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from helpers import TinyCustomModel, perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import engine, sampling
+from shortcut_fast.steps import num_doublings
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.skipif(not engine.available(), reason="the native extension with the engine is not built")]
@@ -82,12 +83,15 @@ def test_engine_matches_reference_on_odd_batches_with_and_without_guidance(name,
             _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
 
 
-def test_engine_matches_reference_at_every_step_count(monkeypatch):
+def test_engine_matches_reference_at_every_count_of_equal_steps(monkeypatch):
     model = _dit(10)
     z, labels = _noise(model, 3), torch.tensor([0, 9, 10])  # 10: the null class
-    for steps in sf.allowed_steps(model.min_step):
-        _assert_matches(_engine(model, z, monkeypatch, steps=steps, y=labels),
-                        _reference(model, z, steps=steps, y=labels), z)
+    for k in range(num_doublings(model.min_step) + 1):
+        _assert_matches(_engine(model, z, monkeypatch, steps=2**k, y=labels),
+                        _reference(model, z, steps=2**k, y=labels), z)
+    # an explicit schedule of equal steps is the same call
+    _assert_matches(_engine(model, z, monkeypatch, steps=(0.25,) * 4, y=labels),
+                    _reference(model, z, steps=4, y=labels), z)
 
 
 def test_engine_sees_an_optimizer_step_and_new_weight_tensors(monkeypatch):
@@ -123,6 +127,40 @@ def test_calls_the_engine_does_not_cover_fall_back_with_one_notice(caplog, monke
         sf.sample(model, z, y=labels)
 
 
+def _guided_dit() -> sf.ShortcutDiT:
+    model = sf.ShortcutDiT(input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3,
+                           num_classes=10, guidance_input=True)
+    return perturb_(model, seed=7, scale=0.1).eval()
+
+
+FALLBACKS = {  # what the engine does not run yet, the sampling call and the words of its notice
+    "unequal steps": (lambda: _dit(10), dict(steps=3), "equal steps only"),
+    "explicit unequal schedule": (lambda: _dit(10), dict(steps=(0.25, 0.25, 0.5)), "equal steps only"),
+    "intrinsic guidance": (_guided_dit, dict(steps=2, cfg_scale=2.5), "guidance input"),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_schedules_and_guidance_inputs_fall_back_with_one_notice(case, caplog, monkeypatch):
+    build, kwargs, words = FALLBACKS[case]
+    model = build()
+    z, labels = _noise(model, 2), torch.tensor([1, 2])
+    monkeypatch.setattr(engine, "_noticed", set())
+    calls = []
+    eager = sampling._euler_loop
+    monkeypatch.setattr(sampling, "_euler_loop", lambda *a, **kw: calls.append(1) or eager(*a, **kw))
+    with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
+        first = sf.sample(model, z, y=labels, **kwargs)
+        sf.sample(model, z, y=labels, **kwargs)
+    notices = [r for r in caplog.records if r.name == "shortcut_fast.engine"]
+    assert len(notices) == 1 and words in notices[0].getMessage()
+    assert len(calls) == 2  # both calls ran the eager loop
+    with engine.mode("off"):
+        torch.testing.assert_close(first, sf.sample(model, z, y=labels, **kwargs), rtol=0, atol=0)
+    with engine.mode("on"), pytest.raises(ValueError, match=words):
+        sf.sample(model, z, y=labels, **kwargs)
+
+
 def test_other_modules_keep_the_eager_loop_quietly(caplog):
     model = TinyCustomModel(dim=3, hidden=32, num_classes=4, seed=3).eval()
     z = torch.randn(2, 3)
@@ -138,7 +176,7 @@ def test_other_modules_keep_the_eager_loop_quietly(caplog):
 def _bad_calls(model):
     z = _noise(model, 2)
     return {
-        "steps not a power of two": dict(noise=z, steps=3),
+        "schedule not summing to 1": dict(noise=z, steps=(0.5, 0.25)),
         "steps too many": dict(noise=z, steps=256),
         "label out of range": dict(noise=z, y=torch.tensor([0, 11])),
         "negative label": dict(noise=z, y=torch.tensor([-1, 0])),
@@ -184,8 +222,8 @@ def test_unsupported_isa_is_refused_with_what_is_supported():
 
 def test_plain_modules_are_not_mistaken_for_the_package_models():
     class Sub(sf.ShortcutMLP):  # a subclass may change the forward: the engine leaves it alone
-        def _velocity(self, x, t, level, y):
-            return super()._velocity(x, t, level, y) * 0 + 1
+        def _velocity(self, x, t, level, y, w):
+            return super()._velocity(x, t, level, y, w) * 0 + 1
 
     model = Sub(dim=3, hidden_size=8, depth=1).eval()
     z = torch.zeros(2, 3)

@@ -4,7 +4,10 @@ A ``TorchDispatchMode`` sees every aten call and counts those whose result
 needs a tensor's value on the host. Each read is filed by where it came from:
 the input validation in ``shortcut_fast/checks.py`` (allowed once per call,
 where user input enters), torch's CPU optimizer (it reads its step counters;
-the fused CUDA optimizer does not), or anywhere else, which must never happen.
+the fused CUDA optimizer does not), the optimal-transport pairing of
+``ShortcutConfig(ot_pairing=True)`` (its solver runs on the host: one copy off
+the device per step, allowed only where that option is on), or anywhere else,
+which must never happen. A copy from a device to the host counts as a read.
 """
 
 from __future__ import annotations
@@ -32,18 +35,30 @@ HOST_READS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonze
               aten.repeat_interleave.Tensor}
 VALIDATION = os.path.join("shortcut_fast", "checks.py")
 OPTIMIZER = os.path.join("torch", "optim", "")
+PAIRING = os.path.join("shortcut_fast", "techniques", "pairing.py")
+
+
+def _reads_host(func, args, kwargs) -> bool:
+    if func in HOST_READS:
+        return True
+    # a copy off the device (the CPU runs of these tests make none; on a GPU the OT pairing's copy is one)
+    return func is aten._to_copy.default and str((kwargs or {}).get("device", "")) == "cpu" \
+        and args[0].device.type != "cpu"
 
 
 class HostReads(TorchDispatchMode):
-    """Counts host reads by origin: ``validation``, ``optimizer`` or ``other`` (with where ``other`` came from)."""
+    """Counts host reads by origin: ``validation``, ``optimizer``, ``pairing`` (only with ``pairing=True``) or
+    ``other`` (with where ``other`` came from)."""
 
-    def __init__(self):
+    def __init__(self, pairing: bool = False):
         super().__init__()
         self.counts = {"validation": 0, "optimizer": 0, "other": 0}
+        if pairing:
+            self.counts["pairing"] = 0
         self.where: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in HOST_READS:
+        if _reads_host(func, args, kwargs):
             files = []
             frame = sys._getframe(1)
             while frame is not None:
@@ -53,6 +68,8 @@ class HostReads(TorchDispatchMode):
                 self.counts["validation"] += 1
             elif any(OPTIMIZER in f for f in files):
                 self.counts["optimizer"] += 1
+            elif "pairing" in self.counts and any(f.endswith(PAIRING) for f in files):
+                self.counts["pairing"] += 1
             else:
                 self.counts["other"] += 1
                 caller = next((f"{f}" for f in files if "shortcut_fast" in f), files[0] if files else "?")
@@ -162,3 +179,39 @@ def test_a_direct_forward_validates_with_one_read_and_trusted_callers_with_none(
         model.check_inputs(x, t, torch.tensor([1.0, 0.3, 1.0]))
     with pytest.raises(ValueError, match="labels must lie in"):
         model.check_inputs(x, t, d, torch.tensor([0, 6, 1]))
+
+
+def _guided_dit():
+    model = sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                           num_classes=5, min_step=1 / 8, guidance_input=True)
+    return perturb_(model, seed=2)
+
+
+@pytest.mark.parametrize("ot_pairing", [False, True])
+def test_a_trainer_step_with_every_technique_reads_only_the_pairing_copy(backend, ot_pairing):
+    shortcut = sf.ShortcutConfig(min_step=1 / 8, intrinsic_guidance=(1.0, 3.0), wavelet_levels=1,
+                                 ot_pairing=ot_pairing)
+    config = sf.TrainConfig(batch_size=8, progress=False, target_ema_decay=0.9, shortcut=shortcut)
+    trainer = sf.Trainer(_guided_dit(), (torch.randn(32, 2, 4, 4), torch.arange(32) % 5), config)
+    trainer.train_step(*next(trainer.data))
+    before = trainer.step
+    with HostReads(pairing=ot_pairing) as reads:
+        logs = trainer.train_step(*next(trainer.data))
+    assert trainer.step == before + 1 and float(logs["skipped"]) == 0.0
+    assert reads.counts["other"] == 0, reads.where
+    assert reads.counts["validation"] <= 1
+    # the OT solve copies the batch to the host: at most that one copy (none here, where the batch is there already)
+    assert reads.counts.get("pairing", 0) <= 1
+
+
+@pytest.mark.parametrize("steps", [3, (0.25, 0.5, 0.25)])
+@pytest.mark.parametrize("cfg_scale", [None, 2.5])
+def test_a_second_sample_call_of_a_schedule_or_a_guidance_input_reads_nothing(backend, steps, cfg_scale):
+    for model in (_dit(5).eval(), _guided_dit().eval()):
+        y, gen = torch.tensor([0, 1, 2, 3, 4, 5]), torch.Generator().manual_seed(0)
+        sf.sample(model, shape=(6, 2, 4, 4), steps=steps, y=y, cfg_scale=cfg_scale, generator=gen)
+        with HostReads() as reads:
+            out = sf.sample(model, shape=(6, 2, 4, 4), steps=steps, y=y, cfg_scale=cfg_scale, generator=gen)
+        assert torch.isfinite(out).all()
+        assert reads.counts["other"] == 0, reads.where
+        assert reads.counts["validation"] <= 1  # the labels' range

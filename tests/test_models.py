@@ -447,19 +447,19 @@ def test_step_sizes_and_allowed_steps():
     assert step_sizes(1 / 8) == [1 / 8, 1 / 4, 1 / 2, 1.0]
     assert step_sizes() == [2.0**-k for k in range(7, -1, -1)]
     assert step_sizes(1.0) == [1.0]
-    assert allowed_steps(1 / 8) == [1, 2, 4, 8]
-    assert allowed_steps() == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert allowed_steps(1 / 8) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert allowed_steps() == list(range(1, 129))
     assert allowed_steps(1) == [1]
 
 
-@pytest.mark.parametrize("steps", [1, 2, 4, 128])
-def test_check_num_steps_accepts_powers_of_two(steps):
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 100, 128])
+def test_check_num_steps_accepts_any_count_up_to_the_finest_level(steps):
     assert check_num_steps(steps) == steps
 
 
 @pytest.mark.parametrize("steps,min_step,exc", [
     (0, 1 / 128, ValueError),
-    (3, 1 / 128, ValueError),
+    (129, 1 / 128, ValueError),
     (256, 1 / 128, ValueError),
     (16, 1 / 8, ValueError),
     (-4, 1 / 128, ValueError),
@@ -467,8 +467,8 @@ def test_check_num_steps_accepts_powers_of_two(steps):
     (2.0, 1 / 128, TypeError),
     ("4", 1 / 128, TypeError),
 ])
-def test_check_num_steps_errors_list_allowed_values(steps, min_step, exc):
-    allowed = str([2**i for i in range(round(-math.log2(min_step)) + 1)])
+def test_check_num_steps_errors_give_the_allowed_range(steps, min_step, exc):
+    allowed = f"[1, {round(1 / min_step)}]"
     with pytest.raises(exc) as info:
         check_num_steps(steps, min_step)
     assert allowed in str(info.value)

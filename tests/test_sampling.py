@@ -175,9 +175,9 @@ def test_cfg_with_a_custom_model(tiny_custom):
 #                                    Errors                                     #
 #################################################################################
 
-@pytest.mark.parametrize("steps", [0, 3, 6, 256, -2])
+@pytest.mark.parametrize("steps", [0, 129, 256, -2])
 def test_bad_steps_raise_naming_allowed_values(tiny_dit, steps):
-    with pytest.raises(ValueError, match=r"\[1, 2, 4, 8, 16, 32, 64, 128\]"):
+    with pytest.raises(ValueError, match=r"\[1, 128\]"):
         sample(tiny_dit, noise=_noise(), steps=steps)
 
 
@@ -191,7 +191,7 @@ def test_steps_follow_the_models_min_step():
     model = ShortcutDiT(input_size=8, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
                        num_classes=0, min_step=1 / 4)
     assert sample(model, noise=_noise(), steps=4).shape == (3, 1, 8, 8)
-    with pytest.raises(ValueError, match=r"\[1, 2, 4\]"):
+    with pytest.raises(ValueError, match=r"\[1, 4\]"):
         sample(model, noise=_noise(), steps=8)
 
 

@@ -10,7 +10,6 @@ the mixed batch then runs as usual (bf16 autocast, fused AdamW, a foreach EMA).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -40,7 +39,7 @@ def can_capture(teacher: nn.Module) -> bool:
 
 
 def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
-                  clip: float | None) -> torch.Tensor:
+                  clip: float | None, w: torch.Tensor | None = None) -> torch.Tensor:
     """``self_consistency_targets`` replayed from a cached CUDA graph (same arguments, same numbers).
 
     Falls back to the eager computation for a teacher that cannot be captured
@@ -48,25 +47,29 @@ def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: fl
     """
     if xb.shape[0] == 0 or not can_capture(teacher):
         return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
-                                        clip=clip)
+                                        clip=clip, w=w)
     teacher = unwrap_model(teacher)
     autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-    key = (weights_key(teacher), tuple(xb.shape), xb.dtype, xb.device, yb is None, guided is None,
+    key = (weights_key(teacher), tuple(xb.shape), xb.dtype, xb.device, yb is None, guided is None, w is None,
            null_class, scale, clip, autocast, torch.is_grad_enabled())
 
     def capture():
-        fn = functools.partial(self_consistency_targets, teacher, null_class=null_class, scale=scale, clip=clip)
+        def fn(xb, tb, db, yb, guided, w):
+            return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
+                                            clip=clip, w=w)
+
         # autocast's cache of cast weights must not outlive the capture: the casts in a graph only run on replay
         with torch.autocast("cuda", dtype=autocast[1], enabled=autocast[0], cache_enabled=False):
-            return CapturedCall(fn, (xb, tb, db, yb, guided), pool=TARGET_GRAPHS.shared_pool())
+            return CapturedCall(fn, (xb, tb, db, yb, guided, w), pool=TARGET_GRAPHS.shared_pool())
 
-    return TARGET_GRAPHS.get(key, capture).replay(xb, tb, db, yb, guided).clone()
+    return TARGET_GRAPHS.get(key, capture).replay(xb, tb, db, yb, guided, w).clone()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y: torch.Tensor | None = None,
                *, config: ShortcutConfig | None = None, ema_model: nn.Module | None = None, ema_decay: float = 0.999,
                generator: torch.Generator | None = None, grad_clip: float | None = 1.0, bf16: bool = True,
-               use_graph: bool | None = None) -> dict:
+               use_graph: bool | None = None, target_ema_model: nn.Module | None = None,
+               target_ema_decay: float = 0.99) -> dict:
     """One optimizer step of the shortcut objective on ``(x1, y)``; returns the loss logs.
 
     The function form of what ``Trainer`` does each step, for training loops
@@ -74,7 +77,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     replayed from a CUDA graph on a GPU (``use_graph=None``: when the teacher
     can be captured; ``False``: eager), bf16 autocast on CUDA when ``bf16``,
     gradient clipping at ``grad_clip`` (None: off), the optimizer step, and
-    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)`` (``update_ema``, as ``Trainer`` does). Gives the loss and
+    the EMA update ``ema = lerp(ema, live, 1 - ema_decay)`` (``update_ema``, as ``Trainer`` does). Twin EMA
+    (``TrainConfig.target_ema_decay``): with ``target_ema_model`` the targets come from it instead, and it is
+    updated with ``target_ema_decay`` after ``ema_model``. Gives the loss and
     gradients of ``shortcut_loss`` for the same batch and generator state; like it, checks that ``x1`` is
     finite and the labels in range (one host read) before any work.
     """
@@ -82,8 +87,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
         raise TypeError(f"model must be an nn.Module and optimizer a torch.optim.Optimizer, got "
                         f"{type(model).__name__} and {type(optimizer).__name__}")
     checks.check_optional_bool("use_graph", use_graph, "automatic")
-    if not checks.is_number(ema_decay) or not 0.0 <= ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must be a number in [0, 1], got {ema_decay!r}")
+    checks.check_number("ema_decay", ema_decay, 0.0, 1.0)
+    checks.check_number("target_ema_decay", target_ema_decay, 0.0, 1.0)
+    if target_ema_model is not None and not isinstance(target_ema_model, nn.Module):
+        raise TypeError(f"target_ema_model must be an nn.Module or None, got {type(target_ema_model).__name__}")
     config, null_class = check_loss_inputs(model, x1, y, config, generator)
     if use_graph and not x1.is_cuda:
         raise ValueError(f"use_graph=True needs CUDA tensors; x1 is on {x1.device}")
@@ -91,26 +98,30 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     targets = graph_targets if use_graph is not False and x1.is_cuda else self_consistency_targets
     logs, _ = step_on_checked_inputs(model, optimizer, x1, y, config=config, null_class=null_class,
                                      ema_model=ema_model, ema_decay=ema_decay, generator=generator,
-                                     grad_clip=grad_clip, bf16=bf16 and x1.is_cuda, targets=targets)
+                                     grad_clip=grad_clip, bf16=bf16 and x1.is_cuda, targets=targets,
+                                     target_model=target_ema_model, target_decay=target_ema_decay)
     return logs
 
 
 def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y, *,
                            config: ShortcutConfig, null_class: int, ema_model: nn.Module | None, ema_decay: float,
                            generator, grad_clip: float | None, bf16: bool, targets, shard=(0, 1),
-                           skip_non_finite: bool = False, agree=None,
-                           allowed: torch.Tensor | None = None) -> tuple[dict, torch.Tensor | None]:
+                           skip_non_finite: bool = False, agree=None, allowed: torch.Tensor | None = None,
+                           target_model: nn.Module | None = None,
+                           target_decay: float | None = None) -> tuple[dict, torch.Tensor | None]:
     """The one training-step core of ``train_step`` and ``Trainer``: bf16 autocast (when ``bf16``), loss,
     backward, clipping, the optimizer step and the EMA update, on checked inputs and without a host read.
 
     ``skip_non_finite`` (``Trainer``; the optimizer must be a fused AdamW) makes the update conditional on
     one device flag, ``ok = isfinite(x1) & isfinite(loss) & isfinite(grad_norm)``, combined over ranks by
     ``agree`` and and'ed with ``allowed`` (a device flag of the caller's): where it is false, weights,
-    optimizer state and EMA stay exactly as they were. Returns the logs and ``ok`` (None without
-    ``skip_non_finite``).
+    optimizer state and EMA stay exactly as they were. ``target_model`` (twin EMA), when given, builds the
+    self-consistency targets in place of ``ema_model`` and is updated with ``target_decay``. Returns the logs
+    and ``ok`` (None without ``skip_non_finite``).
     """
+    teacher = ema_model if target_model is None else target_model
     with torch.autocast(x1.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss, logs = loss_on_checked_inputs(model, x1, y, config, ema_model, generator, shard, targets,
+        loss, logs = loss_on_checked_inputs(model, x1, y, config, teacher, generator, shard, targets,
                                             null_class)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -132,6 +143,8 @@ def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x
         del optimizer.found_inf
     if ema_model is not None:
         update_ema(ema_model, live, ema_decay, ok)
+    if target_model is not None and target_model is not ema_model:
+        update_ema(target_model, live, target_decay, ok)
     return logs, ok
 
 

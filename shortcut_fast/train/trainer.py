@@ -29,6 +29,7 @@ from ..objective import ShortcutConfig, check_loss_inputs, self_consistency_targ
 from .step import graph_targets, step_on_checked_inputs
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
+TARGET_EMA_FILE = "ema_target.safetensors"  # the fast EMA of twin EMA
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
 
 
@@ -45,6 +46,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.999
+    # twin EMA (iSM Sec. 3.4): a second, fast EMA of this decay builds the self-consistency targets, while the
+    # ema_decay EMA is kept for evaluation; None = one EMA for both
+    target_ema_decay: float | None = None
     grad_clip: float | None = 1.0  # max global gradient norm; None disables
     warmup_steps: int = 0  # linear learning-rate warmup
     decay_steps: int = 0  # cosine decay of the learning rate to 0 at this step; 0 = constant after warmup
@@ -84,6 +88,8 @@ class TrainConfig:
         checks.check_number("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         checks.check_number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
         checks.check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.target_ema_decay is not None:
+            checks.check_number("target_ema_decay", self.target_ema_decay, 0.0, 1.0)
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         for beta in self.betas:
@@ -113,8 +119,10 @@ class Trainer:
     ``encoder``, when given, maps each data batch to what the model is trained
     on (e.g. a frozen VAE's ``lambda x: vae.encode(x).latent_dist.sample() * 0.18215``);
     it runs without gradient on the model's device.
-    ``trainer.ema_model`` holds the EMA weights (the self-consistency targets
-    and what to sample from); ``trainer.history`` the logged losses;
+    ``trainer.ema_model`` holds the EMA weights (what to sample from, and the
+    self-consistency targets unless ``target_ema_decay`` is set: twin EMA, whose
+    fast EMA ``trainer.target_ema_model`` then builds the targets);
+    ``trainer.history`` the logged losses;
     ``trainer.skipped_steps`` the steps skipped for non-finite values.
 
     A step reads nothing back to the host: whether its batch, loss and
@@ -149,10 +157,13 @@ class Trainer:
         self.encoder = encoder
 
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.target_ema_model = self.ema_model
+        if self.config.target_ema_decay is not None:
+            self.target_ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.train_model = self.model
         if self.world > 1 and self.config.fsdp:
-            # the EMA is sharded like the live weights, so its update stays local to each rank
-            for module in (self.model, self.ema_model):
+            # the EMAs are sharded like the live weights, so their updates stay local to each rank
+            for module in {id(m): m for m in (self.model, self.ema_model, self.target_ema_model)}.values():
                 fully_shard_blocks(module)
             params = list(self.model.parameters())
         elif self.world > 1:
@@ -223,7 +234,8 @@ class Trainer:
             self.train_model, self.optimizer, x1, y, config=config, null_class=null_class,
             ema_model=self.ema_model, ema_decay=self.config.ema_decay, generator=self.generator,
             grad_clip=self.config.grad_clip, bf16=use_bf16, targets=graph_targets if fast else self_consistency_targets,
-            shard=shard, skip_non_finite=True, agree=self._all_ranks, allowed=self._stopped_at < 0)
+            shard=shard, skip_non_finite=True, agree=self._all_ranks, allowed=self._stopped_at < 0,
+            target_model=self.target_ema_model, target_decay=self.config.target_ema_decay)
         self.step += 1  # a skipped step spends its batch and random draws too
         self._skipped += (~ok).long()
         self._bad_run = torch.where(ok, 0, self._bad_run + 1)
@@ -320,6 +332,8 @@ class Trainer:
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=full)
         ema = get_model_state_dict(self.ema_model, options=full)
+        twin = self.target_ema_model is not self.ema_model
+        fast = get_model_state_dict(self.target_ema_model, options=full) if twin else None
         opt = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         if not self.is_main:
             return None
@@ -341,6 +355,8 @@ class Trainer:
                 ckpt.write_json(tmp / ckpt.CONFIG_FILE, meta["model"])
             ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, weights)
             ckpt.save_tensors(tmp / ckpt.EMA_FILE, ema)
+            if fast is not None:
+                ckpt.save_tensors(tmp / TARGET_EMA_FILE, fast)
             ckpt.save_tensors(tmp / STATE_FILE, state)
             ckpt.write_json(tmp / TRAINER_FILE, meta)
         return directory
@@ -374,7 +390,10 @@ class Trainer:
         )
 
         full = StateDictOptions(full_state_dict=True)
-        for module, name in [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]:
+        pairs = [(trainer.model, ckpt.WEIGHTS_FILE), (trainer.ema_model, ckpt.EMA_FILE)]
+        if trainer.target_ema_model is not trainer.ema_model:
+            pairs.append((trainer.target_ema_model, TARGET_EMA_FILE))
+        for module, name in pairs:
             try:
                 set_model_state_dict(module, ckpt.read_weights(directory / name), options=full)
             except (RuntimeError, KeyError) as err:
