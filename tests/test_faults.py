@@ -132,6 +132,7 @@ def test_non_finite_gradients_are_skipped():
     assert not torch.equal(before[0], model.lin.weight)
 
 
+@pytest.mark.slow
 def test_too_many_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
     good = torch.randn(32, 2)
     trainer = small_trainer(good, checkpoint_dir=str(tmp_path), max_bad_steps=3)

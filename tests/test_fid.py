@@ -116,6 +116,7 @@ def test_bad_inputs_are_refused():
         fid.fid(images(1, 0), images(4, 1), extractor=net)
 
 
+@pytest.mark.slow
 def test_metrics_is_imported_only_when_used():
     code = ("import sys, shortcut_fast as sf\n"
             "assert 'shortcut_fast.eval.fid' not in sys.modules and 'torchmetrics' not in sys.modules\n"

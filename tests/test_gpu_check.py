@@ -66,6 +66,7 @@ def test_a_stage_over_its_limit_is_stopped_and_said_so(tmp_path):
     assert rc != 0 and rows["warm"] == "TIMED OUT (limit 1 s)" and rows["tests"] == "ok"
 
 
+@pytest.mark.slow
 def test_stages_the_budget_cannot_fit_are_not_reached(tmp_path):
     rc, _, rows = _run(tmp_path, GPU_CHECK_BUDGET="8", GPU_CHECK_DRY_BUILD="sleep 5")
     assert rc != 0 and rows["build"] == "ok"

@@ -183,6 +183,7 @@ def test_cli_encode_train_and_sample_png(folder, vae_dir, tmp_path, capsys):
     assert "--vae" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_splits_the_shards_and_writes_what_one_process_writes(folder, vae_dir, tmp_path):
     single = encode(folder, tmp_path / "one", vae_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -253,6 +253,7 @@ def _fast_trainer(monkeypatch, calls):
     monkeypatch.setattr(metrics, "train_digits_classifier", trainer)
 
 
+@pytest.mark.slow
 def test_cache_round_trip_does_not_retrain(tmp_path, monkeypatch):
     first = load_or_train_digits_classifier(tmp_path, seed=0)
     path = tmp_path / CLASSIFIER_FILENAME

@@ -132,6 +132,7 @@ def _ours(model, x_nhwc, t, d, y):
     return out.permute(0, 2, 3, 1).detach().numpy()
 
 
+@pytest.mark.slow  # builds and runs the Flax model (jax)
 def test_forward_matches_flax(converted):
     net, params, model, _, _ = converted
     x, t, levels, y = _random_inputs(net.num_classes)
@@ -141,6 +142,7 @@ def test_forward_matches_flax(converted):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # builds and runs the Flax model (jax)
 def test_live_weights_on_request(converted, flax_dit):
     net, _, _, live, tmp = converted
     from shortcut_fast.official import official_to_model
@@ -152,6 +154,7 @@ def test_live_weights_on_request(converted, flax_dit):
                                rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # builds and runs the Flax model (jax)
 @pytest.mark.parametrize("steps", [1, 4])
 def test_samples_match_flax(converted, flax_dit, steps):
     net, params, model, _, _ = converted
@@ -165,6 +168,7 @@ def test_samples_match_flax(converted, flax_dit, steps):
     np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # builds and runs the Flax model (jax)
 def test_paper_sizes_are_recognised(flax_dit):
     """DiT-B and DiT-XL trees (shapes only) give the paper's settings without a stored config."""
     import jax
@@ -181,6 +185,7 @@ def test_paper_sizes_are_recognised(flax_dit):
                                           min_step=1 / 128, conditioning="official")
 
 
+@pytest.mark.slow  # builds and runs the Flax model (jax)
 def test_config_errors(flax_dit, tmp_path):
     net = flax_dit.DiT(**SMALL, num_classes=1)
     params = flax_dit.init_params(net, SIZE)

@@ -45,6 +45,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.slow
 def test_a_missing_extension_warns_once_and_runs_the_reference():
     # the import of shortcut_fast._C fails as it does when the extension was never built
     result = _python("import sys; sys.modules['shortcut_fast._C'] = None\n"
@@ -55,6 +56,7 @@ def test_a_missing_extension_warns_once_and_runs_the_reference():
     assert result.stderr.count("the C++ extension did not load") == 1
 
 
+@pytest.mark.slow
 def test_the_backend_can_be_chosen_from_the_environment():
     ok = _python("import shortcut_fast as sf; print(sf.get_backend())", SHORTCUT_FAST_BACKEND="reference")
     assert ok.returncode == 0 and ok.stdout.strip() == "reference", ok.stderr

@@ -64,6 +64,7 @@ def test_mlp_forward_and_backward_match_the_reference(op_backend, tiny_mlp):
     _assert_model_matches_reference(model, x, t, d, None)
 
 
+@pytest.mark.slow
 def test_compiled_model_has_no_graph_breaks():
     if not backends.native_available():
         pytest.skip("needs the C++ extension")

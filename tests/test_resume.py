@@ -97,6 +97,7 @@ def weights(trainer):
             **{f"ema.{k}": v for k, v in trainer.ema_model.state_dict().items()}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_with_flips_is_bitwise_the_uninterrupted_run(tmp_path, workers):
     root = image_folder(tmp_path / "images")
