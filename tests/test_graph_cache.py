@@ -130,7 +130,7 @@ def test_padded_graph_batches_give_the_unpadded_samples(tiny_dit, monkeypatch, b
     monkeypatch.setattr(sampling, "_graph_run", eager_graph)
     noise = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
     y = torch.arange(batch) % 10
-    args = (tiny_dit, noise, y, torch.tensor(1.5), 2, 10, torch.float32)
+    args = (tiny_dit, noise, y, torch.tensor(1.5), (0.5, 0.5), 10, torch.float32)  # two steps of 1/2
     got = sampling._graph_run_chunked(*args)
     assert seen == [sampling.graph_batch(min(r, sampling.GRAPH_MAX_BATCH))
                     for r in range(batch, 0, -sampling.GRAPH_MAX_BATCH)]
