@@ -35,7 +35,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from .graphs import GraphCache, weights_key
+from .graphs import GraphCache, modules_of, weights_key
 from .models import ShortcutDiT, ShortcutMLP, unwrap_model
 from .ops import backends
 from .steps import num_doublings
@@ -46,7 +46,7 @@ ATEN_ROWS = 64  # token rows from which a linear layer runs on ATen's BLAS inste
 
 _mode = "auto"
 _isa = "auto"
-_TENSORS = GraphCache(max_size=8)  # the weight lists handed to the engine, by weights_key
+_TENSORS = GraphCache(max_size=8)  # _Weights by weights_key: what the engine reads of each model
 _noticed: set[str] = set()
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
 
 
 def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool, schedule: tuple[float, ...]) -> str | None:
-    """Why the engine cannot serve this call, or None."""
+    """Why the engine cannot serve this call for reasons of the call or the model's settings, or None."""
     if not available():
         return "the native extension with the engine is not built"
     if len(set(schedule)) != 1:
@@ -163,19 +163,46 @@ def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool, schedule: tup
         return "the engine runs the package's own conditioning, not conditioning='official'"
     if x.device.type != "cpu":
         return f"the engine runs on the CPU; the noise is on {x.device}"
-    if x.dtype != torch.float32 or any(p.dtype != torch.float32 for p in base.parameters()):
+    if x.dtype != torch.float32:
         return "the engine runs fp32 models on fp32 noise"
-    if any(p.device.type != "cpu" for p in base.parameters()):
-        return "the engine needs the model's weights on the CPU"
     if torch.is_autocast_enabled("cpu"):
         return "CPU autocast is on"
     if progress:
         return "the engine shows no progress bar"
-    if any(m._forward_hooks or m._forward_pre_hooks for m in base.modules()):
+    # the cached module list (graphs.modules_of): a walk of model.modules() on every call costs more than the
+    # engine's whole batch-1 step
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules_of(base)):
         return "the model has forward hooks, which the engine would skip"
-    if any(not p.is_contiguous() for p in base.parameters()):
+    return None
+
+
+class _Weights:
+    """The tensors of one model at one weights key, and their packing for the engine (made on first use)."""
+
+    def __init__(self, base: nn.Module):
+        self.tensors = [t.detach() for t in (*base.parameters(), *base.buffers())]
+        self.packed: tuple[list[torch.Tensor], list[int]] | None = None
+
+
+def _unsupported_weights(tensors: list[torch.Tensor]) -> str | None:
+    """Why the engine cannot read these weights, or None (checked on every call: an in-place change of a
+    weight's layout keeps its address, so the weights key does not see it)."""
+    if any(t.dtype != torch.float32 for t in tensors):
+        return "the engine runs fp32 models on fp32 noise"
+    if any(t.device.type != "cpu" for t in tensors):
+        return "the engine needs the model's weights on the CPU"
+    if any(not t.is_contiguous() for t in tensors):
         return "a weight is not contiguous"
     return None
+
+
+def _fall_back(reason: str) -> None:
+    """Refuse under mode "on"; else log the reason once."""
+    if _mode == "on":
+        raise ValueError(f"the engine cannot serve this call: {reason}; use engine.set_mode('auto') to fall back")
+    if reason not in _noticed:
+        _noticed.add(reason)
+        log.warning("shortcut_fast engine: %s; sampling with the eager loop instead", reason)
 
 
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: float | None,
@@ -191,14 +218,17 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: fl
         return None
     reason = _unsupported(base, x, progress, schedule)
     if reason is not None:
-        if _mode == "on":
-            raise ValueError(f"the engine cannot serve this call: {reason}; use engine.set_mode('auto') to fall back")
-        if reason not in _noticed:
-            _noticed.add(reason)
-            log.warning("shortcut_fast engine: %s; sampling with the eager loop instead", reason)
+        _fall_back(reason)
         return None
+    entry = _TENSORS.get(weights_key(base), lambda: _Weights(base))
+    reason = _unsupported_weights(entry.tensors)
+    if reason is not None:
+        _fall_back(reason)
+        return None
+    if entry.packed is None:
+        entry.packed = _pack(base)
+    tensors, config = entry.packed
     y = None if y is None else y.long()  # validated by sample()
-    tensors, config = _TENSORS.get(weights_key(base), lambda: _pack(base))
     config = [*config, ISAS[_isa], ATEN_ROWS]
     # equal steps summing to 1: their count is the engine's uniform step count
     return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, len(schedule))

@@ -57,6 +57,14 @@ for _hook in (register_module_module_registration_hook, register_module_paramete
     _hook(_registered)
 
 
+def modules_of(model: nn.Module) -> tuple[nn.Module, ...]:
+    """``(model, *its submodules)``, as ``model.modules()`` lists them, from the cached layout."""
+    layout = _LAYOUTS.get(model)
+    if layout is None or layout.generation != _generation or layout.children != _children(model, layout.submodules):
+        layout = _LAYOUTS[model] = _Layout(model)
+    return (model, *layout.submodules)
+
+
 def weights_key(model: nn.Module) -> tuple:
     """Identifies the memory a graph of ``model`` reads: the model and where its weights and buffers live.
 
@@ -66,10 +74,7 @@ def weights_key(model: nn.Module) -> tuple:
     ``load_state_dict``) leave it. Only the list of submodules is cached, and it is found again after any
     registration of a module, parameter or buffer or when a module's children change.
     """
-    layout = _LAYOUTS.get(model)
-    if layout is None or layout.generation != _generation or layout.children != _children(model, layout.submodules):
-        layout = _LAYOUTS[model] = _Layout(model)
-    modules = (model, *layout.submodules)
+    modules = modules_of(model)
     return (id(model), *(t.data_ptr() for m in modules for t in m._parameters.values() if t is not None),
             None, *(t.data_ptr() for m in modules for t in m._buffers.values() if t is not None))
 
