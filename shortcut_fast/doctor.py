@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from . import ops
-from .ops import backends, dispatch
+from .ops import backends, contract, dispatch
 from .ops import reference as SF
 
 # Largest |kernel - reference| allowed, relative to the reference's largest magnitude (at least 1).
@@ -95,7 +95,8 @@ def backend_choice(device: torch.device) -> dict[str, str]:
         why = f"PyTorch reference (backend {chosen!r}; extension {native}; triton {triton})"
     rows = dict.fromkeys(OPS, why)
     if namespace and not (namespace == backends.NATIVE_NAMESPACE and device.type == "cpu"):
-        rows["attention"] = f"{why}; head dims other than {list(dispatch.GPU_HEAD_DIMS)} use the reference"
+        head_dims = contract.support("attention_fwd", dispatch.contract_backend(namespace, device.type)).head_dims
+        rows["attention"] = f"{why}; head dims other than {list(head_dims or ())} use the reference"
     return rows
 
 

@@ -49,3 +49,16 @@ def test_doctor_rejects_a_gpu_it_cannot_see(capsys):
         cli.main(["doctor", "--device", "cuda", "--timing-seconds", "0"])
     assert exited.value.code == 2
     assert "torch sees no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("namespace", ["triton", "native"])
+def test_backend_choice_names_the_kernels_head_dims(monkeypatch, namespace):
+    # the attention row of a kernel backend other than the native CPU one lists the head sizes the contract gives it
+    from shortcut_fast.ops import backends, contract, dispatch
+
+    name = backends.TRITON_NAMESPACE if namespace == "triton" else backends.NATIVE_NAMESPACE
+    device = torch.device("cpu" if namespace == "triton" else "cuda")
+    monkeypatch.setattr(backends, "namespace", lambda _device: name)
+    row = doctor.backend_choice(device)["attention"]
+    head_dims = contract.support("attention_fwd", dispatch.contract_backend(name, device.type)).head_dims
+    assert f"head dims other than {list(head_dims)} use the reference" in row
