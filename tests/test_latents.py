@@ -14,9 +14,11 @@ from safetensors import safe_open
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (the [latent] extra)")
 
+import shortcut_fast as sf  # noqa: E402
 from shortcut_fast import ShortcutDiT, save_model  # noqa: E402
 from shortcut_fast.cli import main, open_training_data  # noqa: E402
 from shortcut_fast.data import latents as lat  # noqa: E402
+from shortcut_fast.data.batches import BatchSource  # noqa: E402
 from shortcut_fast.data.datasets import ImageFolder, TensorShards  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -152,6 +154,23 @@ def test_a_missing_vae_folder_says_what_is_expected(tmp_path):
         lat.load_vae(tmp_path)
     with pytest.raises(ValueError, match="latents must be one of"):
         lat.encode_folder(tmp_path, tmp_path, tmp_path, image_size=16, latents="mode")
+
+
+def test_the_trainer_trains_on_latent_shards_read_row_by_row(folder, vae_dir, tmp_path):
+    encode(folder, tmp_path / "z", vae_dir)
+    data, _, num_classes = open_training_data(str(tmp_path / "z"))
+    z, labels = expected_latents(folder, vae_dir)
+    x, y = next(BatchSource(data, batch_size=3, seed=0))
+    for row, label in zip(x, y, strict=True):  # every row of a batch is one encoded image with its label
+        nearest = int(((z - row) ** 2).flatten(1).sum(1).argmin())
+        torch.testing.assert_close(row, z[nearest], rtol=1e-5, atol=1e-5)
+        assert label == labels[nearest]
+    torch.manual_seed(0)
+    model = ShortcutDiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                        num_classes=num_classes)
+    trainer = sf.Trainer(model, data, sf.TrainConfig(batch_size=3, progress=False, log_every=1))
+    trainer.fit(2)
+    assert trainer.step == 2 and all(np.isfinite(row["loss"]) for row in trainer.history)
 
 
 def test_cli_encode_train_and_sample_png(folder, vae_dir, tmp_path, capsys):
