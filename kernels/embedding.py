@@ -95,8 +95,12 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
     out = torch.empty_like(c)
     block = min(_CHANNEL_BLOCK, triton.next_power_of_2(channels))
     has_labels = y is not None
+    label_rows = 0
+    if has_labels:
+        assert y_table is not None  # the op passes y and y_table together
+        label_rows = y_table.shape[0]
     # without labels the kernel never reads its label arguments; level and d_table stand in for them
     _condition_sum_kernel[(batch, triton.cdiv(channels, block))](
         c, level, d_table, y if has_labels else level, y_table if has_labels else d_table, out, channels,
-        d_table.shape[0], y_table.shape[0] if has_labels else 0, HAS_LABELS=has_labels, BLOCK=block)
+        d_table.shape[0], label_rows, HAS_LABELS=has_labels, BLOCK=block)
     return out

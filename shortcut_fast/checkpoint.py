@@ -149,7 +149,7 @@ def model_spec(model: nn.Module) -> dict | None:
     name = cls.__name__
     if MODEL_CLASSES.get(name) is not cls:
         return None
-    return {"format": MODEL_FORMAT, "class": name, "config": dict(base.config)}
+    return {"format": MODEL_FORMAT, "class": name, "config": dict(base.config)}  # type: ignore[arg-type]  # a package model
 
 
 def build_model(spec: dict, source: Path) -> nn.Module:

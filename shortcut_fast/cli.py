@@ -119,6 +119,7 @@ def open_training_data(data: str | list[str], labels: str | list[str] | None = N
     """
     sources = [data] if isinstance(data, str) else list(data)
     label_sources = [labels] if isinstance(labels, str) else list(labels or [])
+    y: torch.Tensor | None
     if sources == ["digits"]:
         x, y = load_digits()
         return (x, y), x[:1], DIGITS_CLASSES
@@ -236,15 +237,17 @@ def _cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".png", ".npy", ""):
         raise ValueError(f"--out must end in .png or .npy, or be a folder for one PNG per sample; got {out.name}")
+    shape: tuple[int, ...]
     if isinstance(model, ShortcutDiT):
         shape = (model.in_channels, model.input_size, model.input_size)
     else:
-        shape = (model.dim,)
+        shape = (model.dim,)  # type: ignore[assignment]  # a ShortcutMLP (load_model builds the package's models)
     if out.suffix != ".npy" and not (isinstance(model, ShortcutDiT) and (args.vae or shape[0] in (1, 3))):
         raise ValueError("PNG output needs an image model with 1 or 3 channels, or a latent model with --vae; "
                          "write .npy instead")
     if isinstance(args.batch_size, bool) or args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    labels: torch.Tensor | None
     if num_classes and args.label is None:
         labels = torch.arange(num_classes, device=args.device).repeat_interleave(args.n)
         rows = num_classes

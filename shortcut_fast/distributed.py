@@ -37,12 +37,12 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a sharded (DTensor) parameter; a plain tensor as it is."""
-    return t.to_local() if _is_dtensor(t) else t
+    return t.to_local() if _is_dtensor(t) else t  # type: ignore[attr-defined]  # a DTensor
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A replicated DTensor (e.g. a gradient norm under FSDP) as a plain tensor."""
-    return t.full_tensor() if _is_dtensor(t) else t
+    return t.full_tensor() if _is_dtensor(t) else t  # type: ignore[attr-defined]  # a DTensor
 
 
 def fully_shard_blocks(module: nn.Module) -> None:

@@ -154,9 +154,9 @@ def parity(device: torch.device) -> list[tuple[str, str, float, float, bool]]:
                     rows.append((name, str(dtype).removeprefix("torch."), float("nan"), tol, False))
                     print(f"  {name} {dtype}: raised {type(err).__name__}: {err}")
                     continue
-            err = ((got - want).abs().max() / want.abs().max().clamp(min=1)).item() if got.shape == want.shape \
+            error = ((got - want).abs().max() / want.abs().max().clamp(min=1)).item() if got.shape == want.shape \
                 else float("inf")
-            rows.append((name, str(dtype).removeprefix("torch."), err, tol, bool(err <= tol)))
+            rows.append((name, str(dtype).removeprefix("torch."), error, tol, bool(error <= tol)))
     return rows
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .graphs import GraphCache, modules_of, weights_key
-from .models import ShortcutDiT, ShortcutMLP, unwrap_model
+from .models import ConditionEmbedder, ShortcutDiT, ShortcutMLP, unwrap_model
 from .ops import backends
 from .steps import num_doublings
 
@@ -122,30 +122,34 @@ def _freqs(freq_dim: int) -> torch.Tensor:
 
 
 def _linear(layer: nn.Module) -> list[torch.Tensor]:
-    return [layer.weight.detach(), layer.bias.detach()]
+    return [layer.weight.detach(), layer.bias.detach()]  # type: ignore[operator]  # an nn.Linear
 
 
 def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int]]:
     """The module's tensors in the order of csrc/engine/engine.cpp, and its configuration ints."""
     empty = torch.empty(0)
     cond = base.cond
+    assert isinstance(cond, ConditionEmbedder)  # _unsupported() refuses conditioning="official"
     tensors = [_freqs(cond.freq_dim), *_linear(cond.t_mlp[0]), *_linear(cond.t_mlp[2]), cond.d_table.weight.detach(),
                empty if cond.y_table is None else cond.y_table.weight.detach()]
     hidden = cond.d_table.weight.shape[1]
+    heads: int
     if isinstance(base, ShortcutDiT):
         conv = base.x_embedder
+        assert conv.bias is not None  # the patch embedding has a bias
         tensors += [conv.weight.detach().view(hidden, -1), conv.bias.detach(), base.pos_embed[0]]
-        heads, tokens, patch, channels, grid = (base.blocks[0].attn.num_heads if base.blocks else 1, base.grid**2,
+        heads, tokens, patch, channels, grid = (base.blocks[0].attn.num_heads if base.blocks else 1, base.grid**2,  # type: ignore[union-attr,assignment]
                                                 base.patch_size, base.in_channels, base.grid)
     else:
         tensors += [*_linear(base.inp), empty]
         heads, tokens, patch, channels, grid = 1, 1, 1, base.dim, 1
     tensors += [*_linear(base.final_layer.adaLN_modulation[-1]), *_linear(base.final_layer.linear)]
+    # the stubs type a ModuleList's items as Module (attributes Tensor | Module): each is a DiTBlock or MLPBlock
     for block in base.blocks:
-        tensors += _linear(block.adaLN_modulation[-1])
+        tensors += _linear(block.adaLN_modulation[-1])  # type: ignore[index,arg-type]
         if isinstance(base, ShortcutDiT):
-            tensors += [*_linear(block.attn.qkv), *_linear(block.attn.proj)]
-        tensors += [*_linear(block.mlp[0]), *_linear(block.mlp[2])]
+            tensors += [*_linear(block.attn.qkv), *_linear(block.attn.proj)]  # type: ignore[union-attr,arg-type]
+        tensors += [*_linear(block.mlp[0]), *_linear(block.mlp[2])]  # type: ignore[index,arg-type]
     config = [0 if isinstance(base, ShortcutDiT) else 1, hidden, heads, len(base.blocks), tokens, patch, channels, grid,
               num_doublings(base.min_step)]
     return tensors, config
@@ -226,6 +230,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: fl
         _fall_back(reason)
         return None
     if entry.packed is None:
+        assert isinstance(base, (ShortcutDiT, ShortcutMLP))  # its type was checked above
         entry.packed = _pack(base)
     tensors, config = entry.packed
     y = None if y is None else y.long()  # validated by sample()

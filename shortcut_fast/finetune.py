@@ -37,7 +37,8 @@ def copy_flow_level(model: ShortcutModule) -> ShortcutModule:
     base = unwrap_model(model)
     if not isinstance(base, ShortcutModule):
         raise TypeError(f"model must be a ShortcutDiT or ShortcutMLP, got {type(base).__name__}")
-    table = base.cond.d_table.weight
+    # the package's conditioning (an OfficialConditionEmbedder has no step-size table)
+    table: torch.Tensor = base.cond.d_table.weight  # type: ignore[union-attr,assignment]
     table.copy_(table[:1].expand_as(table))
     return model
 
@@ -101,13 +102,14 @@ def from_flow_model(source, cls: type = ShortcutModule, *, ema: bool | None = No
         model = cls(**config)
         state = dict(source)
         if STEP_TABLE_KEY not in state:
-            state[STEP_TABLE_KEY] = torch.zeros_like(model.cond.d_table.weight)
+            state[STEP_TABLE_KEY] = torch.zeros_like(model.cond.d_table.weight)  # type: ignore[union-attr,arg-type]
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ValueError(f"the flow weights do not fit {cls.__name__}(**config): {err}") from err
     else:
         raise TypeError(f"source must be a model, a model directory or a state dict, got {type(source).__name__}")
+    assert isinstance(model, ShortcutModule)  # an instance of cls, a ShortcutModule subclass (checked above)
     copy_flow_level(model)
     if device is not None:
         model = model.to(device)

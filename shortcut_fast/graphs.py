@@ -122,7 +122,7 @@ class GraphCache:
     def __init__(self, max_size: int):
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
         self.max_size = max_size
-        self.pool = None  # one CUDA memory pool shared by the graphs of this cache
+        self.pool: tuple[int, int] | None = None  # one CUDA memory pool shared by the graphs of this cache
 
     @property
     def max_size(self) -> int:

@@ -64,6 +64,10 @@ class ShortcutModule(nn.Module):
     min_step: float
     config: dict
     guidance_input: bool = False  # takes the guidance scale w as an input (intrinsic guidance)
+    # the submodules every subclass builds
+    cond: ConditionEmbedder | OfficialConditionEmbedder
+    blocks: nn.ModuleList
+    final_layer: FinalLayer
 
     @property
     def step_sizes(self) -> list[float]:
@@ -148,8 +152,8 @@ class ShortcutModule(nn.Module):
                 nn.init.zeros_(module.bias)
         self.cond.initialize()
         for block in self.blocks:
-            _zero_(block.adaLN_modulation[-1])
-        _zero_(self.final_layer.adaLN_modulation[-1])
+            _zero_(block.adaLN_modulation[-1])  # type: ignore[index,arg-type]  # a DiTBlock or MLPBlock
+        _zero_(self.final_layer.adaLN_modulation[-1])  # type: ignore[arg-type]  # an nn.Linear
         _zero_(self.final_layer.linear)
 
     def _check_x(self, x: torch.Tensor) -> None:
@@ -179,7 +183,7 @@ class ConditionEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None,
                 w: torch.Tensor | None = None) -> torch.Tensor:
-        c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))
+        c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))  # type: ignore[arg-type]
         if self.w_embed is not None:
             c = c + self.w_embed(w)
         y_table = None if self.y_table is None else self.y_table.weight
@@ -187,8 +191,8 @@ class ConditionEmbedder(nn.Module):
 
     def initialize(self) -> None:
         """Small normal rows for the tables and the t MLP (std 0.02, as in DiT)."""
-        nn.init.normal_(self.t_mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_mlp[2].weight, std=0.02)
+        nn.init.normal_(self.t_mlp[0].weight, std=0.02)  # type: ignore[arg-type]  # nn.Linear
+        nn.init.normal_(self.t_mlp[2].weight, std=0.02)  # type: ignore[arg-type]
         nn.init.normal_(self.d_table.weight, std=0.02)
         if self.y_table is not None:
             nn.init.normal_(self.y_table.weight, std=0.02)
@@ -213,7 +217,7 @@ class OfficialConditionEmbedder(nn.Module):
 
     def _embed(self, mlp: nn.Sequential, value: torch.Tensor) -> torch.Tensor:
         # the shared sinusoid stretches its input by T_SCALE; these embedders see it unstretched
-        return mlp(ops.timestep_features(value / T_SCALE, self.freq_dim).to(mlp[0].weight.dtype))
+        return mlp(ops.timestep_features(value / T_SCALE, self.freq_dim).to(mlp[0].weight.dtype))  # type: ignore[arg-type]
 
     def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dt_base = (self.max_level - level).float()  # level 0 is d_min, so log2(1/d) = K - level
@@ -222,8 +226,8 @@ class OfficialConditionEmbedder(nn.Module):
     def initialize(self) -> None:
         """Normal rows (std 0.02) for both MLPs' weights and the label table."""
         for mlp in (self.t_mlp, self.dt_mlp):
-            nn.init.normal_(mlp[0].weight, std=0.02)
-            nn.init.normal_(mlp[2].weight, std=0.02)
+            nn.init.normal_(mlp[0].weight, std=0.02)  # type: ignore[arg-type]  # nn.Linear
+            nn.init.normal_(mlp[2].weight, std=0.02)  # type: ignore[arg-type]
         nn.init.normal_(self.y_table.weight, std=0.02)
 
 
@@ -326,6 +330,8 @@ class ShortcutDiT(ShortcutModule):
     unconditional official model has one class and is always fed the null class).
     """
 
+    pos_embed: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(
         self,
         input_size: int = 32,
@@ -413,6 +419,7 @@ class ShortcutDiT(ShortcutModule):
         # patch embedding: like a linear layer over the flattened patch
         w = self.x_embedder.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        assert self.x_embedder.bias is not None  # the Conv2d is built with a bias
         nn.init.zeros_(self.x_embedder.bias)
 
     @torch.no_grad()

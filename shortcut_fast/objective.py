@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -77,7 +78,7 @@ class ShortcutConfig:
             if not isinstance(self.intrinsic_guidance, (tuple, list)) or len(self.intrinsic_guidance) != 2:
                 raise ValueError(f"intrinsic_guidance must be a pair (low, high) of guidance scales or None, "
                                  f"got {self.intrinsic_guidance!r}")
-            self.intrinsic_guidance = tuple(self.intrinsic_guidance)
+            self.intrinsic_guidance = cast("tuple[float, float]", tuple(self.intrinsic_guidance))  # a pair (checked)
             for value in self.intrinsic_guidance:
                 checks.check_number("intrinsic_guidance", value, 0.0, math.inf, high_open=True)
             if self.intrinsic_guidance[0] > self.intrinsic_guidance[1]:
@@ -186,6 +187,7 @@ def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, s
     """``model(x, t, d, y[, w])``; rows where ``guided`` is true get the two-forward guided velocity."""
     if guided is None:
         return _call(model, x, t, d, y, w)
+    assert scale is not None  # guided rows come with their scale (bootstrap_cfg_scale)
     # conditional and unconditional rows in one batched forward
     v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]), torch.cat([y, torch.full_like(y, null_class)]))
     v_cond, v_null = check_velocity(v, (2 * x.shape[0], *x.shape[1:])).chunk(2)
@@ -249,7 +251,8 @@ def draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, sh
         return _draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
 
 
-def _draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class) -> ShortcutBatch:
+def _draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
+                null_class) -> ShortcutBatch:
     rank, world = shard
     B, device, K = x1.shape[0], x1.device, num_doublings(config.min_step)
     n_global = B * world
@@ -285,6 +288,7 @@ def _draw_batch(model, x1, y, config, target_model, generator, shard, targets, n
     target_f = x1[n_boot:] - x0[n_boot:]
     w = None
     if config.intrinsic_guidance is not None and y is not None:
+        assert y_in is not None  # drawn above for labelled data
         w_all = draw_guidance_scales(n_global, *config.intrinsic_guidance, generator, device)
         w = torch.cat([w_all[:n_boot_global][rows_b], w_all[n_boot_global:][rows_f]])
         w = torch.where(y_in == null_class, torch.ones_like(w), w)  # w means nothing without a label

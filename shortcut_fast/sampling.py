@@ -98,6 +98,7 @@ def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale
             v = check_velocity(v, x.shape)
         else:
             # conditional and null-class rows in one batched forward
+            assert y is not None  # sample() refuses cfg_scale without labels
             null = torch.full_like(y, null_class)
             v = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
                       torch.cat([y, null]))

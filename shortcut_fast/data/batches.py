@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -46,17 +48,19 @@ class _EpochItems(Dataset):
     sample's random choices (e.g. ``ImageFolder``'s flips) for the right epoch.
     """
 
+    epoch: int | None
+
     def __init__(self, dataset: Dataset):
         self.dataset, self.epoch = dataset, None
         self.has_epochs = callable(getattr(dataset, "set_epoch", None))
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # BatchSource took len() of it; Dataset declares none
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
         if self.has_epochs and epoch != self.epoch:
-            self.dataset.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]  # has_epochs: it has one
             self.epoch = epoch
         return self.dataset[index]
 
@@ -95,6 +99,14 @@ class BatchSource:
     that serves it, so its random choices do not depend on the workers.
     """
 
+    x: torch.Tensor | None
+    y: torch.Tensor | None
+    dataset: Dataset | None
+    loader: DataLoader | None
+    size: int | None
+    _iter: Iterator | None
+    _loader: DataLoader | None
+
     def __init__(self, data, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world: int = 1,
                  pin_memory: bool = False):
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
@@ -114,7 +126,7 @@ class BatchSource:
                 raise ValueError(f"data and labels differ in length: {len(self.x)} vs {len(self.y)}")
             self.size = len(self.x)
         elif isinstance(data, Dataset):
-            self.dataset, self.size = data, len(data)
+            self.dataset, self.size = data, len(data)  # type: ignore[arg-type]  # Dataset declares no __len__
         else:
             raise TypeError("data must be a Tensor, a (Tensor, labels) pair, a Dataset or a DataLoader; "
                             f"got {type(data).__name__}")
@@ -139,12 +151,14 @@ class BatchSource:
         self.epoch, self.pos, self._iter = int(state["epoch"]), int(state["pos"]), None
 
     def _permutation(self) -> torch.Tensor:
+        assert self.size is not None  # only tensors and Datasets, which have a size, are permuted
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.size, generator=gen)
 
     def _epoch_batches(self) -> list[torch.Tensor]:
         """This rank's index lists for the rest of the current epoch (full global batches only)."""
         perm, step = self._permutation(), self.batch_size * self.world
+        assert self.size is not None  # _permutation checked it
         # rank r takes rows r, r + world, ... of each global batch: the layout the objective's shards assume
         return [perm[p + self.rank:p + step:self.world] for p in range(self.pos, self.size - step + 1, step)]
 
@@ -154,6 +168,7 @@ class BatchSource:
         if self.x is not None:
             return ((self.x[i], None if self.y is None else self.y[i]) for i in self._epoch_batches())
         if self._loader is None:
+            assert self.dataset is not None  # neither a DataLoader nor tensors: a Dataset
             self._loader = DataLoader(_EpochItems(self.dataset), batch_sampler=_RemainingBatches(self),
                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
                                       collate_fn=_collate, persistent_workers=self.num_workers > 0)

@@ -293,8 +293,8 @@ class ImageFolder(Dataset):
     def load(self, path: str | os.PathLike) -> torch.Tensor:
         """One image file as a (channels, size, size) float32 tensor in [-1, 1], before any flip."""
         size = self.image_size
-        with Image.open(path) as img:
-            img = img.convert("RGB" if self.channels == 3 else "L")
+        with Image.open(path) as opened:
+            img = opened.convert("RGB" if self.channels == 3 else "L")
         width, height = img.size
         scale = size / min(width, height)
         resized = (max(size, round(width * scale)), max(size, round(height * scale)))

@@ -82,7 +82,7 @@ def decode(latents: torch.Tensor, vae: torch.nn.Module, *, batch_size: int = 32)
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     param = next(vae.parameters())
     factor = scaling_factor(vae)
-    chunks = [vae.decode(chunk.to(param.device, param.dtype) / factor).sample.float().clamp(-1, 1).to(latents.device)
+    chunks = [vae.decode(chunk.to(param.device, param.dtype) / factor).sample.float().clamp(-1, 1).to(latents.device)  # type: ignore[operator]  # an AutoencoderKL
               for chunk in latents.split(batch_size)]
     return torch.cat(chunks)
 
@@ -169,7 +169,7 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn
             counts["skipped"] += int((~ok).sum())
             if ok.any():
                 with torch.no_grad():
-                    dist_ = vae.encode(x[ok].to(param.device, param.dtype)).latent_dist
+                    dist_ = vae.encode(x[ok].to(param.device, param.dtype)).latent_dist  # type: ignore[operator]
                     z = dist_.mean if latents == "mean" else dist_.sample(generator=gen)
                 xs.append((z.float() * scaling_factor(vae)).cpu())
                 ys.append(y[ok])

@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,6 +66,7 @@ def evaluate_digits(model: torch.nn.Module, out_dir: Path, cfg: DemoConfig, prog
         real_feats = classifier.features(x_real)
     split = torch.randperm(len(x_real), generator=torch.Generator().manual_seed(cfg.seed))
     half = len(x_real) // 2
+    metrics: dict[str, Any]
     metrics = {"steps": {}, "reference_fd": frechet_distance(real_feats[split[:half]], real_feats[split[half:]])}
 
     labels = torch.arange(DIGITS_CLASSES).repeat_interleave(cfg.samples_per_class)

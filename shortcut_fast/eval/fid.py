@@ -116,11 +116,13 @@ def feature_stats(source, extractor: Extractor, *, batch_size: int = 50,
     repeated to RGB. Images go to ``extractor`` as uint8 batches on ``device``.
     """
     device = parse_device(device)
-    total, outer, count = None, None, 0
+    total: torch.Tensor | None = None
+    outer: torch.Tensor | None = None
+    count = 0
     for batch in _batches(source, batch_size, "images"):
         batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
         feats = extractor(batch.to(device)).to("cpu", torch.float64).reshape(len(batch), -1)
-        if total is None:
+        if total is None or outer is None:  # both are set at once
             total, outer = torch.zeros(feats.shape[1], dtype=torch.float64), torch.zeros(
                 feats.shape[1], feats.shape[1], dtype=torch.float64)
         total += feats.sum(0)
@@ -128,6 +130,7 @@ def feature_stats(source, extractor: Extractor, *, batch_size: int = 50,
         count += len(feats)
     if count < 2:
         raise ValueError(f"FID needs at least 2 readable images per side, got {count}")
+    assert total is not None and outer is not None  # set by the first of the count >= 2 batches
     mu = total / count
     sigma = (outer - count * torch.outer(mu, mu)) / (count - 1)
     return mu.numpy(), sigma.numpy()
@@ -176,6 +179,7 @@ def fid(samples, reference, *, inception: str | os.PathLike | None = None, extra
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if extractor is None:
+        assert inception is not None  # exactly one of the two is given (checked above)
         extractor = inception_extractor(inception, device)
     mu, sigma = feature_stats(samples, extractor, batch_size=batch_size, device=device)
     if isinstance(reference, (str, os.PathLike)) and Path(reference).suffix == ".npz":

@@ -125,6 +125,7 @@ def save_grid(
     canvas.paste(grid_image, (left_margin, top_margin))
     draw = ImageDraw.Draw(canvas)
     if title_box is not None:
+        assert title is not None  # title_box is measured from it
         draw.text((_PAD - title_box[0], _PAD - title_box[1]), title, fill=ink, font=font)
     row_pitch = height * scale + GRID_GAP
     for row, (label, (left, top, _, bottom)) in enumerate(zip(row_labels or [], label_boxes, strict=True)):

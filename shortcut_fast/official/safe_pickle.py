@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,11 +24,11 @@ try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
     from numpy._core import numeric as _numeric
 except ImportError:  # numpy 1
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+    from numpy.core import numeric as _numeric  # type: ignore[no-redef]
 
 _ARRAY_REBUILDERS = {"_reconstruct": _multiarray._reconstruct, "scalar": _multiarray.scalar,
-                     "_frombuffer": _numeric._frombuffer}
+                     "_frombuffer": _numeric._frombuffer}  # type: ignore[attr-defined]
 _NUMPY_MODULES = {"multiarray": ("numpy.core.multiarray", "numpy._core.multiarray"),
                   "numeric": ("numpy.core.numeric", "numpy._core.numeric")}
 
@@ -35,7 +37,7 @@ def _jax_array(fun, args, arr_state, aval_state):
     """What a pickled jax ``Array`` rebuilds to, as a numpy array (its device placement is dropped)."""
     if fun is not _multiarray._reconstruct:
         raise pickle.UnpicklingError(f"a jax array in this file is rebuilt by {fun!r}, not by numpy's array rebuilder")
-    array = fun(*args)
+    array = cast(np.ndarray, fun(*args))  # numpy's stub types _reconstruct as returning object
     array.__setstate__(arr_state)
     return array
 
@@ -72,6 +74,9 @@ class StandIn:
     """
 
     stands_for = "?"
+    args: tuple
+    kwargs: dict
+    state: object
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -117,6 +122,7 @@ def find_stand_ins(tree, path: str = "") -> list[tuple[str, StandIn]]:
     """Every ``StandIn`` in a tree of dicts, lists and tuples, with its path (``a/b/0``)."""
     if isinstance(tree, StandIn):
         return [(path or "/", tree)]
+    items: Iterable[tuple[Any, Any]]
     if isinstance(tree, dict):
         items = tree.items()
     elif isinstance(tree, (list, tuple)):

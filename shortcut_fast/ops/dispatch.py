@@ -91,7 +91,11 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
     ops = _kernels("condition_sum", c)
     if ops is None:
         return SF.condition_sum(c, level, d_table, y, y_table)
-    labels, y_rows = (None, None) if y_table is None else (y.long().contiguous(), y_table.to(c.dtype).contiguous())
+    labels: torch.Tensor | None = None
+    y_rows: torch.Tensor | None = None
+    if y_table is not None:
+        assert y is not None  # y comes with y_table
+        labels, y_rows = y.long().contiguous(), y_table.to(c.dtype).contiguous()
     return ops.condition_sum.default(c.contiguous(), level.long().contiguous(), d_table.to(c.dtype).contiguous(),
                                      labels, y_rows)
 

@@ -10,6 +10,8 @@ every use of the op, more than a fused CPU kernel saves on a small batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from . import contract
@@ -140,7 +142,7 @@ def register_autograd(namespace: str) -> None:
         dx, dshift, dscale = ops.modulate_layernorm_bwd.default(grad_y.contiguous(), x, scale, mean, rstd)
         return dx, dshift, dscale, None
 
-    formulas = {
+    formulas: dict[str, tuple[Callable, Callable]] = {
         "attention_fwd": (attention_backward, _setup_attention),
         "modulate_layernorm_fwd": (modulate_layernorm_backward, _setup_modulate_layernorm),
         "gated_residual": (_gated_residual_backward, _setup_gated_residual),

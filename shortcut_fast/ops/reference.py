@@ -49,7 +49,10 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
                   y_table: torch.Tensor | None) -> torch.Tensor:
     """The conditioning vector ``c + d_table[level] (+ y_table[y])``: the t embedding plus the table rows."""
     c = c + F.embedding(level, d_table)
-    return c if y_table is None else c + F.embedding(y, y_table)
+    if y_table is None:
+        return c
+    assert y is not None  # y comes with y_table
+    return c + F.embedding(y, y_table)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -83,6 +86,6 @@ def bootstrap_target(v1: torch.Tensor, v2: torch.Tensor, clip: float | None) -> 
     return _clip((v1 + v2) * 0.5, clip)
 
 
-def guided_velocity(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float) -> torch.Tensor:
+def guided_velocity(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance ``v_null + w (v_cond - v_null)``."""
     return v_null + scale * (v_cond - v_null)

@@ -68,6 +68,7 @@ def _op(fn):
 
 def _check_head_dim(op: str, q: Tensor) -> None:
     head_dims = contract.support(op, BACKEND).head_dims
+    assert head_dims is not None  # the contract lists the Triton attention's head sizes
     check(q.shape[-1] in head_dims, f"{op}: head size {q.shape[-1]} not in {head_dims}")
 
 
@@ -187,7 +188,7 @@ def timestep_features(t: Tensor, dim: int, max_period: float) -> Tensor:
 def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y_table: Tensor | None) -> Tensor:
     op = "condition_sum"
     check((y is None) == (y_table is None), f"{op}: pass y and y_table together, or neither")
-    labelled = [] if y is None else [y, y_table]
+    labelled = [] if y is None or y_table is None else [y, y_table]
     check_device(op, c, level, d_table, *labelled)
     check_float(op, c, d_table, *labelled[1:])
     _check_same_dtype(op, c, d_table, *labelled[1:])
@@ -195,6 +196,7 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
     for name, index, table in (("level", level, d_table), ("y", y, y_table)):
         if index is None:
             continue
+        assert table is not None  # y comes with y_table (checked above)
         _check_shape(op, name, index, (c.shape[0],))
         check(index.dtype == torch.int64, f"{op}: {name} must be int64, got {index.dtype}")
         check(table.dim() == 2 and table.shape[1] == c.shape[1],

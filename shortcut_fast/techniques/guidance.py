@@ -46,14 +46,15 @@ class GuidanceEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.mlp(ops.timestep_features(w, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(ops.timestep_features(w, self.freq_dim).to(self.mlp[0].weight.dtype))  # type: ignore[arg-type]
 
     def initialize(self) -> None:
         """A small first layer and a zero last layer: the embedding starts at zero for every ``w``."""
-        nn.init.normal_(self.mlp[0].weight, std=0.02)
-        nn.init.zeros_(self.mlp[0].bias)
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        # the stubs type a Sequential's items as Module, whose attributes are Tensor | Module: these are nn.Linear
+        nn.init.normal_(self.mlp[0].weight, std=0.02)  # type: ignore[arg-type]
+        nn.init.zeros_(self.mlp[0].bias)  # type: ignore[arg-type]
+        nn.init.zeros_(self.mlp[2].weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.mlp[2].bias)  # type: ignore[arg-type]
 
 
 def guidance_parameters(hidden_size: int, freq_dim: int = GUIDANCE_FREQ_DIM) -> int:

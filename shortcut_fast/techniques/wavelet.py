@@ -46,7 +46,7 @@ def haar2d(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Ten
 
 def wavelet_bands(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """The ``3 * levels + 1`` sub-bands of ``x`` (B, C, H, W): level 1's LH, HL, HH, ..., level J's, then LL_J."""
-    bands = []
+    bands: list[torch.Tensor] = []
     for _ in range(levels):
         x, details = haar2d(x)
         bands.extend(details)
@@ -76,4 +76,4 @@ def wavelet_loss(pred: torch.Tensor, target: torch.Tensor, levels: int,
     per_band = [w for w in weights[:-1] for _ in range(3)] + [weights[-1]]
     total = sum(w * band.pow(2).flatten(1).mean(1) for w, band in zip(per_band, wavelet_bands(err, levels),
                                                                         strict=True))
-    return total / math.fsum(per_band)
+    return total / math.fsum(per_band)  # type: ignore[return-value]  # total: a sum of (B,) tensors

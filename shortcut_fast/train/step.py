@@ -137,13 +137,14 @@ def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x
         # The fused AdamW kernels skip the whole update (weights, moments and step count) where found_inf
         # is set: the mechanism of gradient scaling, at no cost. Restoring from a copy after an
         # unconditional step would cost three extra copies of the weights per step.
-        optimizer.found_inf = (~ok).float()
+        optimizer.found_inf = (~ok).float()  # type: ignore[attr-defined]  # read by the fused AdamW
     optimizer.step()
     if skip_non_finite:
-        del optimizer.found_inf
+        del optimizer.found_inf  # type: ignore[attr-defined]
     if ema_model is not None:
         update_ema(ema_model, live, ema_decay, ok)
     if target_model is not None and target_model is not ema_model:
+        assert target_decay is not None  # given with target_model
         update_ema(target_model, live, target_decay, ok)
     return logs, ok
 
@@ -154,7 +155,7 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float, ok: torch.T
     foreach call; buffers are copied. With the device flag ``ok`` the update applies only where it is true."""
     if is_fsdp(ema_model):
         # the root stays gathered after the target forwards (FSDP expects a backward next)
-        ema_model.reshard()
+        ema_model.reshard()  # type: ignore[operator]  # an FSDPModule
     ema = [local_tensor(p) for p in ema_model.parameters()]
     live = [local_tensor(p) for p in model.parameters()]
     if ok is None:
@@ -162,6 +163,6 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float, ok: torch.T
     else:
         # a weight of 0 leaves each EMA value exactly as it is (lerp adds 0 * (live - ema))
         weight = ok.to(ema[0].dtype) * (1.0 - decay) if ema else None
-        torch._foreach_lerp_(ema, live, [weight] * len(ema))
+        torch._foreach_lerp_(ema, live, [weight] * len(ema))  # type: ignore[list-item]  # weight is None: no ema
     for b_ema, b in zip(ema_model.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b if ok is None else torch.where(ok, b, b_ema))

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -78,7 +79,7 @@ class TrainConfig:
             self.checkpoint_dir = os.fspath(self.checkpoint_dir)
         if not isinstance(self.betas, (tuple, list)):
             raise TypeError(f"betas must be a pair of numbers in [0, 1), got {self.betas!r}")
-        self.betas = tuple(self.betas)
+        self.betas = cast("tuple[float, float]", tuple(self.betas))  # checked as a pair below
         if isinstance(self.seed, int) and self.seed >= 2**32:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed}")
         for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("decay_steps", 0),
@@ -151,7 +152,7 @@ class Trainer:
             raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
         if self.data.has_labels:
             # in-memory labels are checked once here; batches of a Dataset or DataLoader at each step
-            checks.require(*checks.labels_in_range(self.data.y, self.model.num_classes))
+            checks.require(*checks.labels_in_range(self.data.y, self.model.num_classes))  # type: ignore[arg-type]
         if encoder is not None and not callable(encoder):
             raise TypeError(f"encoder must be callable (a module or function), got {type(encoder).__name__}")
         self.encoder = encoder
@@ -237,6 +238,7 @@ class Trainer:
             shard=shard, skip_non_finite=True, agree=self._all_ranks, allowed=self._stopped_at < 0,
             target_model=self.target_ema_model, target_decay=self.config.target_ema_decay)
         self.step += 1  # a skipped step spends its batch and random draws too
+        assert ok is not None  # skip_non_finite=True: the step returns its flag
         self._skipped += (~ok).long()
         self._bad_run = torch.where(ok, 0, self._bad_run + 1)
         reached = (self._stopped_at < 0) & (self._bad_run >= self.config.max_bad_steps)
@@ -339,10 +341,11 @@ class Trainer:
             return None
         directory = Path(directory)
         state = {"rng.generator": self.generator.get_state()}
-        for name, param_state in opt["state"].items():
-            for key, value in param_state.items():
+        # the full state dicts (full_state_dict=True) hold tensors and plain values, finer than their stubs' types
+        for name, param_state in opt["state"].items():  # type: ignore[union-attr]
+            for key, value in param_state.items():  # type: ignore[union-attr]
                 state[f"optimizer/{name}/{key}"] = torch.as_tensor(value)
-        meta = {
+        meta: dict[str, Any] = {
             "format": TRAINER_FORMAT,
             "step": self.step,
             "train_config": self.config.to_dict(),
@@ -353,10 +356,10 @@ class Trainer:
         with ckpt.atomic_directory(directory) as tmp:
             if meta["model"] is not None:
                 ckpt.write_json(tmp / ckpt.CONFIG_FILE, meta["model"])
-            ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, weights)
-            ckpt.save_tensors(tmp / ckpt.EMA_FILE, ema)
+            ckpt.save_tensors(tmp / ckpt.WEIGHTS_FILE, weights)  # type: ignore[arg-type]
+            ckpt.save_tensors(tmp / ckpt.EMA_FILE, ema)  # type: ignore[arg-type]
             if fast is not None:
-                ckpt.save_tensors(tmp / TARGET_EMA_FILE, fast)
+                ckpt.save_tensors(tmp / TARGET_EMA_FILE, fast)  # type: ignore[arg-type]
             ckpt.save_tensors(tmp / STATE_FILE, state)
             ckpt.write_json(tmp / TRAINER_FILE, meta)
         return directory
@@ -395,7 +398,7 @@ class Trainer:
             pairs.append((trainer.target_ema_model, TARGET_EMA_FILE))
         for module, name in pairs:
             try:
-                set_model_state_dict(module, ckpt.read_weights(directory / name), options=full)
+                set_model_state_dict(module, ckpt.read_weights(directory / name), options=full)  # type: ignore[arg-type]
             except (RuntimeError, KeyError) as err:
                 raise ValueError(f"{directory / name} does not fit the model: {err}") from err
         state = ckpt.load_tensors(directory / STATE_FILE)
@@ -406,7 +409,7 @@ class Trainer:
             opt_state.setdefault(name, {})[field_name] = value
         try:
             set_optimizer_state_dict(trainer.model, trainer.optimizer, options=full,
-                                     optim_state_dict={"state": opt_state,
+                                     optim_state_dict={"state": opt_state,  # type: ignore[dict-item]
                                                        "param_groups": meta["optimizer_param_groups"]})
         except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"{directory / STATE_FILE}: the optimizer state does not fit the model ({err})") from err
