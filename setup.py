@@ -77,8 +77,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["shortcut_fast", "shortcut_fast.ops", "shortcut_fast.data", "shortcut_fast.train", "shortcut_fast.eval",
-              "shortcut_fast.official", "shortcut_fast.kernels"],
+    packages=[
+        "shortcut_fast",
+        "shortcut_fast.ops",
+        "shortcut_fast.data",
+        "shortcut_fast.train",
+        "shortcut_fast.eval",
+        "shortcut_fast.official",
+        "shortcut_fast.kernels",
+    ],
     package_dir={"shortcut_fast": "shortcut_fast", "shortcut_fast.kernels": "kernels"},
     ext_modules=[_native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
@@ -93,7 +100,7 @@ setup(
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "mypy", "cmake"],
+        "test": ["pytest", "hypothesis", "ruff", "mypy", "cmake", "clang-format"],
         # convert-official reads the paper's checkpoints with numpy alone (no jax)
         "convert": ["numpy"],
         # the Flax parity tests of convert-official (CPU builds of jax and flax)

@@ -53,16 +53,27 @@ TRITON_TYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 DOCS_HEADING = "## Compiled for sm_80 and sm_90"
 
 # Spills accepted, each with why and a ceiling in bytes (stores + loads): (kernel, dtype, target) -> (bytes, why).
-_FP32_ATTENTION = ("fp32 storage multiplies in full fp32 (ieee) on CUDA cores with (block, Dh) fp32 tiles "
-                   "held in registers; accepted until the fp32 attention path gets smaller tiles "
-                   "(bf16/fp16 are the fast paths)")
-_HALF_BACKWARD = ("at most a few hundred bytes in the backward's largest tiles, which stay in L1; the autotuner "
-                  "times these configurations against ones that do not spill")
+_FP32_ATTENTION = (
+    "fp32 storage multiplies in full fp32 (ieee) on CUDA cores with (block, Dh) fp32 tiles "
+    "held in registers; accepted until the fp32 attention path gets smaller tiles "
+    "(bf16/fp16 are the fast paths)"
+)
+_HALF_BACKWARD = (
+    "at most a few hundred bytes in the backward's largest tiles, which stay in L1; the autotuner "
+    "times these configurations against ones that do not spill"
+)
 ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
-    **{(kernel, "fp32", target): (128 * 1024, _FP32_ATTENTION)
-       for kernel in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq") for target in TARGETS},
-    **{(kernel, dtype, target): (1024, _HALF_BACKWARD)
-       for kernel in ("attention_bwd_dkdv", "attention_bwd_dq") for dtype in ("bf16", "fp16") for target in TARGETS},
+    **{
+        (kernel, "fp32", target): (128 * 1024, _FP32_ATTENTION)
+        for kernel in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq")
+        for target in TARGETS
+    },
+    **{
+        (kernel, dtype, target): (1024, _HALF_BACKWARD)
+        for kernel in ("attention_bwd_dkdv", "attention_bwd_dq")
+        for dtype in ("bf16", "fp16")
+        for target in TARGETS
+    },
 }
 # wgmma works on 64-row tiles per warpgroup; a kernel's dots whose row block is smaller get mma.sync.
 _DOT_ROWS = {"attention_fwd": "BLOCK_M", "attention_bwd_dq": "BLOCK_M", "attention_bwd_dkdv": "BLOCK_N"}
@@ -108,8 +119,9 @@ def _config_label(kwargs: dict, num_warps: int, num_stages: int) -> str:
     return f"{blocks} w{num_warps} s{num_stages}"
 
 
-def _autotuned_cases(name: str, tuner, dtype: torch.dtype, target: int, shape: str, fixed: dict,
-                     pointer_arg: str, uses_dot: bool) -> list[Case]:
+def _autotuned_cases(
+    name: str, tuner, dtype: torch.dtype, target: int, shape: str, fixed: dict, pointer_arg: str, uses_dot: bool
+) -> list[Case]:
     """One case per config of an autotuned kernel; those its prune function drops for ``dtype`` say so."""
     prune = getattr(tuner, "early_config_prune", None)
     kept = tuner.configs
@@ -119,15 +131,37 @@ def _autotuned_cases(name: str, tuner, dtype: torch.dtype, target: int, shape: s
     for config in tuner.configs:
         reason = "" if config in kept else f"pruned by {prune.__name__}: {prune.__doc__.split(':')[0].strip()}"
         label = _config_label(config.kwargs, config.num_warps, config.num_stages)
-        cases.append(Case(name, target, TRITON_TYPE[dtype], shape, label, tuple({**fixed, **config.kwargs}.items()),
-                          config.num_warps, config.num_stages, " ".join(reason.split()), uses_dot, label))
+        cases.append(
+            Case(
+                name,
+                target,
+                TRITON_TYPE[dtype],
+                shape,
+                label,
+                tuple({**fixed, **config.kwargs}.items()),
+                config.num_warps,
+                config.num_stages,
+                " ".join(reason.split()),
+                uses_dot,
+                label,
+            )
+        )
     return cases
 
 
-def _fixed_case(name: str, dtype: torch.dtype, target: int, shape: str, constexprs: dict,
-                num_warps: int = 4, num_stages: int = 3) -> Case:
-    return Case(name, target, TRITON_TYPE[dtype], shape, _config_label(constexprs, num_warps, num_stages),
-                tuple(constexprs.items()), num_warps, num_stages)
+def _fixed_case(
+    name: str, dtype: torch.dtype, target: int, shape: str, constexprs: dict, num_warps: int = 4, num_stages: int = 3
+) -> Case:
+    return Case(
+        name,
+        target,
+        TRITON_TYPE[dtype],
+        shape,
+        _config_label(constexprs, num_warps, num_stages),
+        tuple(constexprs.items()),
+        num_warps,
+        num_stages,
+    )
 
 
 def model_widths() -> list[int]:
@@ -138,25 +172,40 @@ def model_widths() -> list[int]:
 KERNELS = {
     "attention_fwd": (attention._attention_fwd_kernel, {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"}),
     "attention_bwd_delta": (attention._attention_bwd_delta_kernel, {"delta_ptr": "*fp32", "n_rows": "i32"}),
-    "attention_bwd_dkdv": (attention._attention_bwd_dkdv_kernel,
-                           {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"}),
-    "attention_bwd_dq": (attention._attention_bwd_dq_kernel,
-                         {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"}),
-    "modulate_layernorm_fwd": (layernorm._modulate_layernorm_fwd_kernel,
-                               {"mean_ptr": "*fp32", "rstd_ptr": "*fp32", "seq_len": "i32", "channels": "i32",
-                                "eps": "fp32"}),
-    "modulate_layernorm_bwd": (layernorm._modulate_layernorm_bwd_kernel,
-                               {"mean_ptr": "*fp32", "rstd_ptr": "*fp32", "dshift_part_ptr": "*fp32",
-                                "dscale_part_ptr": "*fp32", "seq_len": "i32", "channels": "i32",
-                                "tokens_per_program": "i32"}),
+    "attention_bwd_dkdv": (
+        attention._attention_bwd_dkdv_kernel,
+        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+    ),
+    "attention_bwd_dq": (
+        attention._attention_bwd_dq_kernel,
+        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+    ),
+    "modulate_layernorm_fwd": (
+        layernorm._modulate_layernorm_fwd_kernel,
+        {"mean_ptr": "*fp32", "rstd_ptr": "*fp32", "seq_len": "i32", "channels": "i32", "eps": "fp32"},
+    ),
+    "modulate_layernorm_bwd": (
+        layernorm._modulate_layernorm_bwd_kernel,
+        {
+            "mean_ptr": "*fp32",
+            "rstd_ptr": "*fp32",
+            "dshift_part_ptr": "*fp32",
+            "dscale_part_ptr": "*fp32",
+            "seq_len": "i32",
+            "channels": "i32",
+            "tokens_per_program": "i32",
+        },
+    ),
     "gated_residual": (elementwise._gated_residual_kernel, {"numel": "i32", "channels": "i32", "per_sample": "i32"}),
-    "per_sample_step": (elementwise._per_sample_step_kernel,
-                        {"d_ptr": "*fp32", "numel": "i32", "per_sample": "i32", "step_factor": "fp32",
-                         "clip": "fp32"}),
+    "per_sample_step": (
+        elementwise._per_sample_step_kernel,
+        {"d_ptr": "*fp32", "numel": "i32", "per_sample": "i32", "step_factor": "fp32", "clip": "fp32"},
+    ),
     "bootstrap_target": (elementwise._bootstrap_target_kernel, {"numel": "i32", "clip": "fp32"}),
-    "timestep_features": (embedding._timestep_features_kernel,
-                          {"out_ptr": "*fp32", "dim": "i32", "half": "i32", "neg_log_period": "fp32",
-                           "t_scale": "fp32"}),
+    "timestep_features": (
+        embedding._timestep_features_kernel,
+        {"out_ptr": "*fp32", "dim": "i32", "half": "i32", "neg_log_period": "fp32", "t_scale": "fp32"},
+    ),
     "condition_sum": (embedding._condition_sum_kernel, {"level_ptr": "*i64", "label_ptr": "*i64", "channels": "i32"}),
 }
 
@@ -176,16 +225,24 @@ def _cases_for(target: int, dtype: torch.dtype) -> list[Case]:
         tilings.setdefault(layernorm._tiling(width), width)
     for (block_n, block_c, num_warps), width in tilings.items():
         for name in ("modulate_layernorm_fwd", "modulate_layernorm_bwd"):
-            cases.append(_fixed_case(name, dtype, target, f"C={width}", {"BLOCK_N": block_n, "BLOCK_C": block_c},
-                                     num_warps))
+            cases.append(
+                _fixed_case(name, dtype, target, f"C={width}", {"BLOCK_N": block_n, "BLOCK_C": block_c}, num_warps)
+            )
     for name in ("gated_residual", "per_sample_step", "bootstrap_target"):
-        for has_clip in ((None,) if name == "gated_residual" else (False, True)):
+        for has_clip in (None,) if name == "gated_residual" else (False, True):
             fixed = {} if has_clip is None else {"HAS_CLIP": has_clip}
             shape = "" if has_clip is None else f"clip={'yes' if has_clip else 'no'}"
             cases += _autotuned_cases(name, KERNELS[name][0], dtype, target, shape, fixed, "x_ptr", False)
     half = FREQ_DIM // 2
-    cases.append(_fixed_case("timestep_features", dtype, target, f"dim={FREQ_DIM}",
-                             {"BLOCK": triton.next_power_of_2(half), "USE_LIBDEVICE": True}))
+    cases.append(
+        _fixed_case(
+            "timestep_features",
+            dtype,
+            target,
+            f"dim={FREQ_DIM}",
+            {"BLOCK": triton.next_power_of_2(half), "USE_LIBDEVICE": True},
+        )
+    )
     for width in model_widths():
         block = min(embedding._CHANNEL_BLOCK, triton.next_power_of_2(width))
         for has_labels in (False, True):
@@ -230,8 +287,12 @@ def _ptxas_report(ptx: str, target: int) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         src = Path(scratch) / "kernel.ptx"
         src.write_text(ptx)
-        result = subprocess.run([get_ptxas(target).path, "-v", f"--gpu-name={arch}", str(src), "-o",
-                                 str(Path(scratch) / "kernel.cubin")], capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [get_ptxas(target).path, "-v", f"--gpu-name={arch}", str(src), "-o", str(Path(scratch) / "kernel.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return result.stderr
 
 
@@ -253,8 +314,11 @@ def compile_case(case: Case) -> dict:
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(src, target=GPUTarget("cuda", case.target, 32),
-                                      options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+            compiled = triton.compile(
+                src,
+                target=GPUTarget("cuda", case.target, 32),
+                options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            )
     except Exception as err:  # any compiler failure is a result to report, not a crash of the matrix
         return {"ok": False, "error": f"{type(err).__name__}: {err}"[:2000], "seconds": time.perf_counter() - start}
     seconds = time.perf_counter() - start
@@ -263,9 +327,16 @@ def compile_case(case: Case) -> dict:
     if not _PTXAS_USAGE.search(report):
         report = _ptxas_report(ptx, case.target)
     spills = [int(n) for n in _PTXAS_SPILLS.findall(report)[-1]] if _PTXAS_SPILLS.search(report) else [0, 0]
-    return {"ok": True, "registers": int(_PTXAS_USAGE.findall(report)[-1]), "shared": int(compiled.metadata.shared),
-            "spill_stores": spills[0], "spill_loads": spills[1], "wgmma": "wgmma.mma_async" in ptx,
-            "mma_sync": "mma.sync" in ptx, "seconds": seconds}
+    return {
+        "ok": True,
+        "registers": int(_PTXAS_USAGE.findall(report)[-1]),
+        "shared": int(compiled.metadata.shared),
+        "spill_stores": spills[0],
+        "spill_loads": spills[1],
+        "wgmma": "wgmma.mma_async" in ptx,
+        "mma_sync": "mma.sync" in ptx,
+        "seconds": seconds,
+    }
 
 
 def verdict(case: Case, result: dict) -> tuple[bool, str]:
@@ -290,8 +361,10 @@ def verdict(case: Case, result: dict) -> tuple[bool, str]:
         rows = dict(case.constexprs)[_DOT_ROWS[case.kernel]]
         if rows >= WGMMA_ROWS:
             return False, "no wgmma on sm_90"
-        notes.append(f"mma.sync, accepted: its {rows}-row tile is under wgmma's {WGMMA_ROWS} rows; the autotuner "
-                     "times it against the wgmma configurations")
+        notes.append(
+            f"mma.sync, accepted: its {rows}-row tile is under wgmma's {WGMMA_ROWS} rows; the autotuner "
+            "times it against the wgmma configurations"
+        )
     if case.pruned:
         notes.append(case.pruned)
     return True, "; ".join(notes) or "ok"
@@ -325,30 +398,41 @@ def run(cases: list[Case], log=sys.stderr) -> list[dict]:
 
 def table(rows: list[dict], ci: bool) -> str:
     """The matrix (``ci``: its CI subset) as a Markdown section."""
-    scope = ("The CI subset (what really launches: on sm_90 every configuration left after pruning in bf16 and "
-             "fp32 at the largest shape, on sm_80 one per kernel and dtype); the full matrix adds every dtype, "
-             "configuration and shape" if ci else "Every Triton kernel, for each target, storage dtype, launch "
-             "configuration and used shape")
+    scope = (
+        "The CI subset (what really launches: on sm_90 every configuration left after pruning in bf16 and "
+        "fp32 at the largest shape, on sm_80 one per kernel and dtype); the full matrix adds every dtype, "
+        "configuration and shape"
+        if ci
+        else "Every Triton kernel, for each target, storage dtype, launch configuration and used shape"
+    )
     command = "--ci --write-docs" if ci else "--write-docs"
-    lines = [DOCS_HEADING, "",
-             f"Generated by `python benchmarks/compile_matrix.py {command} docs/kernels.md` (triton "
-             f"{triton.__version__}, its own ptxas); do not edit by hand. {scope}: registers per thread, "
-             "shared memory per block "
-             f"(limits: sm_80 {SHARED_LIMIT[80]} B, sm_90 {SHARED_LIMIT[90]} B), spill stores/loads from "
-             "`ptxas -v`, and for `tl.dot` kernels the matrix instruction emitted. "
-             f"{sum(r['passed'] for r in rows)} of {len(rows)} cases pass.", "",
-             "| kernel | target | dtype | shape | config | regs | shared B | spills st/ld B | mma | decision |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        DOCS_HEADING,
+        "",
+        f"Generated by `python benchmarks/compile_matrix.py {command} docs/kernels.md` (triton "
+        f"{triton.__version__}, its own ptxas); do not edit by hand. {scope}: registers per thread, "
+        "shared memory per block "
+        f"(limits: sm_80 {SHARED_LIMIT[80]} B, sm_90 {SHARED_LIMIT[90]} B), spill stores/loads from "
+        "`ptxas -v`, and for `tl.dot` kernels the matrix instruction emitted. "
+        f"{sum(r['passed'] for r in rows)} of {len(rows)} cases pass.",
+        "",
+        "| kernel | target | dtype | shape | config | regs | shared B | spills st/ld B | mma | decision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if not r["ok"]:
-            lines.append(f"| {r['kernel']} | sm_{r['target']} | {r['dtype']} | {r['shape']} | {r['config']} "
-                         f"| - | - | - | - | **{r['decision']}** |")
+            lines.append(
+                f"| {r['kernel']} | sm_{r['target']} | {r['dtype']} | {r['shape']} | {r['config']} "
+                f"| - | - | - | - | **{r['decision']}** |"
+            )
             continue
         mma = ("wgmma" if r["wgmma"] else "mma.sync" if r["mma_sync"] else "fma") if r["uses_dot"] else ""
         decision = r["decision"] if r["passed"] else f"**FAIL: {r['decision']}**"
-        lines.append(f"| {r['kernel']} | sm_{r['target']} | {r['dtype']} | {r['shape']} | {r['config']} "
-                     f"| {r['registers']} | {r['shared']} | {r['spill_stores']}/{r['spill_loads']} | {mma} "
-                     f"| {decision} |")
+        lines.append(
+            f"| {r['kernel']} | sm_{r['target']} | {r['dtype']} | {r['shape']} | {r['config']} "
+            f"| {r['registers']} | {r['shared']} | {r['spill_stores']}/{r['spill_loads']} | {mma} "
+            f"| {decision} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -91,11 +91,24 @@ class Budget:
     @classmethod
     def quick(cls) -> Budget:
         """A tiny budget that runs every section in seconds (for CI; the numbers are noise)."""
-        return cls(datasets_2d=("checkerboard", "8gaussians"), mlp_hidden=64, mlp_depth=1, steps_2d=200,
-                   batch_2d=128, n_eval_2d=500,
-                   dit_hidden=32, dit_depth=1, dit_heads=2, steps_digits=12, batch_digits=32,
-                   samples_per_class=5, finetune_steps=6, eval_every=3, warmup_steps=2,
-                   sample_steps=(1, 2, 4, 128))
+        return cls(
+            datasets_2d=("checkerboard", "8gaussians"),
+            mlp_hidden=64,
+            mlp_depth=1,
+            steps_2d=200,
+            batch_2d=128,
+            n_eval_2d=500,
+            dit_hidden=32,
+            dit_depth=1,
+            dit_heads=2,
+            steps_digits=12,
+            batch_digits=32,
+            samples_per_class=5,
+            finetune_steps=6,
+            eval_every=3,
+            warmup_steps=2,
+            sample_steps=(1, 2, 4, 128),
+        )
 
 
 class AtStep(nn.Module):
@@ -121,11 +134,22 @@ def for_sampling(model: nn.Module, objective: str) -> nn.Module:
 
 
 def _train_config(budget: Budget, objective: str, steps: int, batch: int, lr: float, **shortcut) -> sf.TrainConfig:
-    return sf.TrainConfig(batch_size=batch, lr=lr, warmup_steps=budget.warmup_steps, decay_steps=steps,
-                          ema_decay=budget.ema_decay, seed=budget.seed, progress=False,
-                          log_every=max(1, steps // 10),
-                          shortcut=sf.ShortcutConfig(objective=objective, ema_targets=budget.ema_targets,
-                                                     bootstrap_fraction=budget.bootstrap_fraction, **shortcut))
+    return sf.TrainConfig(
+        batch_size=batch,
+        lr=lr,
+        warmup_steps=budget.warmup_steps,
+        decay_steps=steps,
+        ema_decay=budget.ema_decay,
+        seed=budget.seed,
+        progress=False,
+        log_every=max(1, steps // 10),
+        shortcut=sf.ShortcutConfig(
+            objective=objective,
+            ema_targets=budget.ema_targets,
+            bootstrap_fraction=budget.bootstrap_fraction,
+            **shortcut,
+        ),
+    )
 
 
 def _log(msg: str) -> None:
@@ -146,8 +170,9 @@ def run_2d(budget: Budget) -> tuple[dict, dict]:
         for objective in OBJECTIVES:
             torch.manual_seed(budget.seed)
             model = sf.ShortcutMLP(dim=2, hidden_size=budget.mlp_hidden, depth=budget.mlp_depth)
-            trainer = sf.Trainer(model, data, _train_config(budget, objective, budget.steps_2d, budget.batch_2d,
-                                                            budget.lr_2d))
+            trainer = sf.Trainer(
+                model, data, _train_config(budget, objective, budget.steps_2d, budget.batch_2d, budget.lr_2d)
+            )
             start = time.perf_counter()
             trainer.fit(budget.steps_2d)
             seconds = time.perf_counter() - start
@@ -159,8 +184,10 @@ def run_2d(budget: Budget) -> tuple[dict, dict]:
                 if steps in (1, max(budget.sample_steps)):
                     pictures[name][f"{objective} {steps}"] = x
             results[name][objective] = {"swd": swd, "train_seconds": seconds}
-            _log(f"2d {name} {objective}: {seconds:.0f} s, swd 1 step {swd['1']:.4f}, "
-                 f"{max(budget.sample_steps)} steps {swd[str(max(budget.sample_steps))]:.4f} (floor {floor:.4f})")
+            _log(
+                f"2d {name} {objective}: {seconds:.0f} s, swd 1 step {swd['1']:.4f}, "
+                f"{max(budget.sample_steps)} steps {swd[str(max(budget.sample_steps))]:.4f} (floor {floor:.4f})"
+            )
     return results, pictures
 
 
@@ -189,13 +216,22 @@ class DigitsJudge:
         images = self.images(model, steps, cfg_scale)
         with torch.no_grad():
             feats = self.classifier.features(images)
-        return {"accuracy": class_accuracy(self.classifier, images, self.labels),
-                "fd": frechet_distance(feats, self.real)}
+        return {
+            "accuracy": class_accuracy(self.classifier, images, self.labels),
+            "fd": frechet_distance(feats, self.real),
+        }
 
 
 def _digits_model(budget: Budget) -> sf.ShortcutDiT:
-    return sf.ShortcutDiT(input_size=8, in_channels=1, patch_size=budget.dit_patch, hidden_size=budget.dit_hidden,
-                          depth=budget.dit_depth, num_heads=budget.dit_heads, num_classes=DIGITS_CLASSES)
+    return sf.ShortcutDiT(
+        input_size=8,
+        in_channels=1,
+        patch_size=budget.dit_patch,
+        hidden_size=budget.dit_hidden,
+        depth=budget.dit_depth,
+        num_heads=budget.dit_heads,
+        num_classes=DIGITS_CLASSES,
+    )
 
 
 def _curve_point(judge: DigitsJudge, model: nn.Module, step: int, seconds: float) -> dict:
@@ -203,8 +239,9 @@ def _curve_point(judge: DigitsJudge, model: nn.Module, step: int, seconds: float
     return {"step": step, "seconds": seconds, "accuracy_1": one["accuracy"], "fd_1": one["fd"]}
 
 
-def _fit_with_curve(trainer: sf.Trainer, steps: int, judge: DigitsJudge, every: int, curve: list | None,
-                    sampler=lambda m: m) -> float:
+def _fit_with_curve(
+    trainer: sf.Trainer, steps: int, judge: DigitsJudge, every: int, curve: list | None, sampler=lambda m: m
+) -> float:
     """Train ``steps`` steps; when ``curve`` is a list, append 1-step scores every ``every`` steps."""
     seconds = 0.0
     done = 0
@@ -219,16 +256,24 @@ def _fit_with_curve(trainer: sf.Trainer, steps: int, judge: DigitsJudge, every: 
     return seconds
 
 
-def train_digits(budget: Budget, judge: DigitsJudge, objective: str, curve: list | None = None,
-                 init: nn.Module | None = None, steps: int | None = None, **shortcut) -> tuple[sf.Trainer, float]:
+def train_digits(
+    budget: Budget,
+    judge: DigitsJudge,
+    objective: str,
+    curve: list | None = None,
+    init: nn.Module | None = None,
+    steps: int | None = None,
+    **shortcut,
+) -> tuple[sf.Trainer, float]:
     """Train a digits model (from scratch, or from ``init``); returns the trainer and the training seconds."""
     torch.manual_seed(budget.seed)
     model = _digits_model(budget) if init is None else init
     steps = budget.steps_digits if steps is None else steps
     x, y = load_digits()
-    trainer = sf.Trainer(model, (x, y), _train_config(budget, objective, steps, budget.batch_digits,
-                                                      budget.lr_digits, **shortcut))
-    sampler = (lambda m: for_sampling(m, objective))
+    trainer = sf.Trainer(
+        model, (x, y), _train_config(budget, objective, steps, budget.batch_digits, budget.lr_digits, **shortcut)
+    )
+    sampler = lambda m: for_sampling(m, objective)
     seconds = _fit_with_curve(trainer, steps, judge, budget.eval_every, curve, sampler)
     return trainer, seconds
 
@@ -266,8 +311,9 @@ def run_finetune(budget: Budget, judge: DigitsJudge, flow: nn.Module, scratch_cu
     """Fine-tune the flow baseline into a shortcut model; its curve against the scratch run's."""
     init = sf.from_flow_model(flow, sf.ShortcutDiT)
     curve = [_curve_point(judge, init.eval(), 0, 0.0)]
-    trainer, seconds = train_digits(budget, judge, "shortcut", curve=curve, init=init.train(),
-                                    steps=budget.finetune_steps)
+    trainer, seconds = train_digits(
+        budget, judge, "shortcut", curve=curve, init=init.train(), steps=budget.finetune_steps
+    )
     final = {str(s): judge.score(trainer.ema_model, s) for s in (1, 128)}
     _log(f"finetune: {seconds:.0f} s, {final}")
     return {"finetune": curve, "scratch": scratch_curve, "finetune_seconds": seconds, "finetune_final": final}
@@ -335,8 +381,7 @@ def plot_vs_steps(panels: list[tuple[str, str, dict]], path: Path, steps: tuple[
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_COLORS[objective])
     ly = rows * ph + 4
     draw.text((8, ly), "sampling steps (log scale) ->", fill=(0, 0, 0), font=font)
-    for j, (objective, label) in enumerate([("shortcut", "shortcut model"),
-                                            ("flow", "flow matching (at d_min)")]):
+    for j, (objective, label) in enumerate([("shortcut", "shortcut model"), ("flow", "flow matching (at d_min)")]):
         x = 220 + j * 200
         draw.line([x, ly + 6, x + 24, ly + 6], fill=_COLORS[objective], width=3)
         draw.text((x + 30, ly), label, fill=(0, 0, 0), font=font)
@@ -398,16 +443,32 @@ def aims(report: dict) -> list[tuple[str, bool, str]]:
     many = str(max(b["sample_steps"]))
     for name, res in report.get("2d", {}).items():
         sc, fl = res["shortcut"]["swd"], res["flow"]["swd"]
-        rows.append((f"{name}: shortcut 1-step SWD <= 1.5x its {many}-step SWD", sc["1"] <= 1.5 * sc[many],
-                     f"{sc['1']:.3f} / {sc[many]:.3f} = {sc['1'] / sc[many]:.2f}x"))
-        rows.append((f"{name}: shortcut 1-step SWD >= 10x better than flow matching at 1 step",
-                     fl["1"] >= 10 * sc["1"], f"{fl['1']:.3f} / {sc['1']:.3f} = {fl['1'] / sc['1']:.1f}x"))
+        rows.append(
+            (
+                f"{name}: shortcut 1-step SWD <= 1.5x its {many}-step SWD",
+                sc["1"] <= 1.5 * sc[many],
+                f"{sc['1']:.3f} / {sc[many]:.3f} = {sc['1'] / sc[many]:.2f}x",
+            )
+        )
+        rows.append(
+            (
+                f"{name}: shortcut 1-step SWD >= 10x better than flow matching at 1 step",
+                fl["1"] >= 10 * sc["1"],
+                f"{fl['1']:.3f} / {sc['1']:.3f} = {fl['1'] / sc['1']:.1f}x",
+            )
+        )
     if "digits" in report:
         sc = report["digits"]["shortcut"]["steps"]
-        rows.append(("digits: shortcut 1-step accuracy >= 0.95", sc["1"]["accuracy"] >= 0.95,
-                     f"{sc['1']['accuracy']:.3f}"))
-        rows.append((f"digits: shortcut 1-step FD <= 2x its {many}-step FD", sc["1"]["fd"] <= 2 * sc[many]["fd"],
-                     f"{sc['1']['fd']:.3f} / {sc[many]['fd']:.3f} = {sc['1']['fd'] / sc[many]['fd']:.2f}x"))
+        rows.append(
+            ("digits: shortcut 1-step accuracy >= 0.95", sc["1"]["accuracy"] >= 0.95, f"{sc['1']['accuracy']:.3f}")
+        )
+        rows.append(
+            (
+                f"digits: shortcut 1-step FD <= 2x its {many}-step FD",
+                sc["1"]["fd"] <= 2 * sc[many]["fd"],
+                f"{sc['1']['fd']:.3f} / {sc[many]['fd']:.3f} = {sc['1']['fd'] / sc[many]['fd']:.2f}x",
+            )
+        )
     return rows
 
 
@@ -420,15 +481,21 @@ def write_markdown(report: dict, path: Path) -> None:
     if path.is_file() and NOTES_MARKER in path.read_text():
         notes = path.read_text().split(NOTES_MARKER, 1)[1]
     b = report["budget"]
-    lines = ["# Sample quality against sampling steps: shortcut models against flow matching", "",
-             f"Written by `python benchmarks/quality.py{' --quick' if report['quick'] else ''}` "
-             f"on {report['machine']} with {report['threads']} thread(s), torch {report['torch']}; "
-             f"total wall time **{report['wall_seconds']:.0f} s**.", "",
-             "Every model is trained with the same budget, network and seed as its flow-matching twin "
-             "(`ShortcutConfig(objective=\"flow\")`); the flow model samples with N Euler steps of size 1/N "
-             "conditioned on its trained step size d_min at every step. Settings: "
-             f"`{json.dumps({k: v for k, v in b.items() if k != 'sections'})}`.", "",
-             "![metric against steps](img/quality_vs_steps.png)", ""]
+    lines = [
+        "# Sample quality against sampling steps: shortcut models against flow matching",
+        "",
+        f"Written by `python benchmarks/quality.py{' --quick' if report['quick'] else ''}` "
+        f"on {report['machine']} with {report['threads']} thread(s), torch {report['torch']}; "
+        f"total wall time **{report['wall_seconds']:.0f} s**.",
+        "",
+        "Every model is trained with the same budget, network and seed as its flow-matching twin "
+        '(`ShortcutConfig(objective="flow")`); the flow model samples with N Euler steps of size 1/N '
+        "conditioned on its trained step size d_min at every step. Settings: "
+        f"`{json.dumps({k: v for k, v in b.items() if k != 'sections'})}`.",
+        "",
+        "![metric against steps](img/quality_vs_steps.png)",
+        "",
+    ]
     checked = aims(report)
     if checked:
         lines += ["## Aims", "", "| aim | met | measured |", "| --- | --- | --- |"]
@@ -437,78 +504,115 @@ def write_markdown(report: dict, path: Path) -> None:
     steps = [str(s) for s in b["sample_steps"]]
     many = steps[-1]
     if "2d" in report:
-        lines += ["## 2D point sets (`ShortcutMLP`)", "",
-                  f"Sliced Wasserstein distance (p = 2, 256 directions) between {b['n_eval_2d']} samples and as "
-                  "many fresh data points; *floor* is the distance between two independent draws of the data. "
-                  f"{b['steps_2d']} steps of batch {b['batch_2d']} for each model.", ""]
-        lines += ["| data | objective | train s | " + " | ".join(steps) + f" | 1 / {many} | floor |",
-                  "| --- | --- | ---: | " + " | ".join("---:" for _ in steps) + " | ---: | ---: |"]
+        lines += [
+            "## 2D point sets (`ShortcutMLP`)",
+            "",
+            f"Sliced Wasserstein distance (p = 2, 256 directions) between {b['n_eval_2d']} samples and as "
+            "many fresh data points; *floor* is the distance between two independent draws of the data. "
+            f"{b['steps_2d']} steps of batch {b['batch_2d']} for each model.",
+            "",
+        ]
+        lines += [
+            "| data | objective | train s | " + " | ".join(steps) + f" | 1 / {many} | floor |",
+            "| --- | --- | ---: | " + " | ".join("---:" for _ in steps) + " | ---: | ---: |",
+        ]
         for name, res in report["2d"].items():
             for objective in OBJECTIVES:
                 swd = res[objective]["swd"]
-                lines.append(f"| {name} | {objective} | {res[objective]['train_seconds']:.0f} | "
-                             + " | ".join(f"{swd[s]:.3f}" for s in steps)
-                             + f" | {_ratio(swd['1'], swd[many])} | {res['floor']:.3f} |")
-        lines += ["", "| data | shortcut 1 step | flow 1 step | flow / shortcut at 1 step |",
-                  "| --- | ---: | ---: | ---: |"]
+                lines.append(
+                    f"| {name} | {objective} | {res[objective]['train_seconds']:.0f} | "
+                    + " | ".join(f"{swd[s]:.3f}" for s in steps)
+                    + f" | {_ratio(swd['1'], swd[many])} | {res['floor']:.3f} |"
+                )
+        lines += [
+            "",
+            "| data | shortcut 1 step | flow 1 step | flow / shortcut at 1 step |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, res in report["2d"].items():
             a, f = res["shortcut"]["swd"]["1"], res["flow"]["swd"]["1"]
             lines.append(f"| {name} | {a:.3f} | {f:.3f} | {_ratio(f, a)} |")
         lines += ["", "![2D samples](img/quality_2d.png)", ""]
     if "digits" in report:
         d = report["digits"]
-        lines += ["## Digits (class-conditional `ShortcutDiT`)", "",
-                  f"{b['samples_per_class']} samples per class; accuracy is the share a digits classifier assigns "
-                  "to the requested class, FD the Fréchet distance of its features to all real digits "
-                  f"(two halves of the real digits: {d['reference_fd']:.3f}). {b['steps_digits']} steps of batch "
-                  f"{b['batch_digits']}.", "",
-                  "| objective | train s | metric | " + " | ".join(steps) + " |",
-                  "| --- | ---: | --- | " + " | ".join("---:" for _ in steps) + " |"]
+        lines += [
+            "## Digits (class-conditional `ShortcutDiT`)",
+            "",
+            f"{b['samples_per_class']} samples per class; accuracy is the share a digits classifier assigns "
+            "to the requested class, FD the Fréchet distance of its features to all real digits "
+            f"(two halves of the real digits: {d['reference_fd']:.3f}). {b['steps_digits']} steps of batch "
+            f"{b['batch_digits']}.",
+            "",
+            "| objective | train s | metric | " + " | ".join(steps) + " |",
+            "| --- | ---: | --- | " + " | ".join("---:" for _ in steps) + " |",
+        ]
         for objective in OBJECTIVES:
             rows = d[objective]["steps"]
             for metric in ("accuracy", "fd"):
-                lines.append(f"| {objective} | {d[objective]['train_seconds']:.0f} | {metric} | "
-                             + " | ".join(f"{rows[s][metric]:.3f}" for s in steps) + " |")
+                lines.append(
+                    f"| {objective} | {d[objective]['train_seconds']:.0f} | {metric} | "
+                    + " | ".join(f"{rows[s][metric]:.3f}" for s in steps)
+                    + " |"
+                )
         sc = d["shortcut"]["steps"]
-        lines += ["", f"Shortcut 1-step FD / {many}-step FD: {_ratio(sc['1']['fd'], sc[many]['fd'])}.", "",
-                  "![digit samples](img/quality_digits.png)", ""]
+        lines += [
+            "",
+            f"Shortcut 1-step FD / {many}-step FD: {_ratio(sc['1']['fd'], sc[many]['fd'])}.",
+            "",
+            "![digit samples](img/quality_digits.png)",
+            "",
+        ]
     if "guidance" in report:
         g = report["guidance"]
-        lines += ["## Guidance baked into the targets", "",
-                  f"Scale w = {g['cfg_scale']}. *none*: the shortcut model above without guidance; *sampling*: the "
-                  "same model with classifier-free guidance at sampling (two forwards per step); *baked*: a second "
-                  f"run with `bootstrap_cfg_scale={g['cfg_scale']}` (guided self-consistency targets at the "
-                  f"smallest bootstrap level), sampled without guidance (one forward per step; trained in "
-                  f"{g['baked_train_seconds']:.0f} s).", "",
-                  "| steps | guidance | forwards per step | accuracy | FD |", "| ---: | --- | ---: | ---: | ---: |"]
+        lines += [
+            "## Guidance baked into the targets",
+            "",
+            f"Scale w = {g['cfg_scale']}. *none*: the shortcut model above without guidance; *sampling*: the "
+            "same model with classifier-free guidance at sampling (two forwards per step); *baked*: a second "
+            f"run with `bootstrap_cfg_scale={g['cfg_scale']}` (guided self-consistency targets at the "
+            f"smallest bootstrap level), sampled without guidance (one forward per step; trained in "
+            f"{g['baked_train_seconds']:.0f} s).",
+            "",
+            "| steps | guidance | forwards per step | accuracy | FD |",
+            "| ---: | --- | ---: | ---: | ---: |",
+        ]
         for s, row in g["steps"].items():
             for kind, forwards in (("none", 1), ("sampling", 2), ("baked", 1)):
                 lines.append(f"| {s} | {kind} | {forwards} | {row[kind]['accuracy']:.3f} | {row[kind]['fd']:.3f} |")
         lines.append("")
     if "finetune" in report:
         ft = report["finetune"]
-        lines += ["## Fine-tuning the flow model into a shortcut model", "",
-                  "`sf.from_flow_model(flow, sf.ShortcutDiT)` copies the d_min row of the step-size table into every "
-                  "row, "
-                  "so the model starts as the flow baseline above at every step size; it then trains with the "
-                  f"shortcut objective for {b['finetune_steps']} steps (learning-rate warmup and cosine decay over "
-                  f"those steps; {ft['finetune_seconds']:.0f} s). The shortcut run from scratch above, scored "
-                  "during its training, is the comparison (its decay spans its own "
-                  f"{b['steps_digits']} steps).", "",
-                  "| run | step | train s | 1-step accuracy | 1-step FD |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "## Fine-tuning the flow model into a shortcut model",
+            "",
+            "`sf.from_flow_model(flow, sf.ShortcutDiT)` copies the d_min row of the step-size table into every "
+            "row, "
+            "so the model starts as the flow baseline above at every step size; it then trains with the "
+            f"shortcut objective for {b['finetune_steps']} steps (learning-rate warmup and cosine decay over "
+            f"those steps; {ft['finetune_seconds']:.0f} s). The shortcut run from scratch above, scored "
+            "during its training, is the comparison (its decay spans its own "
+            f"{b['steps_digits']} steps).",
+            "",
+            "| run | step | train s | 1-step accuracy | 1-step FD |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for run in ("finetune", "scratch"):
             for p in ft[run]:
                 lines.append(f"| {run} | {p['step']} | {p['seconds']:.0f} | {p['accuracy_1']:.3f} | {p['fd_1']:.3f} |")
         fin = ft["finetune_final"]
-        lines += ["", f"After fine-tuning: 1 step accuracy {fin['1']['accuracy']:.3f}, FD {fin['1']['fd']:.3f}; "
-                  f"128 steps accuracy {fin['128']['accuracy']:.3f}, FD {fin['128']['fd']:.3f} "
-                  f"(1 / 128: {_ratio(fin['1']['fd'], fin['128']['fd'])}).", "",
-                  "First step with 1-step accuracy >= 0.95: fine-tuning "
-                  f"{ft['first_accuracy']['finetune']}, from scratch {ft['first_accuracy']['scratch']}. "
-                  f"First step that also has a 1-step FD <= {ft['fd_target']:.3f} (2x the 128-step FD of the "
-                  f"model trained from scratch): fine-tuning {ft['first_aim']['finetune']}, from scratch "
-                  f"{ft['first_aim']['scratch']} (None: not within the run).", ""]
+        lines += [
+            "",
+            f"After fine-tuning: 1 step accuracy {fin['1']['accuracy']:.3f}, FD {fin['1']['fd']:.3f}; "
+            f"128 steps accuracy {fin['128']['accuracy']:.3f}, FD {fin['128']['fd']:.3f} "
+            f"(1 / 128: {_ratio(fin['1']['fd'], fin['128']['fd'])}).",
+            "",
+            "First step with 1-step accuracy >= 0.95: fine-tuning "
+            f"{ft['first_accuracy']['finetune']}, from scratch {ft['first_accuracy']['scratch']}. "
+            f"First step that also has a 1-step FD <= {ft['fd_target']:.3f} (2x the 128-step FD of the "
+            f"model trained from scratch): fine-tuning {ft['first_aim']['finetune']}, from scratch "
+            f"{ft['first_aim']['scratch']} (None: not within the run).",
+            "",
+        ]
     lines.append(NOTES_MARKER)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + (notes if notes else "\n"))
@@ -517,8 +621,13 @@ def write_markdown(report: dict, path: Path) -> None:
 def run(budget: Budget, out: Path, work: Path, quick: bool = False) -> dict:
     """Run the sections of ``budget``; write ``out/quality.md``, ``out/quality.json`` and ``out/img/``."""
     start = time.perf_counter()
-    report: dict = {"budget": asdict(budget), "quick": quick, "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores)"}
+    report: dict = {
+        "budget": asdict(budget),
+        "quick": quick,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores)",
+    }
     if "2d" in budget.sections:
         report["2d"], pictures = run_2d(budget)
         scatter_grid(pictures, out / "img" / "quality_2d.png")
@@ -549,8 +658,9 @@ def render(report: dict, out: Path) -> None:
     """Write ``out/quality.md`` and ``out/img/quality_vs_steps.png`` from a report (``quality.json``)."""
     panels = [(name, "SWD", {o: res[o]["swd"] for o in OBJECTIVES}) for name, res in report.get("2d", {}).items()]
     if "digits" in report:
-        panels.append(("digits", "FD", {o: {s: v["fd"] for s, v in report["digits"][o]["steps"].items()}
-                                        for o in OBJECTIVES}))
+        panels.append(
+            ("digits", "FD", {o: {s: v["fd"] for s, v in report["digits"][o]["steps"].items()} for o in OBJECTIVES})
+        )
     if panels:
         plot_vs_steps(panels, out / "img" / "quality_vs_steps.png", tuple(report["budget"]["sample_steps"]))
     write_markdown(report, out / "quality.md")
@@ -566,8 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(Budget.sections), help="run only these sections")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--render", action="store_true",
-                        help="only rewrite quality.md and the plot from OUT/quality.json (no training)")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite quality.md and the plot from OUT/quality.json (no training)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         render(json.loads((Path(args.out) / "quality.json").read_text()), Path(args.out))

@@ -42,8 +42,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], make_inputs: Callable[[], tuple], device: torch.device,
-                repeats: int, warmup: int) -> float:
+def median_time(
+    fn: Callable[[], object], make_inputs: Callable[[], tuple], device: torch.device, repeats: int, warmup: int
+) -> float:
     """Median seconds of ``fn(*make_inputs())`` over ``repeats`` calls; inputs are drawn outside the timing."""
     for _ in range(warmup):
         fn(*make_inputs())
@@ -88,8 +89,9 @@ def build_model(args, device: torch.device) -> sf.ShortcutDiT:
     elif args.preset == "digits":
         kwargs = dict(DIGITS_DIT)
     else:
-        kwargs = dict(sf.DIT_PRESETS[args.preset], input_size=args.image_size, in_channels=args.channels,
-                      num_classes=args.classes)
+        kwargs = dict(
+            sf.DIT_PRESETS[args.preset], input_size=args.image_size, in_channels=args.channels, num_classes=args.classes
+        )
     model = sf.ShortcutDiT(**kwargs)
     with torch.no_grad():  # off the zero init, so that every kernel sees real values
         for p in model.parameters():
@@ -110,6 +112,7 @@ def variant(name: str):
 
 def one_liner(model):
     """What a user writes for one step without the package's sampler: ``z + model(z, 0, 1, y)``."""
+
     def generate(z, y):
         t = torch.zeros(z.shape[0], device=z.device)
         return z + model(z, t, torch.ones_like(t), y)
@@ -119,14 +122,17 @@ def one_liner(model):
 
 def sampling_variants(args, model_net) -> dict:
     """name -> fn(noise, y): the eager one-liner, torch.compile of it, the package's sampler and its engine."""
+
     def sampler(noise, y):
         return sf.sample(model_net, noise, steps=args.steps, y=y)
 
     if args.steps == 1:
         eager = one_liner(model_net)
     else:
+
         def eager(noise, y):
             return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False)
+
     variants = {"eager": eager}
     if args.compile:
         for mode in ("reduce-overhead", "max-autotune"):
@@ -144,9 +150,12 @@ def sampling_times(args, model, device, net_dtype) -> dict:
     variants = sampling_variants(args, model_net)
     results = {}
     for batch in (1, args.batch):
+
         def make(batch=batch):
-            return (torch.randn(batch, *shape, device=device),
-                    torch.randint(0, model.num_classes, (batch,), device=device))
+            return (
+                torch.randn(batch, *shape, device=device),
+                torch.randint(0, model.num_classes, (batch,), device=device),
+            )
 
         first = {}
         for name, fn in variants.items():
@@ -163,8 +172,9 @@ def sampling_times(args, model, device, net_dtype) -> dict:
                 with variant(name), torch.no_grad():
                     times[name].append(median_time(fn, make, device, 1, 0))
         for name in variants:
-            results[f"{name}@{batch}"] = dict(seconds=statistics.median(times[name]), first_call_s=first[name],
-                                              batch=batch)
+            results[f"{name}@{batch}"] = dict(
+                seconds=statistics.median(times[name]), first_call_s=first[name], batch=batch
+            )
     return results
 
 
@@ -172,8 +182,11 @@ def training_times(args, model, device) -> dict:
     """Seconds per optimizer step on a batch of ``args.train_batch``, per variant."""
     shape = (model.in_channels, model.input_size, model.input_size)
     bf16 = args.dtype == "bf16"
-    variants = {"eager": ("shortcut", False, False), "shortcut_fast": ("shortcut", None, False),
-                "shortcut_fast:flow": ("flow", None, False)}
+    variants = {
+        "eager": ("shortcut", False, False),
+        "shortcut_fast": ("shortcut", None, False),
+        "shortcut_fast:flow": ("flow", None, False),
+    }
     if args.compile:
         variants["compile"] = ("shortcut", False, True)
     results = {}
@@ -186,12 +199,13 @@ def training_times(args, model, device) -> dict:
         gen = torch.Generator(device).manual_seed(0)
 
         def make():
-            return (torch.randn(args.train_batch, *shape, device=device),
-                    torch.randint(0, model.num_classes, (args.train_batch,), device=device))
+            return (
+                torch.randn(args.train_batch, *shape, device=device),
+                torch.randint(0, model.num_classes, (args.train_batch,), device=device),
+            )
 
         def step(x1, y, net=net, opt=opt, ema=ema, config=config, use_graph=use_graph, gen=gen):
-            sf.train_step(net, opt, x1, y, config=config, ema_model=ema, generator=gen, bf16=bf16,
-                          use_graph=use_graph)
+            sf.train_step(net, opt, x1, y, config=config, ema_model=ema, generator=gen, bf16=bf16, use_graph=use_graph)
 
         with variant(name):
             start = time.perf_counter()
@@ -216,23 +230,54 @@ def op_times(args, model, device, dtype) -> dict:
     level, y = torch.randint(0, 8, (B,), device=device), torch.randint(0, model.num_classes, (B,), device=device)
     table, y_table = rand(8, C), rand(model.num_classes + 1, C)
     cases = {  # name: (fused fn, reference fn, input maker, bytes moved)
-        "attention": (ops.attention, SF.attention, lambda: (rand(B, H, N, dh), rand(B, H, N, dh), rand(B, H, N, dh)),
-                      None),
-        "modulate_layernorm": (ops.modulate_layernorm, SF.modulate_layernorm,
-                               lambda: (rand(B, N, C), rand(B, C), rand(B, C)), 2 * B * N * C),
-        "gated_residual": (ops.gated_residual, SF.gated_residual, lambda: (rand(B, N, C), rand(B, C), rand(B, N, C)),
-                           3 * B * N * C),
-        "timestep_features": (lambda t: ops.timestep_features(t, 256), lambda t: SF.timestep_features(t, 256),
-                              lambda: (torch.rand(B, device=device),), B * 256 * 4 // dtype.itemsize),
-        "condition_sum": (lambda c: ops.condition_sum(c, level, table, y, y_table),
-                          lambda c: SF.condition_sum(c, level, table, y, y_table), lambda: (rand(B, C),), 4 * B * C),
-        "euler_step": (lambda x, v: ops.euler_step(x, v, d), lambda x, v: SF.euler_step(x, v, d),
-                       lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
-        "bootstrap_midpoint": (lambda x, v: ops.bootstrap_midpoint(x, v, d, 4.0),
-                               lambda x, v: SF.bootstrap_midpoint(x, v, d, 4.0),
-                               lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
-        "bootstrap_target": (lambda a, b: ops.bootstrap_target(a, b, 4.0), lambda a, b: SF.bootstrap_target(a, b, 4.0),
-                             lambda: (rand(*latent), rand(*latent)), 3 * math.prod(latent)),
+        "attention": (
+            ops.attention,
+            SF.attention,
+            lambda: (rand(B, H, N, dh), rand(B, H, N, dh), rand(B, H, N, dh)),
+            None,
+        ),
+        "modulate_layernorm": (
+            ops.modulate_layernorm,
+            SF.modulate_layernorm,
+            lambda: (rand(B, N, C), rand(B, C), rand(B, C)),
+            2 * B * N * C,
+        ),
+        "gated_residual": (
+            ops.gated_residual,
+            SF.gated_residual,
+            lambda: (rand(B, N, C), rand(B, C), rand(B, N, C)),
+            3 * B * N * C,
+        ),
+        "timestep_features": (
+            lambda t: ops.timestep_features(t, 256),
+            lambda t: SF.timestep_features(t, 256),
+            lambda: (torch.rand(B, device=device),),
+            B * 256 * 4 // dtype.itemsize,
+        ),
+        "condition_sum": (
+            lambda c: ops.condition_sum(c, level, table, y, y_table),
+            lambda c: SF.condition_sum(c, level, table, y, y_table),
+            lambda: (rand(B, C),),
+            4 * B * C,
+        ),
+        "euler_step": (
+            lambda x, v: ops.euler_step(x, v, d),
+            lambda x, v: SF.euler_step(x, v, d),
+            lambda: (rand(*latent), rand(*latent)),
+            3 * math.prod(latent),
+        ),
+        "bootstrap_midpoint": (
+            lambda x, v: ops.bootstrap_midpoint(x, v, d, 4.0),
+            lambda x, v: SF.bootstrap_midpoint(x, v, d, 4.0),
+            lambda: (rand(*latent), rand(*latent)),
+            3 * math.prod(latent),
+        ),
+        "bootstrap_target": (
+            lambda a, b: ops.bootstrap_target(a, b, 4.0),
+            lambda a, b: SF.bootstrap_target(a, b, 4.0),
+            lambda: (rand(*latent), rand(*latent)),
+            3 * math.prod(latent),
+        ),
     }
     # on a GPU `auto` runs Triton; the hand-written CUDA kernels of the extension are timed beside it
     native_too = device.type == "cuda" and sf.backends.native_available() and sf.backends._native_cuda
@@ -267,8 +312,15 @@ def train_flops(model, batch: int, device) -> int:
     x1 = torch.randn(batch, model.in_channels, model.input_size, model.input_size, device=device)
     opt = torch.optim.SGD(live.parameters(), lr=0.0)
     with sf.backend("reference"), FlopCounterMode(display=False) as counter:
-        sf.train_step(live, opt, x1, torch.zeros(batch, dtype=torch.long, device=device), ema_model=ema,
-                      bf16=False, use_graph=False)
+        sf.train_step(
+            live,
+            opt,
+            x1,
+            torch.zeros(batch, dtype=torch.long, device=device),
+            ema_model=ema,
+            bf16=False,
+            use_graph=False,
+        )
     return counter.get_total_flops()
 
 
@@ -276,14 +328,18 @@ def train_flops(model, batch: int, device) -> int:
 def report(results: dict) -> str:
     s, t, o = results["sampling"], results["training"], results["ops"]
     peak, bw = results["matmul_peak_flops"], results["copy_bytes_per_s"]
-    lines = [f"# {results['device']} · {results['model']} · {results['dtype']} · torch {results['torch']}",
-             f"matmul peak {peak / 1e12:.2f} TFLOP/s · copy bandwidth {bw / 1e9:.1f} GB/s", "",
-             f"weights {results['weight_bytes'] / 1e6:.1f} MB: read once at the copy bandwidth "
-             f"{1e3 * results['weight_bytes'] / bw:.3f} ms (the memory-bound limit of a batch-1 step)"
-             f" · engine ISA {results['engine_isa']}", "",
-             f"| sampling ({results['args']['steps']} step) | batch | ms/call | images/s | vs eager | TFLOP/s | % peak "
-             "| % memory limit | first call s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# {results['device']} · {results['model']} · {results['dtype']} · torch {results['torch']}",
+        f"matmul peak {peak / 1e12:.2f} TFLOP/s · copy bandwidth {bw / 1e9:.1f} GB/s",
+        "",
+        f"weights {results['weight_bytes'] / 1e6:.1f} MB: read once at the copy bandwidth "
+        f"{1e3 * results['weight_bytes'] / bw:.3f} ms (the memory-bound limit of a batch-1 step)"
+        f" · engine ISA {results['engine_isa']}",
+        "",
+        f"| sampling ({results['args']['steps']} step) | batch | ms/call | images/s | vs eager | TFLOP/s | % peak "
+        "| % memory limit | first call s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for key, r in s.items():
         name, batch = key.rsplit("@", 1)
         eager = s[f"eager@{batch}"]["seconds"]
@@ -291,43 +347,62 @@ def report(results: dict) -> str:
         # the memory-bound limit: every step reads every weight once
         limit = results["args"]["steps"] * results["weight_bytes"] / bw
         memory = f"{100 * limit / r['seconds']:.1f}" if r["batch"] == 1 else "-"
-        lines.append(f"| {name} | {batch} | {r['seconds'] * 1e3:.3f} | {r['batch'] / r['seconds']:.1f} | "
-                     f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | {memory} | "
-                     f"{r['first_call_s']:.1f} |")
-    lines += ["", "| training step | ms/step | images/s | vs eager | TFLOP/s | % peak |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {name} | {batch} | {r['seconds'] * 1e3:.3f} | {r['batch'] / r['seconds']:.1f} | "
+            f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | {memory} | "
+            f"{r['first_call_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "| training step | ms/step | images/s | vs eager | TFLOP/s | % peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in t.items():
         flops = results["train_flops_per_step"] / r["seconds"]
-        lines.append(f"| {name} | {r['seconds'] * 1e3:.2f} | {r['images_per_s']:.1f} | "
-                     f"{t['eager']['seconds'] / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} |")
+        lines.append(
+            f"| {name} | {r['seconds'] * 1e3:.2f} | {r['images_per_s']:.1f} | "
+            f"{t['eager']['seconds'] / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} |"
+        )
     overhead = t["shortcut_fast"]["seconds"] / t["shortcut_fast:flow"]["seconds"] - 1
-    lines += [f"self-consistency cost over a flow-matching step: {100 * overhead:+.1f}%", "",
-              "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw | native CUDA ms |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        f"self-consistency cost over a flow-matching step: {100 * overhead:+.1f}%",
+        "",
+        "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw | native CUDA ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in o.items():
         gbs = r.get("fused_bytes_per_s")
         bw_cols = f"{gbs / 1e9:.1f} | {100 * gbs / bw:.1f}" if gbs else "- | -"
         native = f"{r['native_cuda_s'] * 1e3:.4f}" if "native_cuda_s" in r else "-"
-        lines.append(f"| {name} | {r['fused_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
-                     f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} | {native} |")
+        lines.append(
+            f"| {name} | {r['fused_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
+            f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} | {native} |"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="DiT-B/2" if cuda else "digits",
-                        choices=[*sf.DIT_PRESETS, "digits", "tiny", "cpu-serving"],
-                        help="a DiT preset on latents, the digits demo's model (the CPU default), a tiny model, or "
-                             "cpu-serving: DiT-S/2 on 32x32x4 latents at batch 1 and 16")
+    parser.add_argument(
+        "--preset",
+        default="DiT-B/2" if cuda else "digits",
+        choices=[*sf.DIT_PRESETS, "digits", "tiny", "cpu-serving"],
+        help="a DiT preset on latents, the digits demo's model (the CPU default), a tiny model, or "
+        "cpu-serving: DiT-S/2 on 32x32x4 latents at batch 1 and 16",
+    )
     parser.add_argument("--image-size", type=int, default=32, help="latent side for DiT presets")
     parser.add_argument("--channels", type=int, default=4, help="latent channels for DiT presets")
     parser.add_argument("--classes", type=int, default=1000, help="classes for DiT presets")
     parser.add_argument("--batch", type=int, default=256 if cuda else 128, help="the large sampling batch")
     parser.add_argument("--train-batch", type=int, default=128, help="training batch")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16" if cuda else "fp32",
-                        help="sampling weights dtype; bf16 also turns on autocast in training")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="bf16" if cuda else "fp32",
+        help="sampling weights dtype; bf16 also turns on autocast in training",
+    )
     parser.add_argument("--repeats", type=int, default=50 if cuda else 10)
     parser.add_argument("--warmup", type=int, default=10 if cuda else 2)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
@@ -351,9 +426,14 @@ def main(argv=None) -> dict:
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     model = build_model(args, device)
-    results = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                   model=args.preset, dtype=args.dtype, torch=torch.__version__,
-                   native_extension=sf.backends.native_available(), args=vars(args))
+    results = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        model=args.preset,
+        dtype=args.dtype,
+        torch=torch.__version__,
+        native_extension=sf.backends.native_available(),
+        args=vars(args),
+    )
     results["matmul_peak_flops"] = matmul_peak(device, dtype, args.repeats)
     results["copy_bytes_per_s"] = copy_bandwidth(device, args.repeats)
     results["weight_bytes"] = sum(p.numel() for p in model.parameters()) * dtype.itemsize

@@ -43,9 +43,9 @@ class Attention : public torch::autograd::Function<Attention> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor>(
-        const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>(
-        "shortcut_fast::attention_bwd");
+    static const auto op =
+        find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                   const Tensor&, const Tensor&)>("shortcut_fast::attention_bwd");
     const variable_list saved = ctx->get_saved_variables();
     auto [dq, dk, dv] = op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], saved[4]);
     return {dq, dk, dv};
@@ -67,9 +67,9 @@ class ModulateLayerNorm : public torch::autograd::Function<ModulateLayerNorm> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                      const Tensor&, const Tensor&)>(
-        "shortcut_fast::modulate_layernorm_bwd");
+    static const auto op =
+        find_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                   const Tensor&)>("shortcut_fast::modulate_layernorm_bwd");
     const variable_list saved = ctx->get_saved_variables();
     auto [dx, dshift, dscale] = op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3]);
     return {dx, dshift, dscale, Tensor()};

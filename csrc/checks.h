@@ -25,8 +25,8 @@ inline void check_dtype(const char* op, const char* name, const at::Tensor& t, a
 
 // On the device of `like` and contiguous: the kernels index raw pointers.
 inline void check_layout(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
-  TORCH_CHECK(t.device() == like.device(), "shortcut_fast::", op, ": ", name, " is on ", t.device(),
-              ", expected ", like.device());
+  TORCH_CHECK(t.device() == like.device(), "shortcut_fast::", op, ": ", name, " is on ", t.device(), ", expected ",
+              like.device());
   TORCH_CHECK(t.is_contiguous(), "shortcut_fast::", op, ": ", name, " must be contiguous");
 }
 
@@ -38,8 +38,8 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
 // A tensor with the shape, dtype, device and layout of `like`.
 inline void check_like(const char* op, const char* name, const at::Tensor& t, const char* like_name,
                        const at::Tensor& like) {
-  TORCH_CHECK(t.sizes() == like.sizes(), "shortcut_fast::", op, ": ", name, " must have the shape of ", like_name,
-              " ", like.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), "shortcut_fast::", op, ": ", name, " must have the shape of ", like_name, " ",
+              like.sizes(), ", got ", t.sizes());
   check_dtype(op, name, t, like.scalar_type());
   check_layout(op, name, t, like);
 }

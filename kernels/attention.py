@@ -62,15 +62,26 @@ def _load_rows(ptr, rows, seq_len, HEAD_DIM: tl.constexpr):
 @triton.jit
 def _store_rows(ptr, rows, seq_len, block, HEAD_DIM: tl.constexpr):
     dims = tl.arange(0, HEAD_DIM)
-    tl.store(ptr + rows[:, None] * HEAD_DIM + dims[None, :], block.to(ptr.dtype.element_ty),
-             mask=(rows < seq_len)[:, None])
+    tl.store(
+        ptr + rows[:, None] * HEAD_DIM + dims[None, :], block.to(ptr.dtype.element_ty), mask=(rows < seq_len)[:, None]
+    )
 
 
 @autotune(_FWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
 @triton.jit
-def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, seq_len, sm_scale,
-                          HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attention_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    lse_ptr,
+    seq_len,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # grid: (B * H, query blocks), the heads on the axis without the 65535 limit;
     # int64 offsets since B * H * N * Dh may pass 2**31
     head = tl.program_id(0).to(tl.int64)
@@ -101,8 +112,9 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, seq_len, sm_sca
 
 
 @triton.jit
-def _attention_bwd_delta_kernel(out_ptr, grad_out_ptr, delta_ptr, n_rows,
-                                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+def _attention_bwd_delta_kernel(
+    out_ptr, grad_out_ptr, delta_ptr, n_rows, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr
+):
     # rows of all heads at once: (B * H * N, Dh) matrices
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     out = _load_rows(out_ptr, rows, n_rows, HEAD_DIM).to(tl.float32)
@@ -112,9 +124,22 @@ def _attention_bwd_delta_kernel(out_ptr, grad_out_ptr, delta_ptr, n_rows,
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
 @triton.jit
-def _attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                               seq_len, sm_scale, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attention_bwd_dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    grad_out_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    seq_len,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # grid: (B * H, key blocks)
     head = tl.program_id(0).to(tl.int64)
     offset = head * seq_len * HEAD_DIM
@@ -146,9 +171,21 @@ def _attention_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
 @triton.jit
-def _attention_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
-                             seq_len, sm_scale, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attention_bwd_dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    grad_out_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    seq_len,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # grid: (B * H, query blocks)
     head = tl.program_id(0).to(tl.int64)
     offset = head * seq_len * HEAD_DIM
@@ -189,23 +226,25 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
     out = torch.empty_like(q)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
     _attention_fwd_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, out, lse, seq_len, 1.0 / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, DOT_PRECISION=_dot_precision(q.dtype))
+        q, k, v, out, lse, seq_len, 1.0 / math.sqrt(head_dim), HEAD_DIM=head_dim, DOT_PRECISION=_dot_precision(q.dtype)
+    )
     return out, lse
 
 
-def attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` of ``attention_forward``'s out, from contiguous tensors of its shapes."""
     batch, heads, seq_len, head_dim = q.shape
     delta = torch.empty_like(lse)
     n_rows = batch * heads * seq_len
-    _attention_bwd_delta_kernel[(triton.cdiv(n_rows, 64),)](out, grad_out, delta, n_rows,
-                                                           HEAD_DIM=head_dim, BLOCK_M=64)
+    _attention_bwd_delta_kernel[(triton.cdiv(n_rows, 64),)](out, grad_out, delta, n_rows, HEAD_DIM=head_dim, BLOCK_M=64)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scale, precision = 1.0 / math.sqrt(head_dim), _dot_precision(q.dtype)
     _attention_bwd_dkdv_kernel[_grid(batch * heads, seq_len, "BLOCK_N")](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision)
+        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+    )
     _attention_bwd_dq_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, grad_out, lse, delta, dq, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision)
+        q, k, v, grad_out, lse, delta, dq, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+    )
     return dq, dk, dv

@@ -41,8 +41,7 @@ def _flat_offsets(numel, BLOCK: tl.constexpr):
 @triton.jit
 def _clip(x, clip, HAS_CLIP: tl.constexpr):
     if HAS_CLIP:
-        x = tl.minimum(tl.maximum(x, -clip, propagate_nan=tl.PropagateNan.ALL), clip,
-                       propagate_nan=tl.PropagateNan.ALL)
+        x = tl.minimum(tl.maximum(x, -clip, propagate_nan=tl.PropagateNan.ALL), clip, propagate_nan=tl.PropagateNan.ALL)
     return x
 
 
@@ -59,8 +58,9 @@ def _gated_residual_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, numel, channels, per
 
 @_tuned
 @triton.jit
-def _per_sample_step_kernel(x_ptr, v_ptr, d_ptr, out_ptr, numel, per_sample, step_factor, clip,
-                            HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _per_sample_step_kernel(
+    x_ptr, v_ptr, d_ptr, out_ptr, numel, per_sample, step_factor, clip, HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr
+):
     offsets, mask = _flat_offsets(numel, BLOCK)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     v = tl.load(v_ptr + offsets, mask=mask).to(tl.float32)
@@ -96,13 +96,15 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     return out
 
 
-def per_sample_step(x: torch.Tensor, v: torch.Tensor, d: torch.Tensor, step_factor: float,
-                    clip: float | None) -> torch.Tensor:
+def per_sample_step(
+    x: torch.Tensor, v: torch.Tensor, d: torch.Tensor, step_factor: float, clip: float | None
+) -> torch.Tensor:
     """``clip(x + step_factor * d[b] * v)`` of contiguous x, v (B, ...) and d (B,): the Euler step and midpoint."""
     out = torch.empty_like(x)
     numel = x.numel()
-    _per_sample_step_kernel[_grid(numel)](x, v, d, out, numel, _per_sample_size(x), step_factor,
-                                          0.0 if clip is None else clip, HAS_CLIP=clip is not None)
+    _per_sample_step_kernel[_grid(numel)](
+        x, v, d, out, numel, _per_sample_size(x), step_factor, 0.0 if clip is None else clip, HAS_CLIP=clip is not None
+    )
     return out
 
 
@@ -110,6 +112,5 @@ def bootstrap_target(v1: torch.Tensor, v2: torch.Tensor, clip: float | None) -> 
     """``clip((v1 + v2) / 2)`` of contiguous v1 and v2, in v1's dtype."""
     out = torch.empty_like(v1)
     numel = v1.numel()
-    _bootstrap_target_kernel[_grid(numel)](v1, v2, out, numel, 0.0 if clip is None else clip,
-                                           HAS_CLIP=clip is not None)
+    _bootstrap_target_kernel[_grid(numel)](v1, v2, out, numel, 0.0 if clip is None else clip, HAS_CLIP=clip is not None)
     return out

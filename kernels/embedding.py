@@ -27,8 +27,9 @@ _CHANNEL_BLOCK = 1024
 
 
 @triton.jit
-def _timestep_features_kernel(t_ptr, out_ptr, dim, half, neg_log_period, t_scale,
-                              BLOCK: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
+def _timestep_features_kernel(
+    t_ptr, out_ptr, dim, half, neg_log_period, t_scale, BLOCK: tl.constexpr, USE_LIBDEVICE: tl.constexpr
+):
     # grid: (B,)
     sample = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
@@ -59,8 +60,19 @@ def _table_row(table_ptr, row, row_ok, channels, cols, mask):
 # where no host check runs: debug=True keeps the device asserts, which stop the kernel on a GPU as the native
 # CUDA op's asserts do; the interpreter skips asserts, and there _table_row gives the row NaNs.
 @triton.jit(debug=True)
-def _condition_sum_kernel(c_ptr, level_ptr, d_table_ptr, label_ptr, y_table_ptr, out_ptr, channels, d_rows, y_rows,
-                          HAS_LABELS: tl.constexpr, BLOCK: tl.constexpr):
+def _condition_sum_kernel(
+    c_ptr,
+    level_ptr,
+    d_table_ptr,
+    label_ptr,
+    y_table_ptr,
+    out_ptr,
+    channels,
+    d_rows,
+    y_rows,
+    HAS_LABELS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     # grid: (B, channel blocks)
     sample = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -83,13 +95,21 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float, t_scale: flo
     half = dim // 2
     out = torch.empty((t.shape[0], dim), device=t.device, dtype=torch.float32)
     _timestep_features_kernel[(t.shape[0],)](
-        t, out, dim, half, -math.log(max_period), t_scale,
-        BLOCK=triton.next_power_of_2(max(half, 1)), USE_LIBDEVICE=_USE_LIBDEVICE)
+        t,
+        out,
+        dim,
+        half,
+        -math.log(max_period),
+        t_scale,
+        BLOCK=triton.next_power_of_2(max(half, 1)),
+        USE_LIBDEVICE=_USE_LIBDEVICE,
+    )
     return out
 
 
-def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None,
-                  y_table: torch.Tensor | None) -> torch.Tensor:
+def condition_sum(
+    c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None, y_table: torch.Tensor | None
+) -> torch.Tensor:
     """``c + d_table[level] (+ y_table[y])`` of contiguous tensors, in c's dtype."""
     batch, channels = c.shape
     out = torch.empty_like(c)
@@ -101,6 +121,16 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
         label_rows = y_table.shape[0]
     # without labels the kernel never reads its label arguments; level and d_table stand in for them
     _condition_sum_kernel[(batch, triton.cdiv(channels, block))](
-        c, level, d_table, y if has_labels else level, y_table if has_labels else d_table, out, channels,
-        d_table.shape[0], label_rows, HAS_LABELS=has_labels, BLOCK=block)
+        c,
+        level,
+        d_table,
+        y if has_labels else level,
+        y_table if has_labels else d_table,
+        out,
+        channels,
+        d_table.shape[0],
+        label_rows,
+        HAS_LABELS=has_labels,
+        BLOCK=block,
+    )
     return out

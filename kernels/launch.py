@@ -12,6 +12,7 @@ import triton
 # numpy: fp32 only, and timing configs there would measure numpy, so one fixed config runs.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+
 def autotune(gpu_configs: list[triton.Config], interpret_config: triton.Config, key: list[str], prune=None):
     """``triton.autotune`` over ``gpu_configs`` on a GPU; ``interpret_config`` alone under the interpreter.
 

@@ -37,8 +37,19 @@ def _store_tile(ptr, sample, tokens, cols, seq_len, channels, tile):
 
 
 @triton.jit
-def _modulate_layernorm_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr, rstd_ptr, seq_len, channels, eps,
-                                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _modulate_layernorm_fwd_kernel(
+    x_ptr,
+    shift_ptr,
+    scale_ptr,
+    y_ptr,
+    mean_ptr,
+    rstd_ptr,
+    seq_len,
+    channels,
+    eps,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     # grid: (B, token tiles)
     sample = tl.program_id(0).to(tl.int64)
     tokens = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,9 +69,21 @@ def _modulate_layernorm_fwd_kernel(x_ptr, shift_ptr, scale_ptr, y_ptr, mean_ptr,
 
 
 @triton.jit
-def _modulate_layernorm_bwd_kernel(grad_y_ptr, x_ptr, scale_ptr, mean_ptr, rstd_ptr, dx_ptr,
-                                   dshift_part_ptr, dscale_part_ptr, seq_len, channels, tokens_per_program,
-                                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _modulate_layernorm_bwd_kernel(
+    grad_y_ptr,
+    x_ptr,
+    scale_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dshift_part_ptr,
+    dscale_part_ptr,
+    seq_len,
+    channels,
+    tokens_per_program,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     # grid: (B, programs per sample); program p owns tokens [p, p + 1) * tokens_per_program
     sample = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
@@ -107,8 +130,9 @@ def token_tiles(seq_len: int, channels: int) -> int:
     return triton.cdiv(seq_len, _tiling(channels)[0])
 
 
-def modulate_layernorm_forward(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def modulate_layernorm_forward(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y, mean, rstd)`` of contiguous x (B, N, C), shift and scale (B, C): y like x, mean and rstd (B, N) fp32."""
     batch, seq_len, channels = x.shape
     y = torch.empty_like(x)
@@ -116,13 +140,14 @@ def modulate_layernorm_forward(x: torch.Tensor, shift: torch.Tensor, scale: torc
     rstd = torch.empty_like(mean)
     block_n, block_c, num_warps = _tiling(channels)
     _modulate_layernorm_fwd_kernel[(batch, token_tiles(seq_len, channels))](
-        x, shift, scale, y, mean, rstd, seq_len, channels, eps,
-        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
+        x, shift, scale, y, mean, rstd, seq_len, channels, eps, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps
+    )
     return y, mean, rstd
 
 
-def modulate_layernorm_backward(grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
-                                rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def modulate_layernorm_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dshift, dscale)`` of ``modulate_layernorm_forward``'s y: dx like x, dshift, dscale (B, C) like scale."""
     batch, seq_len, channels = x.shape
     block_n, block_c, num_warps = _tiling(channels)
@@ -134,6 +159,19 @@ def modulate_layernorm_backward(grad_y: torch.Tensor, x: torch.Tensor, scale: to
     dshift_parts = torch.empty((batch, parts, channels), device=x.device, dtype=torch.float32)
     dscale_parts = torch.empty_like(dshift_parts)
     _modulate_layernorm_bwd_kernel[(batch, parts)](
-        grad_y, x, scale, mean, rstd, dx, dshift_parts, dscale_parts, seq_len, channels, tokens_per_program,
-        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=num_warps)
+        grad_y,
+        x,
+        scale,
+        mean,
+        rstd,
+        dx,
+        dshift_parts,
+        dscale_parts,
+        seq_len,
+        channels,
+        tokens_per_program,
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
     return dx, dshift_parts.sum(1).to(scale.dtype), dscale_parts.sum(1).to(scale.dtype)

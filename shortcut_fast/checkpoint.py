@@ -79,8 +79,11 @@ def atomic_directory(path: str | os.PathLike):
 def _raise_if_disk_full(err: BaseException, path: Path) -> None:
     """Turn a full disk or quota while writing ``path`` into an error that says what it means for the run."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OSError(err.errno, f"no space left to write {path} ({err.strerror}); nothing was replaced and "
-                      "earlier checkpoints are intact: free space and save again") from err
+        raise OSError(
+            err.errno,
+            f"no space left to write {path} ({err.strerror}); nothing was replaced and "
+            "earlier checkpoints are intact: free space and save again",
+        ) from err
 
 
 def _fsync_directory(path: Path) -> None:
@@ -156,8 +159,10 @@ def build_model(spec: dict, source: Path) -> nn.Module:
     """Construct a model (random weights) from ``model_spec``'s dict; errors name ``source``."""
     name, config = spec.get("class"), spec.get("config")
     if spec.get("format") != MODEL_FORMAT or not isinstance(name, str) or name not in MODEL_CLASSES:
-        raise ValueError(f"{source} does not describe a shortcut_fast model (format {spec.get('format')!r}, "
-                         f"class {name!r}; known classes {sorted(MODEL_CLASSES)})")
+        raise ValueError(
+            f"{source} does not describe a shortcut_fast model (format {spec.get('format')!r}, "
+            f"class {name!r}; known classes {sorted(MODEL_CLASSES)})"
+        )
     if not isinstance(config, dict):
         raise ValueError(f"{source}: 'config' must be an object of {name} settings, got {config!r}")
     try:
@@ -234,8 +239,9 @@ def parse_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def load_model(directory: str | os.PathLike, *, ema: bool | None = None,
-               device: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    directory: str | os.PathLike, *, ema: bool | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
     """Load a model saved by ``save_model`` or ``Trainer.save``.
 
     ``ema=None`` takes the EMA weights when the directory has them (a trainer

@@ -32,6 +32,7 @@ Condition = tuple[torch.Tensor, Callable[[], Exception]]
 #                        Python numbers, flags and settings                     #
 #################################################################################
 
+
 def is_int(value) -> bool:
     """Whether ``value`` is an integer (any ``numbers.Integral``) and not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -110,11 +111,14 @@ def check_guidance_input(guidance_input, num_classes: int, conditioning: str = "
     """``guidance_input`` (intrinsic guidance): a bool; True needs a class-conditional model of the own conditioning."""
     check_bool("guidance_input", guidance_input)
     if guidance_input and num_classes == 0:
-        raise ValueError("guidance_input=True needs a class-conditional model (num_classes > 0): "
-                         "guidance steers towards a label")
+        raise ValueError(
+            "guidance_input=True needs a class-conditional model (num_classes > 0): guidance steers towards a label"
+        )
     if guidance_input and conditioning != "shortcut":
-        raise ValueError(f"guidance_input=True is available with conditioning='shortcut' only (the published "
-                         f"checkpoints have no guidance input), got conditioning={conditioning!r}")
+        raise ValueError(
+            f"guidance_input=True is available with conditioning='shortcut' only (the published "
+            f"checkpoints have no guidance input), got conditioning={conditioning!r}"
+        )
 
 
 def check_generator(generator, device: torch.device | None = None, what: str = "the model") -> None:
@@ -122,13 +126,15 @@ def check_generator(generator, device: torch.device | None = None, what: str = "
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator is not None and device is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device} but {what} is on {device}; "
-                         "use torch.Generator(device) on that device")
+        raise ValueError(
+            f"generator is on {generator.device} but {what} is on {device}; use torch.Generator(device) on that device"
+        )
 
 
 #################################################################################
 #                      Tensors: metadata (no host read)                         #
 #################################################################################
+
 
 def as_batch_vector(name: str, value, batch: int, device: torch.device) -> torch.Tensor:
     """A number, 0-d or (B,) tensor -> a float32 (B,) tensor on ``device``."""
@@ -170,8 +176,10 @@ def check_guidance_scales(w, guidance_input: bool, batch: int, device: torch.dev
     if w is None:
         return None
     if not guidance_input:
-        raise ValueError("this model has no guidance input (guidance_input=False) but w was given; "
-                         "pass w=None, or guide with two forwards (sample(..., cfg_scale=...))")
+        raise ValueError(
+            "this model has no guidance input (guidance_input=False) but w was given; "
+            "pass w=None, or guide with two forwards (sample(..., cfg_scale=...))"
+        )
     return as_batch_vector("w", w, batch, device)
 
 
@@ -187,6 +195,7 @@ def check_velocity(v, shape) -> torch.Tensor:
 #                  Tensors: values (one host read per entry point)              #
 #################################################################################
 
+
 def finite(name: str, x: torch.Tensor) -> Condition:
     """``x`` holds no NaN or inf."""
     return torch.isfinite(x).all(), lambda: ValueError(f"{name} holds NaN or inf values")
@@ -195,7 +204,8 @@ def finite(name: str, x: torch.Tensor) -> Condition:
 def in_unit_interval(name: str, t: torch.Tensor) -> Condition:
     """Every value of ``t`` lies in [0, 1]."""
     return ((t >= 0) & (t <= 1)).all(), lambda: ValueError(
-        f"{name} must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}")
+        f"{name} must lie in [0, 1]; got values from {t.min().item()} to {t.max().item()}"
+    )
 
 
 def step_sizes_of(d: torch.Tensor, min_step: float) -> Condition:
@@ -204,28 +214,46 @@ def step_sizes_of(d: torch.Tensor, min_step: float) -> Condition:
     d64 = d.detach().to(torch.float64)
     idx = torch.round(torch.log2(d64.clamp_min(1e-30))) + k
     # the tolerance only admits values that went through a low-precision cast (bf16 keeps powers of two exact)
-    ok = torch.isfinite(d64) & (d64 > 0) & (idx >= 0) & (idx <= k) & ((d64 - torch.exp2(idx - k)).abs()
-                                                                       <= 1e-6 * d64.abs())
+    ok = (
+        torch.isfinite(d64)
+        & (d64 > 0)
+        & (idx >= 0)
+        & (idx <= k)
+        & ((d64 - torch.exp2(idx - k)).abs() <= 1e-6 * d64.abs())
+    )
     return ok.all(), lambda: ValueError(
         f"d must hold step sizes of the model, powers of two in [{min_step}, 1] "
-        f"(the flow level is d = {min_step}, not 0); got {d64[~ok].flatten()[:4].tolist()}")
+        f"(the flow level is d = {min_step}, not 0); got {d64[~ok].flatten()[:4].tolist()}"
+    )
 
 
 def guidance_scales_valid(w: torch.Tensor | None) -> list[Condition]:
     """Every guidance scale finite and >= 0; nothing to check for ``None``."""
     if w is None:
         return []
-    return [(torch.isfinite(w).all() & (w >= 0).all(), lambda: ValueError(
-        f"guidance scales w must be finite and >= 0; got values from {w.min().item()} to {w.max().item()}"))]
+    return [
+        (
+            torch.isfinite(w).all() & (w >= 0).all(),
+            lambda: ValueError(
+                f"guidance scales w must be finite and >= 0; got values from {w.min().item()} to {w.max().item()}"
+            ),
+        )
+    ]
 
 
 def labels_in_range(y: torch.Tensor | None, num_classes: int) -> list[Condition]:
     """Every label in ``[0, num_classes]`` (``num_classes`` is the null class); nothing to check for ``None``."""
     if y is None or y.numel() == 0:
         return []
-    return [(((y >= 0) & (y <= num_classes)).all(), lambda: ValueError(
-        f"labels must lie in [0, {num_classes - 1}] (or {num_classes} for 'no label'); "
-        f"got values from {int(y.min())} to {int(y.max())}"))]
+    return [
+        (
+            ((y >= 0) & (y <= num_classes)).all(),
+            lambda: ValueError(
+                f"labels must lie in [0, {num_classes - 1}] (or {num_classes} for 'no label'); "
+                f"got values from {int(y.min())} to {int(y.max())}"
+            ),
+        )
+    ]
 
 
 def require(*conditions: Condition) -> None:
@@ -270,5 +298,6 @@ def values_checked_upstream(x: torch.Tensor) -> bool:
     True inside ``trusted_inputs()``, and while ``torch.compile`` traces or a
     CUDA graph is captured a user's direct call, where no value can be read.
     """
-    return _trusted_depth > 0 or torch.compiler.is_compiling() or (
-        x.is_cuda and torch.cuda.is_current_stream_capturing())
+    return (
+        _trusted_depth > 0 or torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    )

@@ -75,8 +75,9 @@ def read_config_file(path: str | Path) -> dict:
             raise ValueError(f"config file {path}: '{key}' must be a table/object")
     for key in ("data", "labels"):
         value = data.get(key)
-        if value is not None and not (isinstance(value, str) or (
-                isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
+        if value is not None and not (
+            isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+        ):
             raise ValueError(f"config file {path}: '{key}' must be a path or a list of paths, got {value!r}")
     for key, low in (("steps", 0), ("image_size", 1)):
         if key in data:
@@ -107,8 +108,9 @@ def build_model_for(x: torch.Tensor, num_classes: int, spec: dict) -> torch.nn.M
 _IN_MEMORY_BYTES = 1 << 30  # a single data file up to 1 GiB is loaded whole; larger ones are memory-mapped
 
 
-def open_training_data(data: str | list[str], labels: str | list[str] | None = None,
-                       image_size: int | None = None) -> tuple[object, torch.Tensor, int]:
+def open_training_data(
+    data: str | list[str], labels: str | list[str] | None = None, image_size: int | None = None
+) -> tuple[object, torch.Tensor, int]:
     """Open ``--data`` for training: returns (data for ``Trainer``, an example batch (1, ...), number of classes).
 
     ``data`` is ``digits``; a folder of class sub-folders of images (needs
@@ -125,11 +127,16 @@ def open_training_data(data: str | list[str], labels: str | list[str] | None = N
         return (x, y), x[:1], DIGITS_CLASSES
     folder = Path(sources[0])
     # hidden folders (.cache, .git) beside shard files do not make an image folder
-    if len(sources) == 1 and folder.is_dir() and any(p.is_dir() and not p.name.startswith(".")
-                                                     for p in folder.iterdir()):
+    if (
+        len(sources) == 1
+        and folder.is_dir()
+        and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    ):
         if image_size is None:
-            raise ValueError(f"--data {folder} is a folder of class sub-folders of images: give --image-size "
-                             "(the side length images are resized and center-cropped to)")
+            raise ValueError(
+                f"--data {folder} is a folder of class sub-folders of images: give --image-size "
+                "(the side length images are resized and center-cropped to)"
+            )
         if label_sources:
             raise ValueError(f"--labels does not apply to the image folder {folder}: its sub-folders are the classes")
         images = ImageFolder(folder, image_size)
@@ -154,8 +161,9 @@ def _source_objective(directory: Path) -> str | None:
     return meta.get("train_config", {}).get("shortcut", {}).get("objective", "shortcut")
 
 
-def init_model(directory: str | Path, example: torch.Tensor, num_classes: int, spec: dict,
-               levels: str = "auto") -> torch.nn.Module:
+def init_model(
+    directory: str | Path, example: torch.Tensor, num_classes: int, spec: dict, levels: str = "auto"
+) -> torch.nn.Module:
     """The model of ``train --init DIR``: the weights saved in ``directory`` (EMA when present), for a fresh run.
 
     The saved architecture must fit the data (``example``, ``num_classes``)
@@ -185,8 +193,10 @@ def init_model(directory: str | Path, example: torch.Tensor, num_classes: int, s
         if key not in config:
             raise ValueError(f"--init {directory}: {name} has no setting {key!r}")
         if config[key] != value:
-            raise ValueError(f"--init {directory} holds a model with {key}={config[key]!r}, but the run asks for "
-                             f"{key}={value!r}; drop the setting or initialise from a matching model")
+            raise ValueError(
+                f"--init {directory} holds a model with {key}={config[key]!r}, but the run asks for "
+                f"{key}={value!r}; drop the setting or initialise from a matching model"
+            )
     if levels not in ("auto", "copy", "keep"):
         raise ValueError(f"--init-levels must be auto, copy or keep, got {levels!r}")
     if levels == "copy" or (levels == "auto" and _source_objective(directory) == "flow"):
@@ -198,8 +208,9 @@ def _cmd_train(args) -> int:
     run = read_config_file(args.config) if args.config else {}
     data_arg = args.data or run.get("data")
     if not data_arg:
-        raise ValueError("give --data (digits, an image folder or .npy/.safetensors files), "
-                         "or 'data' in the config file")
+        raise ValueError(
+            "give --data (digits, an image folder or .npy/.safetensors files), or 'data' in the config file"
+        )
     device = init_distributed(args.device)
     image_size = args.image_size if args.image_size is not None else run.get("image_size")
     data, example, num_classes = open_training_data(data_arg, args.labels or run.get("labels"), image_size)
@@ -243,8 +254,9 @@ def _cmd_sample(args) -> int:
     else:
         shape = (model.dim,)  # type: ignore[assignment]  # a ShortcutMLP (load_model builds the package's models)
     if out.suffix != ".npy" and not (isinstance(model, ShortcutDiT) and (args.vae or shape[0] in (1, 3))):
-        raise ValueError("PNG output needs an image model with 1 or 3 channels, or a latent model with --vae; "
-                         "write .npy instead")
+        raise ValueError(
+            "PNG output needs an image model with 1 or 3 channels, or a latent model with --vae; write .npy instead"
+        )
     if isinstance(args.batch_size, bool) or args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     labels: torch.Tensor | None
@@ -263,7 +275,7 @@ def _cmd_sample(args) -> int:
     chunks = []
     for start in range(0, count, args.batch_size):
         size = min(args.batch_size, count - start)
-        y = None if labels is None else labels[start:start + size]
+        y = None if labels is None else labels[start : start + size]
         x = sample(model, shape=(size, *shape), steps=args.steps, y=y, cfg_scale=args.cfg_scale, generator=gen)
         chunks.append((x if vae is None else decode(x, vae)).cpu())
     x = torch.cat(chunks)
@@ -274,8 +286,12 @@ def _cmd_sample(args) -> int:
     elif out.suffix == ".png":
         row_labels = [str(c) for c in range(num_classes)] if rows > 1 else None
         # small images are enlarged to be seen; decoded 256x256 ones are shown as they are
-        save_grid(x.clamp(-1, 1).view(rows, args.n, *shape), out, row_labels=row_labels,
-                  scale=max(1, min(4, 256 // shape[-1])))
+        save_grid(
+            x.clamp(-1, 1).view(rows, args.n, *shape),
+            out,
+            row_labels=row_labels,
+            scale=max(1, min(4, 256 // shape[-1])),
+        )
     else:
         save_images(x, out)
     print(f"wrote {count} samples ({args.steps} step(s)) to {out}")
@@ -293,8 +309,9 @@ def _cmd_doctor(args) -> int:
 def _cmd_convert_official(args) -> int:
     from .official import convert_official  # numpy only; never imports anything the file names
 
-    out = convert_official(args.checkpoint, args.out, weights=args.weights, input_size=args.input_size,
-                           num_heads=args.num_heads)
+    out = convert_official(
+        args.checkpoint, args.out, weights=args.weights, input_size=args.input_size, num_heads=args.num_heads
+    )
     print(f"wrote the {args.weights} weights of {args.checkpoint} to {out} (ShortcutDiT, conditioning='official')")
     return 0
 
@@ -305,13 +322,24 @@ def _cmd_encode(args) -> int:
 
     device = init_distributed(args.device)
     vae = load_vae(args.vae, device=device)
-    summary = encode_folder(args.data, args.out, vae, image_size=args.image_size, latents=args.latents,
-                            batch_size=args.batch_size, shard_size=args.shard_size, num_workers=args.workers,
-                            seed=args.seed, progress=not args.quiet)
+    summary = encode_folder(
+        args.data,
+        args.out,
+        vae,
+        image_size=args.image_size,
+        latents=args.latents,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        num_workers=args.workers,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     if rank_and_world()[0] == 0:
-        print(f"encoded {summary['encoded']} of {summary['images'] + summary['skipped']} images "
-              f"({summary['skipped']} unreadable, skipped) into {summary['shards']} shard(s) in {args.out}: "
-              f"{summary['shards_written']} written, {summary['shards_skipped']} already done")
+        print(
+            f"encoded {summary['encoded']} of {summary['images'] + summary['skipped']} images "
+            f"({summary['skipped']} unreadable, skipped) into {summary['shards']} shard(s) in {args.out}: "
+            f"{summary['shards_written']} written, {summary['shards_skipped']} already done"
+        )
     return 0
 
 
@@ -343,27 +371,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train on the bundled 8x8 digits, write sample grids and metrics.json")
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    demo.add_argument("--steps", dest="train_steps", type=int, default=None,
-                      help=f"training steps (default {DemoConfig.train_steps})")
+    demo.add_argument(
+        "--steps", dest="train_steps", type=int, default=None, help=f"training steps (default {DemoConfig.train_steps})"
+    )
     demo.add_argument("--batch-size", type=int, default=None, help=f"default {DemoConfig.batch_size}")
-    demo.add_argument("--samples-per-class", type=int, default=None,
-                      help=f"samples per class for the metrics (default {DemoConfig.samples_per_class})")
+    demo.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=None,
+        help=f"samples per class for the metrics (default {DemoConfig.samples_per_class})",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train", help="train a model on digits, an image folder or tensor files (torchrun too)")
-    train.add_argument("--data", nargs="+",
-                       help="'digits'; a folder of class sub-folders of images (with --image-size); or "
-                            ".npy / .safetensors files (tensor 'x', optional 'y'), folders of them or glob "
-                            "patterns: one file up to 1 GiB is loaded into memory, more or larger ones are "
-                            "memory-mapped")
+    train.add_argument(
+        "--data",
+        nargs="+",
+        help="'digits'; a folder of class sub-folders of images (with --image-size); or "
+        ".npy / .safetensors files (tensor 'x', optional 'y'), folders of them or glob "
+        "patterns: one file up to 1 GiB is loaded into memory, more or larger ones are "
+        "memory-mapped",
+    )
     train.add_argument("--labels", nargs="+", help="integer labels: .npy files, one per --data file")
-    train.add_argument("--image-size", type=int,
-                       help="for an image folder: resize the shorter side to this and center-crop a square")
+    train.add_argument(
+        "--image-size", type=int, help="for an image folder: resize the shorter side to this and center-crop a square"
+    )
     train.add_argument("--out", required=True, help="checkpoint directory")
-    train.add_argument("--config", help="a .json or .toml run config (keys: data, labels, image_size, steps, "
-                                        "model, train)")
+    train.add_argument(
+        "--config", help="a .json or .toml run config (keys: data, labels, image_size, steps, model, train)"
+    )
     train.add_argument("--preset", choices=sorted(DIT_PRESETS), help="a DiT size for image data")
     train.add_argument("--steps", type=int, help="total training steps (default: config or 1000)")
     train.add_argument("--batch-size", type=int)
@@ -371,27 +409,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's LOCAL_RANK GPU)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if present")
-    train.add_argument("--init", help="start from the weights of this saved model or run (EMA when present) with a "
-                                      "fresh optimizer; e.g. a flow-matching run to fine-tune into a shortcut model")
-    train.add_argument("--init-levels", choices=["auto", "copy", "keep"], default="auto",
-                       help="with --init: copy the d_min row of the step-size table into every level (copy), "
-                            "keep the table (keep), or copy when the saved run was flow matching (auto, default)")
+    train.add_argument(
+        "--init",
+        help="start from the weights of this saved model or run (EMA when present) with a "
+        "fresh optimizer; e.g. a flow-matching run to fine-tune into a shortcut model",
+    )
+    train.add_argument(
+        "--init-levels",
+        choices=["auto", "copy", "keep"],
+        default="auto",
+        help="with --init: copy the d_min row of the step-size table into every level (copy), "
+        "keep the table (keep), or copy when the saved run was flow matching (auto, default)",
+    )
     train.set_defaults(func=_cmd_train)
 
     smp = sub.add_parser("sample", help="sample a saved model into a .png grid or a .npy array")
     smp.add_argument("--model", required=True, help="a directory written by save_model, train or demo")
-    smp.add_argument("--steps", type=int, default=1,
-                     help="sampling steps, any int from 1 to 1/min_step: trained step sizes summing to 1, "
-                     "large steps first (default 1)")
-    smp.add_argument("--out", required=True,
-                     help="grid.png (image models), samples.npy, or a folder: one PNG per sample")
+    smp.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="sampling steps, any int from 1 to 1/min_step: trained step sizes summing to 1, "
+        "large steps first (default 1)",
+    )
+    smp.add_argument(
+        "--out", required=True, help="grid.png (image models), samples.npy, or a folder: one PNG per sample"
+    )
     smp.add_argument("--n", type=int, default=8, help="samples per class (or in all, unconditional)")
     smp.add_argument("--label", type=int, help="sample only this class")
-    smp.add_argument("--cfg-scale", type=float,
-                     help="classifier-free guidance scale; for a model trained with intrinsic guidance "
-                     "(guidance_input) the scale is its input: one forward per step")
-    smp.add_argument("--weights", choices=["auto", "ema", "live"], default="auto",
-                     help="EMA or live weights of a trainer checkpoint (default: EMA when present)")
+    smp.add_argument(
+        "--cfg-scale",
+        type=float,
+        help="classifier-free guidance scale; for a model trained with intrinsic guidance "
+        "(guidance_input) the scale is its input: one forward per step",
+    )
+    smp.add_argument(
+        "--weights",
+        choices=["auto", "ema", "live"],
+        default="auto",
+        help="EMA or live weights of a trainer checkpoint (default: EMA when present)",
+    )
     smp.add_argument("--vae", help="a latent model: decode the samples with this local AutoencoderKL folder")
     smp.add_argument("--batch-size", type=int, default=256, help="samples per sampling call (default 256)")
     smp.add_argument("--seed", type=int, default=0)
@@ -403,27 +460,41 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--timing-seconds", type=float, default=1.0, help="seconds of 1-step sampling (0: none)")
     doc.set_defaults(func=_cmd_doctor)
 
-    conv = sub.add_parser("convert-official", help="convert a checkpoint of the paper's JAX code into a model "
-                                                   "directory (read without running any code from the file)")
+    conv = sub.add_parser(
+        "convert-official",
+        help="convert a checkpoint of the paper's JAX code into a model "
+        "directory (read without running any code from the file)",
+    )
     conv.add_argument("checkpoint", help="the pickled train state written by the paper's training script")
     conv.add_argument("out", help="the model directory to write (config.json + model.safetensors)")
-    conv.add_argument("--weights", choices=["ema", "params"], default="ema",
-                      help="the EMA weights (default) or the live ones")
-    conv.add_argument("--input-size", type=int,
-                      help="the side of the (latent) input: default the file's config, else 32 (256px images)")
-    conv.add_argument("--num-heads", type=int,
-                      help="attention heads: default the file's config, else the paper's for the width "
-                           "(768: 12, 1152: 16)")
+    conv.add_argument(
+        "--weights", choices=["ema", "params"], default="ema", help="the EMA weights (default) or the live ones"
+    )
+    conv.add_argument(
+        "--input-size",
+        type=int,
+        help="the side of the (latent) input: default the file's config, else 32 (256px images)",
+    )
+    conv.add_argument(
+        "--num-heads",
+        type=int,
+        help="attention heads: default the file's config, else the paper's for the width (768: 12, 1152: 16)",
+    )
     conv.set_defaults(func=_cmd_convert_official)
 
     enc = sub.add_parser("encode", help="encode an image folder into latent shards with a diffusers VAE (torchrun too)")
     enc.add_argument("--data", required=True, help="a folder of class sub-folders of images")
     enc.add_argument("--vae", required=True, help="a local AutoencoderKL folder (save_pretrained); nothing downloads")
     enc.add_argument("--out", required=True, help="the folder of latents-NNNNN.safetensors shards")
-    enc.add_argument("--image-size", type=int, required=True,
-                     help="resize the shorter side to this and center-crop a square")
-    enc.add_argument("--latents", choices=["mean", "sample"], default="mean",
-                     help="store the posterior mean (default) or a sample of it")
+    enc.add_argument(
+        "--image-size", type=int, required=True, help="resize the shorter side to this and center-crop a square"
+    )
+    enc.add_argument(
+        "--latents",
+        choices=["mean", "sample"],
+        default="mean",
+        help="store the posterior mean (default) or a sample of it",
+    )
     enc.add_argument("--batch-size", type=int, default=32)
     enc.add_argument("--shard-size", type=int, default=4096, help="images per shard (default 4096)")
     enc.add_argument("--workers", type=int, default=4, help="image-decoding DataLoader workers (default 4)")
@@ -435,8 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     fid = sub.add_parser("fid", help="FID of sample images against reference images or statistics")
     fid.add_argument("--samples", required=True, help="a folder of images (recursive) or a .npy of images")
     fid.add_argument("--ref", help="a folder of reference images or an .npz with mu and sigma")
-    fid.add_argument("--inception", required=True,
-                     help="the local FID Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth)")
+    fid.add_argument(
+        "--inception",
+        required=True,
+        help="the local FID Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth)",
+    )
     fid.add_argument("--save-stats", help="also write the samples' statistics to this .npz")
     fid.add_argument("--batch-size", type=int, default=50)
     fid.add_argument("--device", default="cpu")

@@ -24,8 +24,16 @@ from .ops import reference as SF
 
 # Largest |kernel - reference| allowed, relative to the reference's largest magnitude (at least 1).
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
-OPS = ("attention", "modulate_layernorm", "gated_residual", "timestep_features", "condition_sum",
-       "euler_step", "bootstrap_midpoint", "bootstrap_target")
+OPS = (
+    "attention",
+    "modulate_layernorm",
+    "gated_residual",
+    "timestep_features",
+    "condition_sum",
+    "euler_step",
+    "bootstrap_midpoint",
+    "bootstrap_target",
+)
 
 
 def _version(module: str) -> str:
@@ -47,8 +55,12 @@ def _first_line(cmd: list[str]) -> str:
 
 def versions() -> dict[str, str]:
     """The versions that decide what runs: Python, torch, CUDA, Triton, and Triton's ptxas and the driver."""
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "torch CUDA": torch.version.cuda or "none (CPU build)", "triton": _version("triton")}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch CUDA": torch.version.cuda or "none (CPU build)",
+        "triton": _version("triton"),
+    }
     try:
         from triton.backends.nvidia.compiler import get_ptxas
 
@@ -69,12 +81,18 @@ def _cpu_model() -> str:
 
 def hardware(device: torch.device) -> dict[str, str]:
     """The card (name, compute capability, memory) and the CPU with the vector ISA torch's kernels use."""
-    info = {"device": str(device), "cpu": f"{platform.machine()} {_cpu_model()}".strip(),
-            "cpu ISA (torch)": torch.backends.cpu.get_cpu_capability(), "cpu threads": str(torch.get_num_threads())}
+    info = {
+        "device": str(device),
+        "cpu": f"{platform.machine()} {_cpu_model()}".strip(),
+        "cpu ISA (torch)": torch.backends.cpu.get_cpu_capability(),
+        "cpu threads": str(torch.get_num_threads()),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info["card"] = (f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB, "
-                        f"{props.multi_processor_count} SMs")
+        info["card"] = (
+            f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB, "
+            f"{props.multi_processor_count} SMs"
+        )
     return info
 
 
@@ -154,8 +172,11 @@ def parity(device: torch.device) -> list[tuple[str, str, float, float, bool]]:
                     rows.append((name, str(dtype).removeprefix("torch."), float("nan"), tol, False))
                     print(f"  {name} {dtype}: raised {type(err).__name__}: {err}")
                     continue
-            error = ((got - want).abs().max() / want.abs().max().clamp(min=1)).item() if got.shape == want.shape \
+            error = (
+                ((got - want).abs().max() / want.abs().max().clamp(min=1)).item()
+                if got.shape == want.shape
                 else float("inf")
+            )
             rows.append((name, str(dtype).removeprefix("torch."), error, tol, bool(error <= tol)))
     return rows
 
@@ -165,8 +186,11 @@ def sampling_time(device: torch.device, seconds: float = 1.0) -> tuple[int, floa
     from .models import ShortcutDiT
     from .sampling import sample
 
-    model = ShortcutDiT(input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=4,
-                        num_classes=10).to(device).eval()
+    model = (
+        ShortcutDiT(input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=4, num_classes=10)
+        .to(device)
+        .eval()
+    )
     y = torch.arange(8, device=device) % 10
 
     def once():

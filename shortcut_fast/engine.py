@@ -94,8 +94,10 @@ def set_isa(name: str) -> None:
     """Force the engine's kernels of one ISA; ``"auto"`` picks the best this CPU supports."""
     global _isa
     if not isa_supported(name):
-        raise ValueError(f"this build or CPU cannot run the engine's {name!r} kernels; "
-                         f"supported: {[n for n in ISAS if isa_supported(n)]}")
+        raise ValueError(
+            f"this build or CPU cannot run the engine's {name!r} kernels; "
+            f"supported: {[n for n in ISAS if isa_supported(n)]}"
+        )
     _isa = name
 
 
@@ -130,16 +132,26 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     empty = torch.empty(0)
     cond = base.cond
     assert isinstance(cond, ConditionEmbedder)  # _unsupported() refuses conditioning="official"
-    tensors = [_freqs(cond.freq_dim), *_linear(cond.t_mlp[0]), *_linear(cond.t_mlp[2]), cond.d_table.weight.detach(),
-               empty if cond.y_table is None else cond.y_table.weight.detach()]
+    tensors = [
+        _freqs(cond.freq_dim),
+        *_linear(cond.t_mlp[0]),
+        *_linear(cond.t_mlp[2]),
+        cond.d_table.weight.detach(),
+        empty if cond.y_table is None else cond.y_table.weight.detach(),
+    ]
     hidden = cond.d_table.weight.shape[1]
     heads: int
     if isinstance(base, ShortcutDiT):
         conv = base.x_embedder
         assert conv.bias is not None  # the patch embedding has a bias
         tensors += [conv.weight.detach().view(hidden, -1), conv.bias.detach(), base.pos_embed[0]]
-        heads, tokens, patch, channels, grid = (base.blocks[0].attn.num_heads if base.blocks else 1, base.grid**2,  # type: ignore[union-attr,assignment]
-                                                base.patch_size, base.in_channels, base.grid)
+        heads, tokens, patch, channels, grid = (
+            base.blocks[0].attn.num_heads if base.blocks else 1,  # type: ignore[union-attr,assignment]
+            base.grid**2,
+            base.patch_size,
+            base.in_channels,
+            base.grid,
+        )
     else:
         tensors += [*_linear(base.inp), empty]
         heads, tokens, patch, channels, grid = 1, 1, 1, base.dim, 1
@@ -150,8 +162,17 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         if isinstance(base, ShortcutDiT):
             tensors += [*_linear(block.attn.qkv), *_linear(block.attn.proj)]  # type: ignore[union-attr,arg-type]
         tensors += [*_linear(block.mlp[0]), *_linear(block.mlp[2])]  # type: ignore[index,arg-type]
-    config = [0 if isinstance(base, ShortcutDiT) else 1, hidden, heads, len(base.blocks), tokens, patch, channels, grid,
-              num_doublings(base.min_step)]
+    config = [
+        0 if isinstance(base, ShortcutDiT) else 1,
+        hidden,
+        heads,
+        len(base.blocks),
+        tokens,
+        patch,
+        channels,
+        grid,
+        num_doublings(base.min_step),
+    ]
     return tensors, config
 
 
@@ -209,8 +230,14 @@ def _fall_back(reason: str) -> None:
         log.warning("shortcut_fast engine: %s; sampling with the eager loop instead", reason)
 
 
-def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, cfg_scale: float | None,
-        schedule: tuple[float, ...], progress: bool = False) -> torch.Tensor | None:
+def run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    cfg_scale: float | None,
+    schedule: tuple[float, ...],
+    progress: bool = False,
+) -> torch.Tensor | None:
     """Euler steps of the validated ``schedule`` (``steps.resolve_schedule``) from the validated noise ``x``.
 
     Runs them in the engine, or returns None where the eager loop should run.

@@ -48,8 +48,14 @@ def _check_architecture(cls: type, model: nn.Module, source) -> None:
         raise ValueError(f"{source} holds a {type(model).__name__}, not a {cls.__name__}")
 
 
-def from_flow_model(source, cls: type = ShortcutModule, *, ema: bool | None = None,
-                    config: dict | None = None, device: str | torch.device | None = None) -> ShortcutModule:
+def from_flow_model(
+    source,
+    cls: type = ShortcutModule,
+    *,
+    ema: bool | None = None,
+    config: dict | None = None,
+    device: str | torch.device | None = None,
+) -> ShortcutModule:
     """A shortcut model that starts as the flow model ``source`` at every step size.
 
     Parameters

@@ -52,8 +52,11 @@ def _registered(*_args) -> None:
     _generation += 1
 
 
-for _hook in (register_module_module_registration_hook, register_module_parameter_registration_hook,
-              register_module_buffer_registration_hook):
+for _hook in (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+    register_module_buffer_registration_hook,
+):
     _hook(_registered)
 
 
@@ -75,8 +78,12 @@ def weights_key(model: nn.Module) -> tuple:
     registration of a module, parameter or buffer or when a module's children change.
     """
     modules = modules_of(model)
-    return (id(model), *(t.data_ptr() for m in modules for t in m._parameters.values() if t is not None),
-            None, *(t.data_ptr() for m in modules for t in m._buffers.values() if t is not None))
+    return (
+        id(model),
+        *(t.data_ptr() for m in modules for t in m._parameters.values() if t is not None),
+        None,
+        *(t.data_ptr() for m in modules for t in m._buffers.values() if t is not None),
+    )
 
 
 class CapturedCall:

@@ -37,19 +37,29 @@ CONDITIONINGS = ("shortcut", "official")  # the ways ShortcutDiT embeds t, d and
 #                        Input validation shared by models                      #
 #################################################################################
 
+
 def _check_parameter_count(count: int, settings: dict) -> None:
     """Refuse, before allocating, a model of more than ``MAX_PARAMETERS`` weights."""
     if count > MAX_PARAMETERS:
         shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-        raise ValueError(f"these settings ({shown}) make a model of {count:.3g} weights, more than "
-                         f"MAX_PARAMETERS={MAX_PARAMETERS:.3g}; lower the sizes")
+        raise ValueError(
+            f"these settings ({shown}) make a model of {count:.3g} weights, more than "
+            f"MAX_PARAMETERS={MAX_PARAMETERS:.3g}; lower the sizes"
+        )
 
 
 def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int, guidance_input: bool = False) -> int:
     """Weights of ``ConditionEmbedder``."""
     h = hidden_size
-    return (FREQ_DIM * h + h + h * h + h + num_levels * h + (num_classes + 1 if num_classes > 0 else 0) * h
-            + (guidance_parameters(h) if guidance_input else 0))
+    return (
+        FREQ_DIM * h
+        + h
+        + h * h
+        + h
+        + num_levels * h
+        + (num_classes + 1 if num_classes > 0 else 0) * h
+        + (guidance_parameters(h) if guidance_input else 0)
+    )
 
 
 class ShortcutModule(nn.Module):
@@ -116,8 +126,10 @@ class ShortcutModule(nn.Module):
         if x.device != param.device:
             raise ValueError(f"x is on {x.device} but the model is on {param.device}; move one of them")
         if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"x has dtype {x.dtype} but the model's weights are {param.dtype}; "
-                            "cast one of them or run under torch.autocast")
+            raise TypeError(
+                f"x has dtype {x.dtype} but the model's weights are {param.dtype}; "
+                "cast one of them or run under torch.autocast"
+            )
         batch = x.shape[0]
         t = checks.as_batch_vector("t", t, batch, x.device)
         d = checks.as_batch_vector("d", d, batch, x.device)
@@ -125,8 +137,12 @@ class ShortcutModule(nn.Module):
         return t, d, checks.check_labels(y, self.num_classes, batch, x.device), w
 
     def _value_conditions(self, t, d, y, w) -> list[checks.Condition]:
-        return [checks.in_unit_interval("t", t), checks.step_sizes_of(d, self.min_step),
-                *checks.labels_in_range(y, self.num_classes), *checks.guidance_scales_valid(w)]
+        return [
+            checks.in_unit_interval("t", t),
+            checks.step_sizes_of(d, self.min_step),
+            *checks.labels_in_range(y, self.num_classes),
+            *checks.guidance_scales_valid(w),
+        ]
 
     def _guidance_rows(self, w, x) -> torch.Tensor | None:
         """Checked guidance scales; ``w = 1`` (no guidance) for every row when a guided model gets ``None``."""
@@ -137,8 +153,11 @@ class ShortcutModule(nn.Module):
     def _label_rows(self, y, x) -> torch.Tensor | None:
         """Checked labels as int64; the null class for every row when a conditional model gets ``None``."""
         if y is None:
-            return None if self.num_classes == 0 else torch.full((x.shape[0],), self.num_classes, dtype=torch.long,
-                                                                  device=x.device)
+            return (
+                None
+                if self.num_classes == 0
+                else torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            )
         return y.long()
 
     def _init_adaln_zero(self) -> None:
@@ -167,11 +186,18 @@ class ShortcutModule(nn.Module):
 #                 Conditioning: embeddings of t, the step size and the label    #
 #################################################################################
 
+
 class ConditionEmbedder(nn.Module):
     """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y] (+ MLP_w(sinusoid(w)))``: (B,) inputs -> (B, hidden)."""
 
-    def __init__(self, hidden_size: int, num_levels: int, num_classes: int, freq_dim: int = FREQ_DIM,
-                 guidance_input: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_levels: int,
+        num_classes: int,
+        freq_dim: int = FREQ_DIM,
+        guidance_input: bool = False,
+    ):
         super().__init__()
         # intrinsic guidance (techniques.guidance): the embedding of w, zero at initialisation
         self.w_embed = GuidanceEmbedder(hidden_size) if guidance_input else None
@@ -181,8 +207,9 @@ class ConditionEmbedder(nn.Module):
         # one extra row: the null class used by class dropout and guidance
         self.y_table = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
 
-    def forward(self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None,
-                w: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None, w: torch.Tensor | None = None
+    ) -> torch.Tensor:
         c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))  # type: ignore[arg-type]
         if self.w_embed is not None:
             c = c + self.w_embed(w)
@@ -240,6 +267,7 @@ def _zero_(module: nn.Linear) -> None:
 #                                 DiT blocks                                    #
 #################################################################################
 
+
 class Attention(nn.Module):
     """Multi-head self-attention over tokens (B, N, C).
 
@@ -265,8 +293,9 @@ class Mlp(nn.Sequential):
     """Linear -> GELU(tanh) -> Linear."""
 
     def __init__(self, hidden_size: int, mlp_hidden: int):
-        super().__init__(nn.Linear(hidden_size, mlp_hidden), nn.GELU(approximate="tanh"),
-                         nn.Linear(mlp_hidden, hidden_size))
+        super().__init__(
+            nn.Linear(hidden_size, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, hidden_size)
+        )
 
 
 class DiTBlock(nn.Module):
@@ -317,6 +346,7 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
 #                                 ShortcutDiT                                   #
 #################################################################################
 
+
 class ShortcutDiT(ShortcutModule):
     """A DiT velocity network conditioned on ``t``, the step size ``d`` and a class label.
 
@@ -350,10 +380,20 @@ class ShortcutDiT(ShortcutModule):
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {list(CONDITIONINGS)}, got {conditioning!r}")
         if conditioning == "official" and (isinstance(num_classes, int) and num_classes == 0):
-            raise ValueError("conditioning='official' always has a label table: use num_classes=1 for an "
-                             "unconditional model (it is fed the null class), got num_classes=0")
-        checks.check_sizes(MAX_DEPTH, input_size=input_size, in_channels=in_channels, patch_size=patch_size,
-                           hidden_size=hidden_size, depth=depth, num_heads=num_heads, num_classes=num_classes)
+            raise ValueError(
+                "conditioning='official' always has a label table: use num_classes=1 for an "
+                "unconditional model (it is fed the null class), got num_classes=0"
+            )
+        checks.check_sizes(
+            MAX_DEPTH,
+            input_size=input_size,
+            in_channels=in_channels,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            num_classes=num_classes,
+        )
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} must be a multiple of patch_size {patch_size}")
         if hidden_size % num_heads:
@@ -367,15 +407,36 @@ class ShortcutDiT(ShortcutModule):
             cond_count = _condition_parameters(h, 0, num_classes) + FREQ_DIM * h + h * h + 2 * h
         else:
             cond_count = _condition_parameters(h, num_levels, num_classes, guidance_input)
-        count = (cond_count + depth * per_block
-                 + (2 * h * h + 2 * h + h * out + out)  # final layer
-                 + (out * h + h) + (input_size // patch_size) ** 2 * h)  # patch embedding, fixed positions
-        _check_parameter_count(count, dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
-                                           hidden_size=hidden_size, depth=depth, mlp_ratio=mlp_ratio,
-                                           num_classes=num_classes))
-        self.config = dict(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
-                           hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           num_classes=num_classes, min_step=min_step)
+        count = (
+            cond_count
+            + depth * per_block
+            + (2 * h * h + 2 * h + h * out + out)  # final layer
+            + (out * h + h)
+            + (input_size // patch_size) ** 2 * h
+        )  # patch embedding, fixed positions
+        _check_parameter_count(
+            count,
+            dict(
+                input_size=input_size,
+                in_channels=in_channels,
+                patch_size=patch_size,
+                hidden_size=hidden_size,
+                depth=depth,
+                mlp_ratio=mlp_ratio,
+                num_classes=num_classes,
+            ),
+        )
+        self.config = dict(
+            input_size=input_size,
+            in_channels=in_channels,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=num_classes,
+            min_step=min_step,
+        )
         if conditioning != "shortcut":  # only then, so configs saved before the option stay as they were
             self.config["conditioning"] = conditioning
         if guidance_input:  # likewise
@@ -387,7 +448,7 @@ class ShortcutDiT(ShortcutModule):
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         # fixed, so not saved: initialize_weights and every load_state_dict fill it (see _fill_pos_embed)
-        self.register_buffer("pos_embed", torch.empty(1, self.grid ** 2, hidden_size), persistent=False)
+        self.register_buffer("pos_embed", torch.empty(1, self.grid**2, hidden_size), persistent=False)
         self.register_load_state_dict_post_hook(ShortcutDiT._fill_pos_embed)
         if conditioning == "official":
             self.cond = OfficialConditionEmbedder(hidden_size, num_levels, num_classes)
@@ -449,8 +510,12 @@ class ShortcutDiT(ShortcutModule):
 
 DIT_PRESETS: dict[str, dict] = {
     f"DiT-{size}/{p}": dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=p)
-    for size, (depth, hidden, heads) in {"S": (12, 384, 6), "B": (12, 768, 12),
-                                        "L": (24, 1024, 16), "XL": (28, 1152, 16)}.items()
+    for size, (depth, hidden, heads) in {
+        "S": (12, 384, 6),
+        "B": (12, 768, 12),
+        "L": (24, 1024, 16),
+        "XL": (28, 1152, 16),
+    }.items()
     for p in (2, 4, 8)
 }
 
@@ -458,6 +523,7 @@ DIT_PRESETS: dict[str, dict] = {
 #################################################################################
 #                                 ShortcutMLP                                   #
 #################################################################################
+
 
 class MLPBlock(nn.Module):
     """Residual MLP block with adaLN-Zero conditioning."""
@@ -475,16 +541,25 @@ class MLPBlock(nn.Module):
 class ShortcutMLP(ShortcutModule):
     """A residual MLP velocity network on vectors (B, dim): 2D toys, tabular data, policies."""
 
-    def __init__(self, dim: int = 2, hidden_size: int = 256, depth: int = 4, num_classes: int = 0,
-                 min_step: float = DEFAULT_MIN_STEP, guidance_input: bool = False):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden_size: int = 256,
+        depth: int = 4,
+        num_classes: int = 0,
+        min_step: float = DEFAULT_MIN_STEP,
+        guidance_input: bool = False,
+    ):
         super().__init__()
         checks.check_sizes(MAX_DEPTH, dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
         checks.check_guidance_input(guidance_input, num_classes)
         h = hidden_size
-        count = (_condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
-                 + (dim * h + h)  # input
-                 + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
-                 + (2 * h * h + 2 * h + h * dim + dim))  # final layer
+        count = (
+            _condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
+            + (dim * h + h)  # input
+            + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
+            + (2 * h * h + 2 * h + h * dim + dim)
+        )  # final layer
         _check_parameter_count(count, dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes))
         self.config = dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes, min_step=min_step)
         if guidance_input:  # only when set, so that the saved configs of other models stay as they were
@@ -492,8 +567,9 @@ class ShortcutMLP(ShortcutModule):
         self.guidance_input = guidance_input
         self.dim, self.num_classes, self.min_step = dim, num_classes, min_step
         self.inp = nn.Linear(dim, hidden_size)
-        self.cond = ConditionEmbedder(hidden_size, num_doublings(min_step) + 1, num_classes,
-                                      guidance_input=guidance_input)
+        self.cond = ConditionEmbedder(
+            hidden_size, num_doublings(min_step) + 1, num_classes, guidance_input=guidance_input
+        )
         self.blocks = nn.ModuleList([MLPBlock(hidden_size) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, dim)
         self.initialize_weights()

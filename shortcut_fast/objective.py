@@ -76,17 +76,22 @@ class ShortcutConfig:
         checks.check_bool("ot_pairing", self.ot_pairing)
         if self.intrinsic_guidance is not None:
             if not isinstance(self.intrinsic_guidance, (tuple, list)) or len(self.intrinsic_guidance) != 2:
-                raise ValueError(f"intrinsic_guidance must be a pair (low, high) of guidance scales or None, "
-                                 f"got {self.intrinsic_guidance!r}")
+                raise ValueError(
+                    f"intrinsic_guidance must be a pair (low, high) of guidance scales or None, "
+                    f"got {self.intrinsic_guidance!r}"
+                )
             self.intrinsic_guidance = cast("tuple[float, float]", tuple(self.intrinsic_guidance))  # a pair (checked)
             for value in self.intrinsic_guidance:
                 checks.check_number("intrinsic_guidance", value, 0.0, math.inf, high_open=True)
             if self.intrinsic_guidance[0] > self.intrinsic_guidance[1]:
-                raise ValueError(f"intrinsic_guidance must be (low, high) with low <= high, "
-                                 f"got {self.intrinsic_guidance}")
+                raise ValueError(
+                    f"intrinsic_guidance must be (low, high) with low <= high, got {self.intrinsic_guidance}"
+                )
             if self.bootstrap_cfg_scale is not None:
-                raise ValueError("intrinsic_guidance and bootstrap_cfg_scale exclude each other: with intrinsic "
-                                 "guidance the self-consistency targets are guided by the w input; set one of them")
+                raise ValueError(
+                    "intrinsic_guidance and bootstrap_cfg_scale exclude each other: with intrinsic "
+                    "guidance the self-consistency targets are guided by the w input; set one of them"
+                )
         if not checks.is_int(self.wavelet_levels) or not 0 <= self.wavelet_levels <= 10:
             raise ValueError(f"wavelet_levels must be an int in [0, 10] (0 = plain L2), got {self.wavelet_levels!r}")
         if self.wavelet_weights is not None:
@@ -94,8 +99,10 @@ class ShortcutConfig:
                 raise ValueError("wavelet_weights needs wavelet_levels >= 1")
             count = self.wavelet_levels + 1
             if not isinstance(self.wavelet_weights, (tuple, list)) or len(self.wavelet_weights) != count:
-                raise ValueError(f"wavelet_weights must be wavelet_levels + 1 = {count} numbers "
-                                 f"(detail bands of each level, then the approximation), got {self.wavelet_weights!r}")
+                raise ValueError(
+                    f"wavelet_weights must be wavelet_levels + 1 = {count} numbers "
+                    f"(detail bands of each level, then the approximation), got {self.wavelet_weights!r}"
+                )
             self.wavelet_weights = tuple(self.wavelet_weights)
             for value in self.wavelet_weights:
                 checks.check_number("wavelet_weights", value, 0.0, math.inf, high_open=True)
@@ -143,8 +150,9 @@ def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0,
     """
     config = ShortcutConfig() if config is None else config
     if not isinstance(config, ShortcutConfig):
-        raise TypeError(f"config must be a ShortcutConfig (ShortcutConfig.from_dict for a dict), "
-                        f"got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a ShortcutConfig (ShortcutConfig.from_dict for a dict), got {type(config).__name__}"
+        )
     checks.check_generator(generator)
     base = unwrap_model(model)
     if not isinstance(x1, torch.Tensor) or not x1.is_floating_point():
@@ -158,9 +166,11 @@ def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0,
     if config.wavelet_levels:
         check_wavelet_levels(config.wavelet_levels, x1.shape)
     if config.intrinsic_guidance is not None and y is not None and not getattr(base, "guidance_input", False):
-        raise ValueError("intrinsic_guidance needs a model that takes the guidance scale as an input: "
-                         "ShortcutDiT/ShortcutMLP(guidance_input=True), or a module with guidance_input = True "
-                         "called as model(x, t, d, y, w=w)")
+        raise ValueError(
+            "intrinsic_guidance needs a model that takes the guidance scale as an input: "
+            "ShortcutDiT/ShortcutMLP(guidance_input=True), or a module with guidance_input = True "
+            "called as model(x, t, d, y, w=w)"
+        )
     model_min_step = getattr(base, "min_step", None)
     if model_min_step is not None and model_min_step != config.min_step:
         raise ValueError(f"config.min_step={config.min_step} differs from the model's min_step={model_min_step}")
@@ -182,8 +192,9 @@ def _call(model, x, t, d, y, w: torch.Tensor | None) -> torch.Tensor:
     return check_velocity(v, x.shape)
 
 
-def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None,
-              w: torch.Tensor | None = None):
+def _velocity(
+    model, x, t, d, y, null_class: int, guided: torch.Tensor | None, scale: float | None, w: torch.Tensor | None = None
+):
     """``model(x, t, d, y[, w])``; rows where ``guided`` is true get the two-forward guided velocity."""
     if guided is None:
         return _call(model, x, t, d, y, w)
@@ -195,8 +206,19 @@ def _velocity(model, x, t, d, y, null_class: int, guided: torch.Tensor | None, s
     return torch.where(mask, SF.guided_velocity(v_cond, v_null, scale), v_cond)
 
 
-def self_consistency_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
-                             clip: float | None, w: torch.Tensor | None = None) -> torch.Tensor:
+def self_consistency_targets(
+    teacher,
+    xb,
+    tb,
+    db,
+    yb,
+    guided,
+    *,
+    null_class: int,
+    scale: float | None,
+    clip: float | None,
+    w: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The no-gradient targets of the self-consistency rows: two half steps of ``teacher``.
 
     ``v1 = v(x, t, d/2)``, ``x' = clip(x + d/2 v1)``, ``v2 = v(x', t + d/2, d/2)``,
@@ -212,16 +234,26 @@ def self_consistency_targets(teacher, xb, tb, db, yb, guided, *, null_class: int
 
 
 def _check_shard(shard) -> tuple[int, int]:
-    if (not isinstance(shard, tuple) or len(shard) != 2
-            or not all(checks.is_int(v) for v in shard)
-            or not 0 <= shard[0] < shard[1]):
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(checks.is_int(v) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     return shard
 
 
-def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-               generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
-               targets=self_consistency_targets) -> ShortcutBatch:
+def make_batch(
+    model,
+    x1,
+    y=None,
+    config: ShortcutConfig | None = None,
+    target_model=None,
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
+    targets=self_consistency_targets,
+) -> ShortcutBatch:
     """Draw noise, times and step sizes for ``x1`` and build the regression targets.
 
     The self-consistency targets come from ``target_model`` (no gradient) when
@@ -239,8 +271,9 @@ def make_batch(model, x1, y=None, config: ShortcutConfig | None = None, target_m
     return draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
 
 
-def draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
-               null_class: int) -> ShortcutBatch:
+def draw_batch(
+    model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets, null_class: int
+) -> ShortcutBatch:
     """``make_batch`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
 
     No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
@@ -251,8 +284,9 @@ def draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, sh
         return _draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
 
 
-def _draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
-                null_class) -> ShortcutBatch:
+def _draw_batch(
+    model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets, null_class
+) -> ShortcutBatch:
     rank, world = shard
     B, device, K = x1.shape[0], x1.device, num_doublings(config.min_step)
     n_global = B * world
@@ -292,8 +326,9 @@ def _draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, s
         w_all = draw_guidance_scales(n_global, *config.intrinsic_guidance, generator, device)
         w = torch.cat([w_all[:n_boot_global][rows_b], w_all[n_boot_global:][rows_f]])
         w = torch.where(y_in == null_class, torch.ones_like(w), w)  # w means nothing without a label
-        target_f = _guided_flow_target(teacher, x_t[n_boot:], t_f, d[n_boot:], y_in[n_boot:], w[n_boot:], target_f,
-                                       null_class)
+        target_f = _guided_flow_target(
+            teacher, x_t[n_boot:], t_f, d[n_boot:], y_in[n_boot:], w[n_boot:], target_f, null_class
+        )
     if n_boot == 0:
         return ShortcutBatch(x_t, t, d, y_in, target_f, 0, w)
 
@@ -303,8 +338,18 @@ def _draw_batch(model, x1, y, config: ShortcutConfig, target_model, generator, s
     with torch.no_grad():
         yb = None if y is None else y[:n_boot]
         extra = {} if w is None else {"w": w[:n_boot]}
-        target_b = targets(teacher, x_t[:n_boot], t_b, d_b, yb, guided, null_class=null_class,
-                           scale=config.bootstrap_cfg_scale, clip=config.clip, **extra).to(x1.dtype)
+        target_b = targets(
+            teacher,
+            x_t[:n_boot],
+            t_b,
+            d_b,
+            yb,
+            guided,
+            null_class=null_class,
+            scale=config.bootstrap_cfg_scale,
+            clip=config.clip,
+            **extra,
+        ).to(x1.dtype)
     return ShortcutBatch(x_t, t, d, y_in, torch.cat([target_b, target_f]), n_boot, w)
 
 
@@ -314,15 +359,28 @@ def _guided_flow_target(teacher, x, t, d, y, w, target, null_class: int) -> torc
     if x.shape[0] == 0:
         return target
     ones = torch.ones(2 * x.shape[0], device=x.device)
-    v = _call(teacher, torch.cat([x, x]), torch.cat([t, t]), torch.cat([d, d]),
-              torch.cat([y, torch.full_like(y, null_class)]), ones)
+    v = _call(
+        teacher,
+        torch.cat([x, x]),
+        torch.cat([t, t]),
+        torch.cat([d, d]),
+        torch.cat([y, torch.full_like(y, null_class)]),
+        ones,
+    )
     v_cond, v_null = v.chunk(2)
     return guided_flow_target(target, v_cond, v_null, w)
 
 
-def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, target_model=None,
-                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1),
-                  targets=self_consistency_targets):
+def shortcut_loss(
+    model,
+    x1,
+    y=None,
+    config: ShortcutConfig | None = None,
+    target_model=None,
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
+    targets=self_consistency_targets,
+):
     """The shortcut (or flow-matching) loss of one batch ``x1`` (B, ...) with labels ``y`` (B,).
 
     ``model`` is any module called as ``model(x, t, d, y)``; class-conditional
@@ -342,8 +400,9 @@ def shortcut_loss(model, x1, y=None, config: ShortcutConfig | None = None, targe
     return loss_on_checked_inputs(model, x1, y, config, target_model, generator, shard, targets, null_class)
 
 
-def loss_on_checked_inputs(model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets,
-                           null_class: int):
+def loss_on_checked_inputs(
+    model, x1, y, config: ShortcutConfig, target_model, generator, shard, targets, null_class: int
+):
     """``shortcut_loss`` on checked inputs (``check_loss_inputs``, ``loss_value_conditions``).
 
     No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
@@ -358,7 +417,7 @@ def loss_on_checked_inputs(model, x1, y, config: ShortcutConfig, target_model, g
     loss = err.mean()
     logs = {
         "loss": loss.detach(),
-        "flow_loss": err[batch.n_boot:].detach().mean(),
+        "flow_loss": err[batch.n_boot :].detach().mean(),
         "consistency_loss": err[: batch.n_boot].detach().mean(),
     }
     return loss, logs

@@ -59,14 +59,18 @@ def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[ch
             raise ValueError(f"noise is on {noise.device} but the model is on {param.device}; move one of them")
         _check_fits_model(model, "noise of shape", noise)
         return noise, [checks.finite("noise", noise)]
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2 or not all(
-        checks.is_int(s) and s >= 1 for s in shape
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) < 2
+        or not all(checks.is_int(s) and s >= 1 for s in shape)
     ):
         raise ValueError(f"shape must be a tuple of at least two positive ints (B, ...), got {shape!r}")
     shape = tuple(int(s) for s in shape)
     if math.prod(shape) > MAX_NOISE_ELEMENTS:
-        raise ValueError(f"shape {shape} holds {math.prod(shape):.3g} values, more than "
-                         f"MAX_NOISE_ELEMENTS={MAX_NOISE_ELEMENTS:.3g}; sample in smaller batches")
+        raise ValueError(
+            f"shape {shape} holds {math.prod(shape):.3g} values, more than "
+            f"MAX_NOISE_ELEMENTS={MAX_NOISE_ELEMENTS:.3g}; sample in smaller batches"
+        )
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {[str(t) for t in FLOAT_DTYPES]}, got {dtype!r}")
     device = _model_device(model)
@@ -77,9 +81,17 @@ def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[ch
     return torch.randn(shape, generator=generator, device=device, dtype=dtype), []
 
 
-def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None,
-                schedule: tuple[float, ...], null_class: int, net_dtype: torch.dtype, progress: bool = False,
-                intrinsic: bool = False) -> torch.Tensor:
+def _euler_loop(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    schedule: tuple[float, ...],
+    null_class: int,
+    net_dtype: torch.dtype,
+    progress: bool = False,
+    intrinsic: bool = False,
+) -> torch.Tensor:
     """Euler steps of the sizes in ``schedule`` from ``x`` at t = 0; guided by ``scale`` (a 0-d tensor) when given.
 
     ``intrinsic``: the model takes the guidance scale as its input ``w``, so one
@@ -100,8 +112,9 @@ def _euler_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, scale
             # conditional and null-class rows in one batched forward
             assert y is not None  # sample() refuses cfg_scale without labels
             null = torch.full_like(y, null_class)
-            v = model(torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]),
-                      torch.cat([y, null]))
+            v = model(
+                torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]), torch.cat([y, null])
+            )
             v_cond, v_null = check_velocity(v, torch.Size([2 * batch, *x.shape[1:]])).chunk(2)
             v = SF.guided_velocity(v_cond, v_null, scale)
         x = ops.euler_step(x, v, d)
@@ -132,8 +145,14 @@ def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor
     key = (weights_key(model), tuple(x.shape), x.dtype, x.device, net_dtype, steps, y is None, scale is None)
 
     def capture():
-        loop = functools.partial(_euler_loop, model, schedule=steps, null_class=null_class, net_dtype=net_dtype,
-                                 intrinsic=getattr(model, "guidance_input", False))
+        loop = functools.partial(
+            _euler_loop,
+            model,
+            schedule=steps,
+            null_class=null_class,
+            net_dtype=net_dtype,
+            intrinsic=getattr(model, "guidance_input", False),
+        )
         return CapturedCall(loop, (x, y, scale), pool=GRAPH_CACHE.shared_pool())
 
     return GRAPH_CACHE.get(key, capture).replay(x, y, scale).clone()
@@ -152,8 +171,8 @@ def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype) -> torc
     null class); rows are independent, so padding rows change nothing in the others."""
     out = []
     for start in range(0, x.shape[0], GRAPH_MAX_BATCH):
-        xc = x[start:start + GRAPH_MAX_BATCH]
-        yc = None if y is None else y[start:start + GRAPH_MAX_BATCH]
+        xc = x[start : start + GRAPH_MAX_BATCH]
+        yc = None if y is None else y[start : start + GRAPH_MAX_BATCH]
         rows = xc.shape[0]
         pad = graph_batch(rows) - rows
         if pad:
@@ -227,8 +246,9 @@ def sample(
         if y is None:
             raise ValueError("cfg_scale needs labels y to guide towards")
         if getattr(base, "guidance_input", False) and cfg_scale < 0:
-            raise ValueError(f"cfg_scale is the guidance input of this model (intrinsic guidance) and must be >= 0, "
-                             f"got {cfg_scale}")
+            raise ValueError(
+                f"cfg_scale is the guidance input of this model (intrinsic guidance) and must be >= 0, got {cfg_scale}"
+            )
     if isinstance(y, torch.Tensor) and y.shape != (batch,):
         raise ValueError(f"y must have shape ({batch},) to match the batch of the noise, got {tuple(y.shape)}")
     if isinstance(base, ShortcutModule):
@@ -249,6 +269,15 @@ def sample(
             out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
             if out is not None:
                 return out
-            return _euler_loop(model, x, y, scale, steps, null_class, net_dtype, progress,
-                               intrinsic=getattr(base, "guidance_input", False))
+            return _euler_loop(
+                model,
+                x,
+                y,
+                scale,
+                steps,
+                null_class,
+                net_dtype,
+                progress,
+                intrinsic=getattr(base, "guidance_input", False),
+            )
         return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)

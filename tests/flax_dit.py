@@ -146,8 +146,14 @@ class DiT(nn.Module):
 
 def init_params(model: DiT, size: int, seed: int = 0) -> dict:
     """Random parameters at every leaf (flax's zero-initialised layers would hide mapping errors)."""
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, model.channels)),
-                            jnp.zeros((1,)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+    shapes = jax.eval_shape(
+        model.init,
+        jax.random.PRNGKey(0),
+        jnp.zeros((1, size, size, model.channels)),
+        jnp.zeros((1,)),
+        jnp.zeros((1,)),
+        jnp.zeros((1,), jnp.int32),
+    )["params"]
     rng = np.random.default_rng(seed)
 
     def draw(leaf):
@@ -182,8 +188,12 @@ def save_checkpoint(path, params, params_ema, *, as_jax: bool = False, config: d
     """
     convert = jnp.asarray if as_jax else np.asarray
     params, params_ema = (jax.tree_util.tree_map(convert, p) for p in (params, params_ema))
-    state = {"params": params, "params_ema": params_ema, "opt_state": optax.adamw(1e-4).init(params),
-             "step": np.int32(7)}
+    state = {
+        "params": params,
+        "params_ema": params_ema,
+        "opt_state": optax.adamw(1e-4).init(params),
+        "step": np.int32(7),
+    }
     if config is not None:
         state["config"] = config
     with open(path, "wb") as fh:

@@ -110,13 +110,19 @@ def op_params(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16))
         missing = op_backend_missing(name)
         for dtype in dtypes:
             if contract.support("gated_residual", contract_name).runs(dtype):
-                params.append(pytest.param((name, dtype), id=f"{name}-{str(dtype).removeprefix('torch.')}",
-                                           marks=pytest.mark.skipif(bool(missing), reason=missing)))
+                params.append(
+                    pytest.param(
+                        (name, dtype),
+                        id=f"{name}-{str(dtype).removeprefix('torch.')}",
+                        marks=pytest.mark.skipif(bool(missing), reason=missing),
+                    )
+                )
     return params
 
 
-def op_randn(*shape: int, device: str, dtype: torch.dtype = torch.float32, seed: int = 0,
-             scale: float = 1.0) -> torch.Tensor:
+def op_randn(
+    *shape: int, device: str, dtype: torch.dtype = torch.float32, seed: int = 0, scale: float = 1.0
+) -> torch.Tensor:
     """Seeded ``scale * randn`` drawn on the CPU in fp32, then moved to ``device`` and ``dtype``."""
     gen = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype)
@@ -126,8 +132,12 @@ def op_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, g
     """actual (any dtype) equals expected (the fp32 reference) within the tolerance of ``dtype``."""
     rtol = TOLERANCES[dtype][grad]
     expected = expected.detach().to("cpu", torch.float64 if dtype == torch.float64 else torch.float32)
-    torch.testing.assert_close(actual.detach().to("cpu", expected.dtype), expected, rtol=rtol,
-                               atol=rtol * max(1.0, expected.abs().max().item()))
+    torch.testing.assert_close(
+        actual.detach().to("cpu", expected.dtype),
+        expected,
+        rtol=rtol,
+        atol=rtol * max(1.0, expected.abs().max().item()),
+    )
 
 
 def reference_grads(fn, inputs, grad_out: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -166,8 +176,10 @@ def require_tool(name: str, *also_in: str | os.PathLike | None) -> str:
 #      Shared by the hostile-input tests (tests/test_hostile_*.py)              #
 #################################################################################
 
-FEW, SOME, MANY = (settings(max_examples=n, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-                   for n in (25, 40, 60))
+FEW, SOME, MANY = (
+    settings(max_examples=n, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    for n in (25, 40, 60)
+)
 
 META = torch.device("meta")
 FAIL_FAST_S = 5.0  # a rejected size must be refused well within this, without allocating
@@ -189,10 +201,15 @@ def _tiny(model: nn.Module, seed: int) -> nn.Module:
 # Never trained: the hostile tests only need models whose every input changes the output.
 MLP_COND = _tiny(sf.ShortcutMLP(dim=3, hidden_size=16, depth=1, num_classes=5), 0)
 MLP_UNCOND = _tiny(sf.ShortcutMLP(dim=2, hidden_size=8, depth=1, num_classes=0, min_step=1 / 8), 1)
-DIT_COND = _tiny(sf.ShortcutDiT(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                                num_classes=3), 2)
-DIT_UNCOND = _tiny(sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=1, hidden_size=8, depth=1, num_heads=1,
-                                  num_classes=0, min_step=1 / 4), 3)
+DIT_COND = _tiny(
+    sf.ShortcutDiT(input_size=4, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3), 2
+)
+DIT_UNCOND = _tiny(
+    sf.ShortcutDiT(
+        input_size=4, in_channels=2, patch_size=1, hidden_size=8, depth=1, num_heads=1, num_classes=0, min_step=1 / 4
+    ),
+    3,
+)
 MODELS = [MLP_COND, MLP_UNCOND, DIT_COND, DIT_UNCOND]
 MODELS_F64 = [copy.deepcopy(m).double() for m in MODELS]
 MODELS_META = [copy.deepcopy(m).to(META) for m in MODELS]
@@ -207,15 +224,28 @@ def x_shape(model, batch: int) -> tuple[int, ...]:
 
 def not_an_int():
     """Values that are not ints: bools, floats, strings, None, containers, complex numbers."""
-    return st.one_of(st.booleans(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
-                     st.none(), st.lists(st.integers(0, 9), max_size=2), st.complex_numbers(),
-                     st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.binary(max_size=3))
+    return st.one_of(
+        st.booleans(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=4),
+        st.none(),
+        st.lists(st.integers(0, 9), max_size=2),
+        st.complex_numbers(),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+        st.binary(max_size=3),
+    )
 
 
 def not_a_number():
     """Values that are neither ints nor floats."""
-    return st.one_of(st.text(max_size=4), st.none(), st.lists(st.floats(0, 1), max_size=2), st.complex_numbers(),
-                     st.dictionaries(st.text(max_size=2), st.integers(), max_size=1), st.binary(max_size=3))
+    return st.one_of(
+        st.text(max_size=4),
+        st.none(),
+        st.lists(st.floats(0, 1), max_size=2),
+        st.complex_numbers(),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+        st.binary(max_size=3),
+    )
 
 
 def bad_int(low: int):
@@ -230,8 +260,13 @@ VALID_MIN_STEPS = {2.0**-k for k in range(21)}
 @st.composite
 def mlp_settings(draw):
     """Valid ShortcutMLP keyword arguments of a small model."""
-    return dict(dim=draw(st.integers(1, 5)), hidden_size=draw(st.integers(8, 32)), depth=1,
-                num_classes=draw(st.integers(0, 5)), min_step=draw(st.sampled_from([1.0, 0.5, 1 / 8, 1 / 128])))
+    return dict(
+        dim=draw(st.integers(1, 5)),
+        hidden_size=draw(st.integers(8, 32)),
+        depth=1,
+        num_classes=draw(st.integers(0, 5)),
+        min_step=draw(st.sampled_from([1.0, 0.5, 1 / 8, 1 / 128])),
+    )
 
 
 @st.composite
@@ -240,9 +275,17 @@ def dit_settings(draw):
     heads = draw(st.sampled_from([1, 2, 4]))
     hidden = draw(st.sampled_from([h for h in range(8, 33, 4) if h % heads == 0]))
     patch = draw(st.sampled_from([1, 2]))
-    return dict(input_size=patch * draw(st.integers(1, 3)), in_channels=draw(st.integers(1, 3)), patch_size=patch,
-                hidden_size=hidden, depth=1, num_heads=heads, mlp_ratio=draw(st.sampled_from([0.5, 1, 2.5, 4.0])),
-                num_classes=draw(st.integers(0, 5)), min_step=draw(st.sampled_from([1.0, 1 / 4, 1 / 128])))
+    return dict(
+        input_size=patch * draw(st.integers(1, 3)),
+        in_channels=draw(st.integers(1, 3)),
+        patch_size=patch,
+        hidden_size=hidden,
+        depth=1,
+        num_heads=heads,
+        mlp_ratio=draw(st.sampled_from([0.5, 1, 2.5, 4.0])),
+        num_classes=draw(st.integers(0, 5)),
+        min_step=draw(st.sampled_from([1.0, 1 / 4, 1 / 128])),
+    )
 
 
 class WrongOutput(nn.Module):
@@ -269,30 +312,53 @@ SHORTCUT_BAD = {
     "min_step": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: v not in VALID_MIN_STEPS)),
     "bootstrap_fraction": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v < 1)),
     "ema_targets": st.one_of(not_a_number().filter(lambda v: v is not None), st.integers(), st.floats()),
-    "clip": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
-                      st.floats().filter(lambda v: not 0 < v < math.inf), st.integers(max_value=0)),
+    "clip": st.one_of(
+        not_a_number().filter(lambda v: v is not None),
+        st.booleans(),
+        st.floats().filter(lambda v: not 0 < v < math.inf),
+        st.integers(max_value=0),
+    ),
     "class_dropout": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v <= 1)),
-    "bootstrap_cfg_scale": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
-                                     st.floats().filter(lambda v: not 0 <= v < math.inf), st.integers(max_value=-1)),
-    "objective": st.one_of(st.text(max_size=8).filter(lambda v: v not in ("shortcut", "flow")), st.integers(),
-                           st.none(), st.lists(st.text(max_size=2), max_size=2)),
+    "bootstrap_cfg_scale": st.one_of(
+        not_a_number().filter(lambda v: v is not None),
+        st.booleans(),
+        st.floats().filter(lambda v: not 0 <= v < math.inf),
+        st.integers(max_value=-1),
+    ),
+    "objective": st.one_of(
+        st.text(max_size=8).filter(lambda v: v not in ("shortcut", "flow")),
+        st.integers(),
+        st.none(),
+        st.lists(st.text(max_size=2), max_size=2),
+    ),
 }
 
 TRAIN_INTS = {"batch_size": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "num_workers": 0, "seed": 0}
 TRAIN_BAD = {
     **{name: bad_int(low) for name, low in TRAIN_INTS.items()},
-    "lr": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 < v < math.inf),
-                    st.integers(max_value=0)),
+    "lr": st.one_of(
+        not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 < v < math.inf), st.integers(max_value=0)
+    ),
     "weight_decay": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v < math.inf)),
     "ema_decay": st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: not 0 <= v <= 1)),
-    "grad_clip": st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
-                           st.floats().filter(lambda v: not 0 < v < math.inf)),
-    "betas": st.one_of(st.lists(st.floats(0, 0.99), max_size=4).filter(lambda b: len(b) != 2),
-                       st.tuples(st.floats().filter(lambda v: not 0 <= v < 1), st.floats(0, 0.99)),
-                       st.tuples(st.floats(0, 0.99), st.one_of(not_a_number(), st.booleans())),
-                       st.text(min_size=2, max_size=2)),
-    "shortcut": st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2), st.floats(),
-                          st.sampled_from([{"clip": -1.0}, {"min_step": 0.3}, {"objective": "x"}, {"zzz": 1}])),
+    "grad_clip": st.one_of(
+        not_a_number().filter(lambda v: v is not None),
+        st.booleans(),
+        st.floats().filter(lambda v: not 0 < v < math.inf),
+    ),
+    "betas": st.one_of(
+        st.lists(st.floats(0, 0.99), max_size=4).filter(lambda b: len(b) != 2),
+        st.tuples(st.floats().filter(lambda v: not 0 <= v < 1), st.floats(0, 0.99)),
+        st.tuples(st.floats(0, 0.99), st.one_of(not_a_number(), st.booleans())),
+        st.text(min_size=2, max_size=2),
+    ),
+    "shortcut": st.one_of(
+        st.integers(),
+        st.text(max_size=3),
+        st.lists(st.integers(), max_size=2),
+        st.floats(),
+        st.sampled_from([{"clip": -1.0}, {"min_step": 0.3}, {"objective": "x"}, {"zzz": 1}]),
+    ),
 }
 
 

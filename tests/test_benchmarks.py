@@ -27,14 +27,37 @@ def _load_script():
 def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     throughput = _load_script()
-    results = throughput.main(["--preset", "tiny", "--no-compile", "--batch", "3", "--train-batch", "4",
-                               "--repeats", "2", "--warmup", "1", "--json", str(out)])
+    results = throughput.main(
+        [
+            "--preset",
+            "tiny",
+            "--no-compile",
+            "--batch",
+            "3",
+            "--train-batch",
+            "4",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     engine = {"shortcut_fast:engine@1", "shortcut_fast:engine@3"} if sf.engine.available() else set()
     assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *engine}
     assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:flow"}
-    assert set(results["ops"]) == {"attention", "modulate_layernorm", "gated_residual", "timestep_features",
-                                   "condition_sum", "euler_step", "bootstrap_midpoint", "bootstrap_target"}
+    assert set(results["ops"]) == {
+        "attention",
+        "modulate_layernorm",
+        "gated_residual",
+        "timestep_features",
+        "condition_sum",
+        "euler_step",
+        "bootstrap_midpoint",
+        "bootstrap_target",
+    }
     for entry in [*results["sampling"].values(), *results["training"].values()]:
         assert math.isfinite(entry["seconds"]) and entry["seconds"] > 0
     for name, entry in results["training"].items():
@@ -43,13 +66,20 @@ def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     # target forwards of the 1 self-consistency row (a quarter of the batch): 14 one-row forwards
     assert results["train_flops_per_step"] == pytest.approx(14 * results["sample_flops_per_image"], rel=0.05)
     table = capsys.readouterr().out
-    for row in ("| eager | 1 |", "| shortcut_fast | 3 |", "| shortcut_fast:flow |", "| attention |",
-                "self-consistency cost over a flow-matching step"):
+    for row in (
+        "| eager | 1 |",
+        "| shortcut_fast | 3 |",
+        "| shortcut_fast:flow |",
+        "| attention |",
+        "self-consistency cost over a flow-matching step",
+    ):
         assert row in table
 
 
-@pytest.mark.parametrize("argv,message", [(["--batch", "0"], "--batch must be >= 1"),
-                                           (["--dtype", "bf16", "--device", "cpu"], "needs a CUDA device")])
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["--batch", "0"], "--batch must be >= 1"), (["--dtype", "bf16", "--device", "cpu"], "needs a CUDA device")],
+)
 def test_throughput_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         _load_script().parse_args(argv)

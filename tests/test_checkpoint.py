@@ -37,12 +37,13 @@ def _read_safetensors_header(path: Path) -> dict:
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert 8 + n <= len(raw)
-    return json.loads(raw[8:8 + n])
+    return json.loads(raw[8 : 8 + n])
 
 
 #################################################################################
 #                                  Round trips                                  #
 #################################################################################
+
 
 def test_dit_round_trip(tiny_dit, tmp_path):
     out = save_model(tiny_dit, tmp_path / "dit")
@@ -98,6 +99,7 @@ def test_save_unwraps_data_parallel(tiny_mlp, tmp_path):
 #                                 On-disk format                                #
 #################################################################################
 
+
 def test_directory_holds_exactly_json_and_safetensors(tiny_dit, tmp_path):
     save_model(tiny_dit, tmp_path / "m")
     assert sorted(os.listdir(tmp_path / "m")) == ["config.json", "model.safetensors"]
@@ -133,6 +135,7 @@ def test_load_ignores_nothing_but_needs_every_key(tiny_mlp, tmp_path):
 #################################################################################
 #                               Atomic replacement                              #
 #################################################################################
+
 
 def test_saving_over_a_directory_replaces_it(tiny_mlp, tmp_path):
     target = tmp_path / "m"
@@ -248,6 +251,7 @@ def test_atomic_file_cleans_up_on_error(tmp_path, exc):
 #                              Damaged checkpoints                              #
 #################################################################################
 
+
 def test_load_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "nope")
@@ -300,12 +304,15 @@ def _rewrite_config(directory: Path, **changes) -> None:
     path.write_text(json.dumps(spec))
 
 
-@pytest.mark.parametrize("changes", [
-    dict(**{"class": "Trainer"}),
-    dict(**{"class": "ShortcutModule"}),
-    dict(format="shortcut_fast.model/2"),
-    dict(format=None),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(**{"class": "Trainer"}),
+        dict(**{"class": "ShortcutModule"}),
+        dict(format="shortcut_fast.model/2"),
+        dict(format=None),
+    ],
+)
 def test_load_unknown_class_or_format(tiny_mlp, tmp_path, changes):
     save_model(tiny_mlp, tmp_path / "m")
     _rewrite_config(tmp_path / "m", **changes)

@@ -34,8 +34,10 @@ def test_demo_at_reduced_size(tmp_path, capsys):
 def test_train_then_sample(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "run.toml"
-    cfg.write_text('data = "digits"\nsteps = 4\n[model]\nhidden_size = 32\ndepth = 1\nnum_heads = 2\n'
-                   '[train]\nbatch_size = 16\nprogress = false\n[train.shortcut]\nclip = 3.0\n')
+    cfg.write_text(
+        'data = "digits"\nsteps = 4\n[model]\nhidden_size = 32\ndepth = 1\nnum_heads = 2\n'
+        "[train]\nbatch_size = 16\nprogress = false\n[train.shortcut]\nclip = 3.0\n"
+    )
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
     meta = json.loads((resolve_checkpoint(run) / "trainer.json").read_text())
     assert meta["step"] == 4 and meta["train_config"]["shortcut"]["clip"] == 3.0
@@ -53,8 +55,9 @@ def test_train_then_sample(tmp_path):
     assert x.shape == (4, 1, 8, 8) and np.isfinite(x).all()
     # the CLI samples what the Python API samples
     model = sf.load_model(run)
-    want = sf.sample(model, shape=(4, 1, 8, 8), steps=1, y=torch.full((4,), 7),
-                     generator=torch.Generator().manual_seed(0))
+    want = sf.sample(
+        model, shape=(4, 1, 8, 8), steps=1, y=torch.full((4,), 7), generator=torch.Generator().manual_seed(0)
+    )
     np.testing.assert_allclose(x, want.numpy(), rtol=1e-6, atol=1e-6)
 
 
@@ -71,13 +74,16 @@ def test_train_on_vector_file(tmp_path):
     assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize("content, suffix, match", [
-    ("data = digits", ".toml", "malformed"),
-    ('{"data": "digits", "optimizer": {}}', ".json", "unknown keys"),
-    ('{"data": "digits", "train": {"lr": -1}}', ".json", "lr"),
-    ('{"data": "digits", "model": []}', ".json", "model"),
-    ("data: digits", ".yaml", ".json or .toml"),
-])
+@pytest.mark.parametrize(
+    "content, suffix, match",
+    [
+        ("data = digits", ".toml", "malformed"),
+        ('{"data": "digits", "optimizer": {}}', ".json", "unknown keys"),
+        ('{"data": "digits", "train": {"lr": -1}}', ".json", "lr"),
+        ('{"data": "digits", "model": []}', ".json", "model"),
+        ("data: digits", ".yaml", ".json or .toml"),
+    ],
+)
 def test_bad_config_files_exit_with_message(tmp_path, capsys, content, suffix, match):
     cfg = tmp_path / f"run{suffix}"
     cfg.write_text(content)
@@ -90,10 +96,12 @@ def test_bad_config_files_exit_with_message(tmp_path, capsys, content, suffix, m
 def test_bad_data_files(tmp_path, capsys):
     bad = tmp_path / "x.npy"
     np.save(bad, np.array([1.0, np.nan, 2.0]).reshape(3, 1))
-    for args, match in [(["--data", str(bad)], "NaN"),
-                        (["--data", str(tmp_path / "missing.npy")], "does not exist"),
-                        (["--data", str(tmp_path / "x.csv")], ".npy or .safetensors"),
-                        ([], "give --data")]:
+    for args, match in [
+        (["--data", str(bad)], "NaN"),
+        (["--data", str(tmp_path / "missing.npy")], "does not exist"),
+        (["--data", str(tmp_path / "x.csv")], ".npy or .safetensors"),
+        ([], "give --data"),
+    ]:
         with pytest.raises(SystemExit):
             main(["train", *args, "--out", str(tmp_path / "r"), "--steps", "1"])
         assert match in capsys.readouterr().err
@@ -103,8 +111,9 @@ def test_sample_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g.png")])
     assert "not a directory" in capsys.readouterr().err
-    model = sf.ShortcutDiT(input_size=8, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2,
-                           num_classes=0)
+    model = sf.ShortcutDiT(
+        input_size=8, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=0
+    )
     sf.save_model(model, tmp_path / "m")
     with pytest.raises(SystemExit):
         main(["sample", "--model", str(tmp_path / "m"), "--steps", "129", "--out", str(tmp_path / "g.png")])

@@ -20,8 +20,7 @@ LOADED = {"native": backends.native_available, "triton": backends.triton_availab
 
 
 def _registered(namespace: str) -> set[str]:
-    return {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
-            if name.split("::")[0] == namespace}
+    return {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.split("::")[0] == namespace}
 
 
 @pytest.mark.parametrize("backend", list(NAMESPACES))
@@ -116,8 +115,12 @@ def test_the_declared_dtypes_run_and_the_others_fall_back(here, dtype):
     gate = x[:, 0].contiguous()
     if support.runs(dtype):
         # the kernels sum in fp32 and round once, so compare with the fp32 reference at 16-bit rounding
-        torch.testing.assert_close(raw.gated_residual(x, gate, x).double(),
-                                   SF.gated_residual(x.double(), gate.double(), x.double()), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(
+            raw.gated_residual(x, gate, x).double(),
+            SF.gated_residual(x.double(), gate.double(), x.double()),
+            rtol=2e-2,
+            atol=2e-2,
+        )
     else:
         with pytest.raises(RuntimeError, match="dtype"):
             raw.gated_residual(x, gate, x)

@@ -102,8 +102,12 @@ def test_find_shards(tmp_path):
     assert find_shards(tmp_path) == everything
     assert find_shards(str(tmp_path / "x*.npy")) == files
     assert find_shards(files[1]) == [files[1]]
-    for arg, match in [(tmp_path / "sub", "matches no"), (str(tmp_path / "q*.npy"), "matches no"),
-                       (tmp_path / "missing.npy", "does not exist"), (tmp_path / "notes.txt", ".npy or .safetensors")]:
+    for arg, match in [
+        (tmp_path / "sub", "matches no"),
+        (str(tmp_path / "q*.npy"), "matches no"),
+        (tmp_path / "missing.npy", "does not exist"),
+        (tmp_path / "notes.txt", ".npy or .safetensors"),
+    ]:
         with pytest.raises(ValueError, match=match):
             find_shards(arg)
 
@@ -126,10 +130,17 @@ def test_shard_errors_name_the_file(tmp_path):
         ([t / "missing.npy"], None, f"{t / 'missing.npy'} does not exist"),
         ([t / "garbage.npy"], None, f"{t / 'garbage.npy'} is not a readable .npy"),
         ([t / "x.pt"], None, "must end in .npy or .safetensors"),
-        ([files[0], t / "wide.npy"], None, f"mixed sizes: {t / 'wide.npy'} holds samples of shape \\(2, 4\\), "
-                                           f"but {files[0]} holds \\(2, 3\\)"),
-        (files, [labels[0], t / "short_labels.npy"], f"{t / 'short_labels.npy'} holds labels of shape \\(2,\\) "
-                                                    f"for the 3 rows of {files[1]}; need one integer label per row"),
+        (
+            [files[0], t / "wide.npy"],
+            None,
+            f"mixed sizes: {t / 'wide.npy'} holds samples of shape \\(2, 4\\), but {files[0]} holds \\(2, 3\\)",
+        ),
+        (
+            files,
+            [labels[0], t / "short_labels.npy"],
+            f"{t / 'short_labels.npy'} holds labels of shape \\(2,\\) "
+            f"for the 3 rows of {files[1]}; need one integer label per row",
+        ),
         (files, labels[:1], "got 1 label files for 2 shard files"),
         (files[:1], [t / "float_labels.npy"], "float64 labels; labels must be integers"),
         (files[:1], [t / "negative.npy"], "labels must be >= 0"),
@@ -179,8 +190,10 @@ def test_resize_and_center_crop_of_a_non_square_image(tmp_path, landscape):
     assert torch.equal(data[0][0], want)
     # halving: bicubic down to 6x4 (or 4x6), crop offset 1
     small = ImageFolder(tmp_path, 4, flip=False)[0][0]
-    resized = np.asarray(Image.fromarray(pattern.astype(np.uint8)).resize(
-        (6, 4) if landscape else (4, 6), Image.Resampling.BICUBIC), dtype=np.float32)
+    resized = np.asarray(
+        Image.fromarray(pattern.astype(np.uint8)).resize((6, 4) if landscape else (4, 6), Image.Resampling.BICUBIC),
+        dtype=np.float32,
+    )
     middle = resized[:, 1:5] if landscape else resized[1:5, :]
     assert torch.equal(small, torch.from_numpy(middle / 127.5 - 1).permute(2, 0, 1))
     assert torch.equal(small[2], torch.ones(4, 4))  # a flat channel stays flat through the resize
@@ -239,11 +252,13 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     _write_image(tmp_path / "one_empty" / "a" / "ok.png", np.zeros((4, 4, 3)))
     (tmp_path / "bad" / "c").mkdir(parents=True)
     (tmp_path / "bad" / "c" / "x.png").write_bytes(b"junk")
-    cases = [(tmp_path / "missing", "does not exist or is not a directory"),
-             (tmp_path / "file.png", "does not exist or is not a directory"),
-             (tmp_path / "flat", "has no class sub-folders"),
-             (tmp_path / "one_empty", f"class folder {tmp_path / 'one_empty' / 'b'} holds no images"),
-             (tmp_path / "bad", "holds no readable images")]
+    cases = [
+        (tmp_path / "missing", "does not exist or is not a directory"),
+        (tmp_path / "file.png", "does not exist or is not a directory"),
+        (tmp_path / "flat", "has no class sub-folders"),
+        (tmp_path / "one_empty", f"class folder {tmp_path / 'one_empty' / 'b'} holds no images"),
+        (tmp_path / "bad", "holds no readable images"),
+    ]
     for root, match in cases:
         with pytest.raises(ValueError, match=match), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -272,16 +287,30 @@ def test_dataloader_workers_read_both_datasets(tmp_path):
 
 def _config(tmp_path):
     cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"model": {"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": 4},
-                               "train": {"progress": False}}))
+    cfg.write_text(
+        json.dumps(
+            {"model": {"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": 4}, "train": {"progress": False}}
+        )
+    )
     return str(cfg)
 
 
 def test_cli_trains_on_an_image_folder(tmp_path, capsys):
     root = _image_folder(tmp_path)
     run = tmp_path / "run"
-    base = ["train", "--data", str(root), "--out", str(run), "--steps", "2", "--batch-size", "4",
-            "--config", _config(tmp_path)]
+    base = [
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--config",
+        _config(tmp_path),
+    ]
     with pytest.raises(SystemExit):
         main(base)
     assert "give --image-size" in capsys.readouterr().err
@@ -297,13 +326,47 @@ def test_cli_trains_on_shards(tmp_path):
     for path in labels:
         path.rename(tmp_path / path.name)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(shard_dir), "--labels", str(tmp_path / "y*.npy"), "--out", str(run),
-                 "--steps", "2", "--batch-size", "4", "--config", _config(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(shard_dir),
+                "--labels",
+                str(tmp_path / "y*.npy"),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--config",
+                _config(tmp_path),
+            ]
+        )
+        == 0
+    )
     model = sf.load_model(run)
     assert (model.in_channels, model.input_size, model.num_classes) == (4, 8, 3)
     # several files, unlabelled
-    assert main(["train", "--data", *map(str, files), "--out", str(tmp_path / "run2"), "--steps", "2",
-                 "--batch-size", "4", "--config", _config(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                *map(str, files),
+                "--out",
+                str(tmp_path / "run2"),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--config",
+                _config(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert sf.load_model(tmp_path / "run2").num_classes == 0
 
 

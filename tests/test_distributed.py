@@ -17,16 +17,24 @@ WORKER = Path(__file__).parent / "workers" / "ddp_train.py"
 HANG_S = 30 * 60  # a guard against a hung run only: a loaded machine must not fail a run that would succeed
 
 
-def setup_run(objective: str, batch: int, checkpoint_dir: str | None = None, fsdp: bool = False,
-              dtype: str = "float32"):
+def setup_run(
+    objective: str, batch: int, checkpoint_dir: str | None = None, fsdp: bool = False, dtype: str = "float32"
+):
     """The model, data and settings every run of this file shares (weights and data in ``dtype``)."""
     torch.manual_seed(0)
     model = sf.ShortcutMLP(dim=3, hidden_size=16, depth=2, num_classes=4, min_step=1 / 8).to(getattr(torch, dtype))
     g = torch.Generator().manual_seed(1)
     data = (torch.randn(64, 3, generator=g).to(getattr(torch, dtype)), torch.randint(0, 4, (64,), generator=g))
-    config = sf.TrainConfig(batch_size=batch, lr=1e-2, ema_decay=0.9, progress=False, seed=5,
-                            checkpoint_dir=checkpoint_dir, fsdp=fsdp,
-                            shortcut=sf.ShortcutConfig(min_step=1 / 8, objective=objective))
+    config = sf.TrainConfig(
+        batch_size=batch,
+        lr=1e-2,
+        ema_decay=0.9,
+        progress=False,
+        seed=5,
+        checkpoint_dir=checkpoint_dir,
+        fsdp=fsdp,
+        shortcut=sf.ShortcutConfig(min_step=1 / 8, objective=objective),
+    )
     return model, data, config
 
 
@@ -42,8 +50,18 @@ def torchrun(tmp_path, *args) -> dict:
     """Run the worker under torchrun on 2 processes; its saved weights."""
     out = tmp_path / f"w{len(list(tmp_path.glob('w*')))}.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), "--out", str(out), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        "--out",
+        str(out),
+        *map(str, args),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return load_file(str(out))
@@ -114,12 +132,28 @@ def test_fsdp_equals_one_process_and_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_cli_train_under_torchrun(tmp_path):
     cfg = tmp_path / "run.json"
-    cfg.write_text('{"data": "digits", "steps": 2, "model": {"hidden_size": 16, "depth": 1, "num_heads": 2, '
-                   '"patch_size": 4}, "train": {"batch_size": 8, "progress": false}}')
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shortcut_fast.cli", "train", "--config", str(cfg), "--out", str(tmp_path / "run")]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=HANG_S)
+    cfg.write_text(
+        '{"data": "digits", "steps": 2, "model": {"hidden_size": 16, "depth": 1, "num_heads": 2, '
+        '"patch_size": 4}, "train": {"batch_size": 8, "progress": false}}'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "shortcut_fast.cli",
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=HANG_S
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_00000002"
     assert result.stdout.count("trained to step 2") == 2  # both ranks ran the whole run
@@ -153,14 +187,22 @@ def test_native_ops_give_each_sample_the_same_bits_in_any_batch_split(name):
         return torch.randn(*shape, generator=g)
 
     inputs, op = {
-        "modulate_layernorm": ([randn(batch, tokens, channels), randn(batch, channels), randn(batch, channels)],
-                               sf.ops.modulate_layernorm),
-        "gated_residual": ([randn(batch, tokens, channels), randn(batch, channels), randn(batch, tokens, channels)],
-                           sf.ops.gated_residual),
-        "attention": ([randn(batch, 2, tokens, 16), randn(batch, 2, tokens, 16), randn(batch, 2, tokens, 16)],
-                      sf.ops.attention),
-        "condition_sum": ([randn(batch, channels), torch.randint(0, 4, (batch,), generator=g)],
-                          lambda c, level: sf.ops.condition_sum(c, level, d_table, None, None)),
+        "modulate_layernorm": (
+            [randn(batch, tokens, channels), randn(batch, channels), randn(batch, channels)],
+            sf.ops.modulate_layernorm,
+        ),
+        "gated_residual": (
+            [randn(batch, tokens, channels), randn(batch, channels), randn(batch, tokens, channels)],
+            sf.ops.gated_residual,
+        ),
+        "attention": (
+            [randn(batch, 2, tokens, 16), randn(batch, 2, tokens, 16), randn(batch, 2, tokens, 16)],
+            sf.ops.attention,
+        ),
+        "condition_sum": (
+            [randn(batch, channels), torch.randint(0, 4, (batch,), generator=g)],
+            lambda c, level: sf.ops.condition_sum(c, level, d_table, None, None),
+        ),
     }[name]
     d_table = randn(4, channels)
     full = _native_rows(op, inputs, slice(None))

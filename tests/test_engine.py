@@ -13,21 +13,33 @@ import shortcut_fast as sf
 from shortcut_fast import engine, sampling
 from shortcut_fast.steps import num_doublings
 
-pytestmark = [pytest.mark.usefixtures("single_thread"),
-              pytest.mark.skipif(not engine.available(), reason="the native extension with the engine is not built")]
+pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
+    pytest.mark.skipif(not engine.available(), reason="the native extension with the engine is not built"),
+]
 
 ISA_PATHS = [
     "scalar",
-    pytest.param("avx2", marks=pytest.mark.skipif(not engine.isa_supported("avx2"),
-                                                  reason="this CPU has no AVX2+FMA")),
-    pytest.param("avx512", marks=pytest.mark.skipif(not engine.isa_supported("avx512"),
-                                                    reason="this CPU has no AVX-512F: its kernels are built, not run")),
+    pytest.param("avx2", marks=pytest.mark.skipif(not engine.isa_supported("avx2"), reason="this CPU has no AVX2+FMA")),
+    pytest.param(
+        "avx512",
+        marks=pytest.mark.skipif(
+            not engine.isa_supported("avx512"), reason="this CPU has no AVX-512F: its kernels are built, not run"
+        ),
+    ),
 ]
 
 
 def _dit(num_classes: int, patch: int = 2, channels: int = 2) -> sf.ShortcutDiT:
-    model = sf.ShortcutDiT(input_size=8, in_channels=channels, patch_size=patch, hidden_size=48, depth=2,
-                           num_heads=3, num_classes=num_classes)
+    model = sf.ShortcutDiT(
+        input_size=8,
+        in_channels=channels,
+        patch_size=patch,
+        hidden_size=48,
+        depth=2,
+        num_heads=3,
+        num_classes=num_classes,
+    )
     return perturb_(model, seed=num_classes + patch, scale=0.1).eval()
 
 
@@ -36,8 +48,9 @@ def _mlp(num_classes: int) -> sf.ShortcutMLP:
 
 
 def _noise(model, batch: int, seed: int = 0) -> torch.Tensor:
-    shape = (model.dim,) if isinstance(model, sf.ShortcutMLP) else (model.in_channels, model.input_size,
-                                                                     model.input_size)
+    shape = (
+        (model.dim,) if isinstance(model, sf.ShortcutMLP) else (model.in_channels, model.input_size, model.input_size)
+    )
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -48,6 +61,7 @@ def _reference(model, z, **kwargs) -> torch.Tensor:
 
 def _engine(model, z, monkeypatch, **kwargs) -> torch.Tensor:
     """The engine's result, with the eager loop made to fail so that a silent fallback cannot pass."""
+
     def no_eager(*args, **kw):
         raise AssertionError("the eager loop ran")
 
@@ -63,8 +77,12 @@ def _assert_matches(out, ref, z) -> None:
     torch.testing.assert_close(out - z, ref - z, rtol=0, atol=1e-5 * scale)
 
 
-MODELS = {"dit": lambda: _dit(10), "dit_uncond_patch4": lambda: _dit(0, patch=4, channels=1),
-          "mlp": lambda: _mlp(4), "mlp_uncond": lambda: _mlp(0)}
+MODELS = {
+    "dit": lambda: _dit(10),
+    "dit_uncond_patch4": lambda: _dit(0, patch=4, channels=1),
+    "mlp": lambda: _mlp(4),
+    "mlp_uncond": lambda: _mlp(0),
+}
 
 
 @pytest.mark.parametrize("isa", ISA_PATHS)
@@ -87,11 +105,13 @@ def test_engine_matches_reference_at_every_count_of_equal_steps(monkeypatch):
     model = _dit(10)
     z, labels = _noise(model, 3), torch.tensor([0, 9, 10])  # 10: the null class
     for k in range(num_doublings(model.min_step) + 1):
-        _assert_matches(_engine(model, z, monkeypatch, steps=2**k, y=labels),
-                        _reference(model, z, steps=2**k, y=labels), z)
+        _assert_matches(
+            _engine(model, z, monkeypatch, steps=2**k, y=labels), _reference(model, z, steps=2**k, y=labels), z
+        )
     # an explicit schedule of equal steps is the same call
-    _assert_matches(_engine(model, z, monkeypatch, steps=(0.25,) * 4, y=labels),
-                    _reference(model, z, steps=4, y=labels), z)
+    _assert_matches(
+        _engine(model, z, monkeypatch, steps=(0.25,) * 4, y=labels), _reference(model, z, steps=4, y=labels), z
+    )
 
 
 def test_engine_sees_an_optimizer_step_and_new_weight_tensors(monkeypatch):
@@ -128,8 +148,16 @@ def test_calls_the_engine_does_not_cover_fall_back_with_one_notice(caplog, monke
 
 
 def _guided_dit() -> sf.ShortcutDiT:
-    model = sf.ShortcutDiT(input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3,
-                           num_classes=10, guidance_input=True)
+    model = sf.ShortcutDiT(
+        input_size=8,
+        in_channels=2,
+        patch_size=2,
+        hidden_size=48,
+        depth=2,
+        num_heads=3,
+        num_classes=10,
+        guidance_input=True,
+    )
     return perturb_(model, seed=7, scale=0.1).eval()
 
 

@@ -99,14 +99,18 @@ def test_train_step_is_the_reference_step(tiny_dit):
     ema_a = perturb_(copy.deepcopy(tiny_dit), seed=5)
     ema_b = copy.deepcopy(ema_a)
     opt_a = torch.optim.AdamW(model_a.parameters(), lr=1e-3)
-    logs = sf.train_step(model_a, opt_a, x1, y, config=config, ema_model=ema_a, ema_decay=0.9,
-                         generator=torch.Generator().manual_seed(7))
+    logs = sf.train_step(
+        model_a, opt_a, x1, y, config=config, ema_model=ema_a, ema_decay=0.9, generator=torch.Generator().manual_seed(7)
+    )
     loss_b, grads_b = _reference_step(model_b, ema_b, x1, y, config, torch.Generator().manual_seed(7), 1e-3, 0.9)
     torch.testing.assert_close(logs["loss"], loss_b, rtol=1e-5, atol=0)
     for p, g in zip(model_a.parameters(), grads_b, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
-    for a, b in zip(list(model_a.parameters()) + list(ema_a.parameters()),
-                    list(model_b.parameters()) + list(ema_b.parameters()), strict=True):
+    for a, b in zip(
+        list(model_a.parameters()) + list(ema_a.parameters()),
+        list(model_b.parameters()) + list(ema_b.parameters()),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -123,8 +127,9 @@ def test_train_step_checks_its_arguments(tiny_dit):
 
 # ---------------------------------------------------------------- CUDA graphs (GPU)
 def _cuda_model(dtype=torch.float32, num_classes=10):
-    model = sf.ShortcutDiT(input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=2,
-                           num_classes=num_classes)
+    model = sf.ShortcutDiT(
+        input_size=16, in_channels=4, patch_size=2, hidden_size=128, depth=2, num_heads=2, num_classes=num_classes
+    )
     return perturb_(model, seed=11).to("cuda", dtype).eval()
 
 
@@ -176,8 +181,9 @@ def test_graph_sampling_cache_is_bounded_and_large_batches_are_chunked(monkeypat
         assert len(sampling.GRAPH_CACHE) == 1
         monkeypatch.setattr(sampling, "GRAPH_MAX_BATCH", 4)
         noise = torch.randn(10, 4, 16, 16, device="cuda")
-        torch.testing.assert_close(sf.sample(model, noise, use_graph=True), sf.sample(model, noise, use_graph=False),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            sf.sample(model, noise, use_graph=True), sf.sample(model, noise, use_graph=False), rtol=1e-5, atol=1e-6
+        )
     finally:
         sf.set_graph_cache_size(8)
 
@@ -212,8 +218,20 @@ def test_fast_train_step_equals_eager_step():
     grads = []
     for model, ema, use_graph in [(model_a, ema_a, True), (model_b, ema_b, False)]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-        logs = [sf.train_step(model, opt, x1, y, config=config, ema_model=ema, bf16=False, use_graph=use_graph,
-                              generator=torch.Generator("cuda").manual_seed(step)) for step in range(3)]
+        logs = [
+            sf.train_step(
+                model,
+                opt,
+                x1,
+                y,
+                config=config,
+                ema_model=ema,
+                bf16=False,
+                use_graph=use_graph,
+                generator=torch.Generator("cuda").manual_seed(step),
+            )
+            for step in range(3)
+        ]
         grads.append(([lg["loss"] for lg in logs], [p.grad for p in model.parameters()]))
     (loss_a, grad_a), (loss_b, grad_b) = grads
     torch.testing.assert_close(torch.stack(loss_a), torch.stack(loss_b), rtol=1e-5, atol=0)

@@ -117,8 +117,11 @@ class Exploding(nn.Module):
 def test_non_finite_gradients_are_skipped():
     torch.manual_seed(0)
     model = Exploding()
-    trainer = sf.Trainer(model, torch.randn(32, 2), sf.TrainConfig(
-        batch_size=8, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8)))
+    trainer = sf.Trainer(
+        model,
+        torch.randn(32, 2),
+        sf.TrainConfig(batch_size=8, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8)),
+    )
     trainer.fit(1)
     before = snapshot(trainer)
     model.armed = True
@@ -164,8 +167,9 @@ def test_a_stopped_run_applies_no_later_step_and_raises_at_the_next_check():
 def test_encoder_runs_before_the_model_without_gradient():
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 2, 1))  # a stand-in for a VAE: 8x8x1 -> 4x4x2
-    model = sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                           num_classes=0, min_step=1 / 8)
+    model = sf.ShortcutDiT(
+        input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=0, min_step=1 / 8
+    )
     config = sf.TrainConfig(batch_size=4, progress=False, shortcut=sf.ShortcutConfig(min_step=1 / 8))
     trainer = sf.Trainer(model, torch.randn(16, 1, 8, 8), config, encoder=encoder)
     trainer.fit(2)

@@ -118,9 +118,11 @@ def test_bad_inputs_are_refused():
 
 @pytest.mark.slow
 def test_metrics_is_imported_only_when_used():
-    code = ("import sys, shortcut_fast as sf\n"
-            "assert 'shortcut_fast.eval.fid' not in sys.modules and 'torchmetrics' not in sys.modules\n"
-            "from shortcut_fast.eval import fid\n"
-            "assert sf.metrics is fid and sf.metrics.fid is fid.fid and 'torchmetrics' not in sys.modules\n")
+    code = (
+        "import sys, shortcut_fast as sf\n"
+        "assert 'shortcut_fast.eval.fid' not in sys.modules and 'torchmetrics' not in sys.modules\n"
+        "from shortcut_fast.eval import fid\n"
+        "assert sf.metrics is fid and sf.metrics.fid is fid.fid and 'torchmetrics' not in sys.modules\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -83,8 +83,11 @@ def test_from_flow_model_errors(tmp_path, tiny_dit, tiny_mlp):
 def _train_flow_run(tmp_path, **model):
     cfg = tmp_path / "flow.toml"
     settings = "".join(f"{k} = {v}\n" for k, v in {"hidden_size": 32, "depth": 1, "num_heads": 2, **model}.items())
-    cfg.write_text('data = "digits"\nsteps = 3\n[model]\n' + settings
-                   + '[train]\nbatch_size = 16\nprogress = false\n[train.shortcut]\nobjective = "flow"\n')
+    cfg.write_text(
+        'data = "digits"\nsteps = 3\n[model]\n'
+        + settings
+        + '[train]\nbatch_size = 16\nprogress = false\n[train.shortcut]\nobjective = "flow"\n'
+    )
     run = tmp_path / "flow_run"
     assert main(["train", "--config", str(cfg), "--out", str(run)]) == 0
     return run
@@ -95,11 +98,43 @@ def test_train_init_fine_tunes_a_flow_run(tmp_path):
     flow = sf.load_model(flow_run)  # EMA weights
     out = tmp_path / "ft"
     # no model settings: the architecture is the saved one; zero steps keeps the initial weights
-    assert main(["train", "--data", "digits", "--init", str(flow_run), "--out", str(out), "--steps", "0",
-                 "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--init",
+                str(flow_run),
+                "--out",
+                str(out),
+                "--steps",
+                "0",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert not out.exists() or not any(out.glob("step_*"))
-    assert main(["train", "--data", "digits", "--init", str(flow_run), "--out", str(out), "--steps", "2",
-                 "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--init",
+                str(flow_run),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((resolve_checkpoint(out) / "trainer.json").read_text())
     assert meta["step"] == 2 and meta["train_config"]["shortcut"]["objective"] == "shortcut"
     assert meta["model"]["config"] == flow.config
@@ -124,8 +159,10 @@ def test_train_init_errors(tmp_path, capsys):
     flow_run = _train_flow_run(tmp_path)
     out = str(tmp_path / "ft")
     cases = [
-        (["--data", "digits", "--init", str(flow_run), "--preset", "DiT-S/2"],
-         "depth=1, but the run asks for depth=12"),
+        (
+            ["--data", "digits", "--init", str(flow_run), "--preset", "DiT-S/2"],
+            "depth=1, but the run asks for depth=12",
+        ),
         (["--data", "digits", "--init", str(tmp_path / "missing")], "is not a model directory"),
     ]
     cfg = tmp_path / "deeper.toml"

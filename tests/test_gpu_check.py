@@ -17,16 +17,18 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 STAGES = ("build", "warm", "tests", "throughput")
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
+)
 
 
 def _run(tmp_path, *args, **env) -> tuple[int, str, dict[str, str]]:
     full_env = {**os.environ, "OUT": str(tmp_path), **env}
-    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True,
-                            env=full_env, timeout=120)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
     out = result.stdout
-    summary = out[out.rindex("== summary"):].splitlines()
+    summary = out[out.rindex("== summary") :].splitlines()
     rows = {line.split("|")[0].strip(): line.split("|")[1].strip() for line in summary[2:] if "|" in line}
     assert list(rows) == list(STAGES), out
     assert summary[-1].split("|")[0].strip() == STAGES[-1], "the table is not the last thing printed"
@@ -43,8 +45,11 @@ def test_every_stage_passes_and_the_real_commands_parse(tmp_path):
 
 def test_quick_has_a_three_minute_budget_and_the_stage_limits_fit_it(tmp_path):
     rc, out, _ = _run(tmp_path, "--quick")
-    limits = [int(line.split("limit ")[1].split(" s")[0]) for line in out.splitlines() if line.startswith("== ")
-              and "(limit " in line]
+    limits = [
+        int(line.split("limit ")[1].split(" s")[0])
+        for line in out.splitlines()
+        if line.startswith("== ") and "(limit " in line
+    ]
     assert rc == 0 and "budget 180 s" in out and sum(limits) <= 180 and len(limits) == len(STAGES)
 
 
@@ -74,6 +79,11 @@ def test_stages_the_budget_cannot_fit_are_not_reached(tmp_path):
 
 
 def test_an_unknown_option_is_refused(tmp_path):
-    result = subprocess.run(["bash", str(SCRIPT), "--fast"], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "OUT": str(tmp_path)})
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "OUT": str(tmp_path)},
+    )
     assert result.returncode == 2 and "usage:" in result.stderr

@@ -43,8 +43,13 @@ def launched_rows(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("matrix") / "ci.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, str(SCRIPT), "--ci", "--json", str(out)], env=env,
-                            capture_output=True, text=True, timeout=HANG_S)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--ci", "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     assert out.exists(), f"the matrix script wrote nothing:\n{result.stderr[-4000:]}"
     return json.loads(out.read_text())
 
@@ -68,8 +73,11 @@ def test_every_kernel_and_dtype_has_a_launchable_configuration_on_both_targets(l
     defined = set()
     for path in (ROOT / "kernels").glob("*.py"):
         defined |= set(re.findall(r"^def (_\w+_kernel)\(", path.read_text(), flags=re.M))
-    launchable = {(f"_{r['kernel']}_kernel", r["target"], r["dtype"]) for r in launched_rows
-                  if r["ok"] and r["shared"] <= SHARED_LIMIT[r["target"]] and not r["pruned"]}
+    launchable = {
+        (f"_{r['kernel']}_kernel", r["target"], r["dtype"])
+        for r in launched_rows
+        if r["ok"] and r["shared"] <= SHARED_LIMIT[r["target"]] and not r["pruned"]
+    }
     wanted = {(name, 80, dtype) for name in defined for dtype in ("fp32", "bf16", "fp16")}
     wanted |= {(name, 90, dtype) for name in defined for dtype in ("fp32", "bf16")}
     assert defined and not wanted - launchable, sorted(wanted - launchable)
@@ -87,6 +95,5 @@ def test_cuda_source_compiles_without_spills(tmp_path, source, arch):
     report = result.stdout + result.stderr
     counts = _PTXAS_SPILLS.findall(report)
     assert counts, f"no ptxas -v report in nvcc's output:\n{report[-2000:]}"
-    spilling = [line for line in report.splitlines()
-                if (m := _PTXAS_SPILLS.search(line)) and (int(m[1]) or int(m[2]))]
+    spilling = [line for line in report.splitlines() if (m := _PTXAS_SPILLS.search(line)) and (int(m[1]) or int(m[2]))]
     assert not spilling, "\n".join(spilling)

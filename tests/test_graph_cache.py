@@ -88,8 +88,19 @@ def _new_buffer(model):
     model.blocks[0].register_buffer("extra", torch.zeros(3))
 
 
-@pytest.mark.parametrize("change", [_set_data, _swap, _overwrite_in_table, _new_parameter, _delete_block,
-                                    _replace_submodule, _new_buffer, lambda m: m.to(torch.float64)])
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set_data,
+        _swap,
+        _overwrite_in_table,
+        _new_parameter,
+        _delete_block,
+        _replace_submodule,
+        _new_buffer,
+        lambda m: m.to(torch.float64),
+    ],
+)
 def test_tensors_in_new_memory_change_the_key(tiny_dit, change):
     key = weights_key(tiny_dit)
     change(tiny_dit)
@@ -132,6 +143,7 @@ def test_padded_graph_batches_give_the_unpadded_samples(tiny_dit, monkeypatch, b
     y = torch.arange(batch) % 10
     args = (tiny_dit, noise, y, torch.tensor(1.5), (0.5, 0.5), 10, torch.float32)  # two steps of 1/2
     got = sampling._graph_run_chunked(*args)
-    assert seen == [sampling.graph_batch(min(r, sampling.GRAPH_MAX_BATCH))
-                    for r in range(batch, 0, -sampling.GRAPH_MAX_BATCH)]
+    assert seen == [
+        sampling.graph_batch(min(r, sampling.GRAPH_MAX_BATCH)) for r in range(batch, 0, -sampling.GRAPH_MAX_BATCH)
+    ]
     torch.testing.assert_close(got, sampling._euler_loop(*args), rtol=1e-5, atol=1e-5)

@@ -29,10 +29,20 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 aten = torch.ops.aten
 # ops whose result depends on a tensor's value on the host (or whose output shape does)
-HOST_READS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default, aten.equal.default,
-              aten.allclose.default, aten._assert_async.default, aten._assert_async.msg, aten.nonzero.default,
-              aten.masked_select.default, aten._unique2.default, aten.unique_consecutive.default,
-              aten.repeat_interleave.Tensor}
+HOST_READS = {
+    aten._local_scalar_dense.default,
+    aten.item.default,
+    aten.is_nonzero.default,
+    aten.equal.default,
+    aten.allclose.default,
+    aten._assert_async.default,
+    aten._assert_async.msg,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+    aten.repeat_interleave.Tensor,
+}
 VALIDATION = os.path.join("shortcut_fast", "checks.py")
 OPTIMIZER = os.path.join("torch", "optim", "")
 PAIRING = os.path.join("shortcut_fast", "techniques", "pairing.py")
@@ -42,8 +52,11 @@ def _reads_host(func, args, kwargs) -> bool:
     if func in HOST_READS:
         return True
     # a copy off the device (the CPU runs of these tests make none; on a GPU the OT pairing's copy is one)
-    return func is aten._to_copy.default and str((kwargs or {}).get("device", "")) == "cpu" \
+    return (
+        func is aten._to_copy.default
+        and str((kwargs or {}).get("device", "")) == "cpu"
         and args[0].device.type != "cpu"
+    )
 
 
 class HostReads(TorchDispatchMode):
@@ -77,8 +90,10 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-BACKENDS = ["reference", pytest.param("native", marks=pytest.mark.skipif(
-    not backends.native_available(), reason="needs the C++ extension"))]
+BACKENDS = [
+    "reference",
+    pytest.param("native", marks=pytest.mark.skipif(not backends.native_available(), reason="needs the C++ extension")),
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -88,8 +103,19 @@ def backend(request):
 
 
 def _dit(num_classes):
-    return perturb_(sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                                   num_classes=num_classes, min_step=1 / 8), seed=0)
+    return perturb_(
+        sf.ShortcutDiT(
+            input_size=4,
+            in_channels=2,
+            patch_size=2,
+            hidden_size=16,
+            depth=1,
+            num_heads=2,
+            num_classes=num_classes,
+            min_step=1 / 8,
+        ),
+        seed=0,
+    )
 
 
 def _mlp(num_classes):
@@ -182,15 +208,23 @@ def test_a_direct_forward_validates_with_one_read_and_trusted_callers_with_none(
 
 
 def _guided_dit():
-    model = sf.ShortcutDiT(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                           num_classes=5, min_step=1 / 8, guidance_input=True)
+    model = sf.ShortcutDiT(
+        input_size=4,
+        in_channels=2,
+        patch_size=2,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        num_classes=5,
+        min_step=1 / 8,
+        guidance_input=True,
+    )
     return perturb_(model, seed=2)
 
 
 @pytest.mark.parametrize("ot_pairing", [False, True])
 def test_a_trainer_step_with_every_technique_reads_only_the_pairing_copy(backend, ot_pairing):
-    shortcut = sf.ShortcutConfig(min_step=1 / 8, intrinsic_guidance=(1.0, 3.0), wavelet_levels=1,
-                                 ot_pairing=ot_pairing)
+    shortcut = sf.ShortcutConfig(min_step=1 / 8, intrinsic_guidance=(1.0, 3.0), wavelet_levels=1, ot_pairing=ot_pairing)
     config = sf.TrainConfig(batch_size=8, progress=False, target_ema_decay=0.9, shortcut=shortcut)
     trainer = sf.Trainer(_guided_dit(), (torch.randn(32, 2, 4, 4), torch.arange(32) % 5), config)
     trainer.train_step(*next(trainer.data))

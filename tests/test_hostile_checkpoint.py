@@ -73,20 +73,35 @@ def test_load_model_rejects_a_damaged_config(data):
         if kind == "bytes":
             blob = data.draw(st.binary(max_size=64))
         elif kind == "json":  # valid JSON that is not a model description
-            blob = json.dumps(data.draw(st.one_of(st.integers(), st.text(max_size=4), st.none(),
-                                                  st.lists(st.integers(), max_size=3),
-                                                  st.dictionaries(st.text(max_size=4), st.integers(), max_size=3))))
+            blob = json.dumps(
+                data.draw(
+                    st.one_of(
+                        st.integers(),
+                        st.text(max_size=4),
+                        st.none(),
+                        st.lists(st.integers(), max_size=3),
+                        st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+                    )
+                )
+            )
         elif kind in ("format", "class", "config"):
-            value = data.draw(st.one_of(not_an_int().filter(lambda v: not isinstance(v, (bytes, complex))),
-                                        st.integers()))
+            value = data.draw(
+                st.one_of(not_an_int().filter(lambda v: not isinstance(v, (bytes, complex))), st.integers())
+            )
             assume(value != spec[kind])
             blob = json.dumps({**spec, kind: value})
         elif kind == "field":
             key = data.draw(st.sampled_from(CONFIG_KEYS))
-            value = data.draw(st.one_of(st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=2),
-                                        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
-                                        st.floats(allow_nan=True).filter(lambda v: v not in VALID_MIN_STEPS),
-                                        st.integers(max_value=-1)))
+            value = data.draw(
+                st.one_of(
+                    st.text(max_size=4),
+                    st.none(),
+                    st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+                    st.floats(allow_nan=True).filter(lambda v: v not in VALID_MIN_STEPS),
+                    st.integers(max_value=-1),
+                )
+            )
             blob = json.dumps({**spec, "config": {**spec["config"], key: value}})
         elif kind == "unknown":
             blob = json.dumps({**spec, "config": {**spec["config"], data.draw(st.sampled_from(["zzz", "", "x y"])): 1}})
@@ -112,7 +127,7 @@ def test_load_model_rejects_damaged_weights(data):
             weights.write_bytes(data.draw(st.binary(max_size=256)))
         elif kind == "truncated":
             blob = weights.read_bytes()
-            weights.write_bytes(blob[:data.draw(st.integers(0, len(blob) - 1))])
+            weights.write_bytes(blob[: data.draw(st.integers(0, len(blob) - 1))])
         else:
             state = {k: v.clone() for k, v in MLP_COND.state_dict().items()}
             if kind == "other_model":
@@ -150,8 +165,7 @@ def test_load_model_on_missing_pieces(kind):
             names = ["config.json"]
         else:
             exc, names = ValueError, ["ema"]
-        expect_error(lambda: sf.load_model(directory, ema=True if kind == "ema_required" else None), exc,
-                     names=names)
+        expect_error(lambda: sf.load_model(directory, ema=True if kind == "ema_required" else None), exc, names=names)
 
 
 @FEW
@@ -163,6 +177,7 @@ def test_save_model_rejects_what_it_cannot_save(model):
 
 
 # ---- gaps in checkpoint.py (not editable here) ----
+
 
 def test_load_model_deeply_nested_config():
     with scratch() as tmp:
@@ -206,5 +221,4 @@ def test_save_model_over_a_regular_file():
     with scratch() as tmp:
         target = tmp / "notes.txt"
         target.write_text("precious")
-        expect_error(lambda: sf.save_model(MLP_COND, target), (ValueError, FileExistsError),
-                     names=["notes.txt"])
+        expect_error(lambda: sf.save_model(MLP_COND, target), (ValueError, FileExistsError), names=["notes.txt"])

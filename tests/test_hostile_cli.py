@@ -38,8 +38,12 @@ def cli_dir(tmp_path_factory) -> Path:
 
 
 def _base_run(root: Path) -> dict:
-    return {"data": str(root / "x.npy"), "steps": 1, "model": {"hidden_size": 8, "depth": 1},
-            "train": {"batch_size": 4, "progress": False}}
+    return {
+        "data": str(root / "x.npy"),
+        "steps": 1,
+        "model": {"hidden_size": 8, "depth": 1},
+        "train": {"batch_size": 4, "progress": False},
+    }
 
 
 def run_cli(config: Path, out: Path, *extra: str) -> tuple[int, str]:
@@ -80,59 +84,79 @@ def test_read_config_file_on_random_content(cli_dir, suffix, content):
 
 
 @SOME
-@given(st.one_of(st.integers(), st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=3),
-                 st.floats(allow_nan=False)))
+@given(
+    st.one_of(
+        st.integers(), st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=3), st.floats(allow_nan=False)
+    )
+)
 def test_read_config_file_needs_a_table_at_the_top(cli_dir, value):
     path = _write(cli_dir / "top.json", json.dumps(value))
     expect_error(lambda: cli.read_config_file(path), ValueError, names=[str(path)])
 
 
 @SOME
-@given(st.text(min_size=1, max_size=8).filter(lambda k: k not in {"data", "labels", "steps", "model", "train"}),
-       st.integers())
+@given(
+    st.text(min_size=1, max_size=8).filter(lambda k: k not in {"data", "labels", "steps", "model", "train"}),
+    st.integers(),
+)
 def test_read_config_file_names_unknown_keys(cli_dir, key, value):
     path = _write(cli_dir / "unknown.json", json.dumps({"steps": 1, key: value}))
     expect_error(lambda: cli.read_config_file(path), ValueError, names=[repr(key)])
 
 
 @SOME
-@given(st.sampled_from(["model", "train"]),
-       st.one_of(st.integers(), st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=3), st.booleans()))
+@given(
+    st.sampled_from(["model", "train"]),
+    st.one_of(st.integers(), st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=3), st.booleans()),
+)
 def test_read_config_file_needs_tables_for_model_and_train(cli_dir, key, value):
     path = _write(cli_dir / "nested.json", json.dumps({key: value}))
     expect_error(lambda: cli.read_config_file(path), ValueError, names=[f"'{key}'"])
 
 
 def test_read_config_file_on_missing_or_misnamed_files(cli_dir):
-    expect_error(lambda: cli.read_config_file(cli_dir / "missing.json"), (ValueError, FileNotFoundError),
-                 names=["missing.json"])
+    expect_error(
+        lambda: cli.read_config_file(cli_dir / "missing.json"), (ValueError, FileNotFoundError), names=["missing.json"]
+    )
     path = _write(cli_dir / "run.yaml", "steps: 1\n")
     expect_error(lambda: cli.read_config_file(path), ValueError, names=[".json or .toml"])
 
 
 def test_read_config_file_reads_toml_and_json_alike(cli_dir):
-    toml = _write(cli_dir / "run.toml", 'data = "x.npy"\nsteps = 3\n[model]\nhidden_size = 8\n[train.shortcut]\n'
-                                        "clip = 2.0\n")
+    toml = _write(
+        cli_dir / "run.toml", 'data = "x.npy"\nsteps = 3\n[model]\nhidden_size = 8\n[train.shortcut]\nclip = 2.0\n'
+    )
     run = {"data": "x.npy", "steps": 3, "model": {"hidden_size": 8}, "train": {"shortcut": {"clip": 2.0}}}
     assert cli.read_config_file(toml) == run
     assert cli.read_config_file(_write(cli_dir / "run.json", json.dumps(run))) == run
 
 
 @FEW
-@given(st.integers(1, 2), st.sampled_from([8, 12]), st.sampled_from([1 / 8, 1 / 128]), st.integers(2, 8),
-       st.sampled_from([".json", ".toml"]))
+@given(
+    st.integers(1, 2),
+    st.sampled_from([8, 12]),
+    st.sampled_from([1 / 8, 1 / 128]),
+    st.integers(2, 8),
+    st.sampled_from([".json", ".toml"]),
+)
 def test_cli_train_with_a_valid_config(cli_dir, steps, hidden, min_step, batch, suffix):
     with scratch() as tmp:
-        run = {"data": str(cli_dir / "x.npy"), "steps": steps,
-               "model": {"hidden_size": hidden, "depth": 1, "min_step": min_step},
-               "train": {"batch_size": batch, "progress": False, "shortcut": {"min_step": min_step}}}
+        run = {
+            "data": str(cli_dir / "x.npy"),
+            "steps": steps,
+            "model": {"hidden_size": hidden, "depth": 1, "min_step": min_step},
+            "train": {"batch_size": batch, "progress": False, "shortcut": {"min_step": min_step}},
+        }
         if suffix == ".json":
             path = _write(tmp / "run.json", json.dumps(run))
         else:
-            path = _write(tmp / "run.toml", f'data = "{run["data"]}"\nsteps = {steps}\n'
-                                            f"[model]\nhidden_size = {hidden}\ndepth = 1\nmin_step = {min_step!r}\n"
-                                            f"[train]\nbatch_size = {batch}\nprogress = false\n"
-                                            f"[train.shortcut]\nmin_step = {min_step!r}\n")
+            path = _write(
+                tmp / "run.toml",
+                f'data = "{run["data"]}"\nsteps = {steps}\n'
+                f"[model]\nhidden_size = {hidden}\ndepth = 1\nmin_step = {min_step!r}\n"
+                f"[train]\nbatch_size = {batch}\nprogress = false\n"
+                f"[train.shortcut]\nmin_step = {min_step!r}\n",
+            )
         status, err = run_cli(path, tmp / "out")
         assert status == 0, err
         model = sf.load_model(tmp / "out")
@@ -222,21 +246,36 @@ def test_cli_train_on_a_garbage_config_file_fails_in_one_line(cli_dir, content, 
 
 # ---- gaps in cli.py / trainer.py reached through the run config (not editable here) ----
 
-@pytest.mark.parametrize("suffix,content", [(".json", "[" * 100_000 + "]" * 100_000),
-                                            (".toml", "a = " + "[" * 100_000 + "]" * 100_000)])
+
+@pytest.mark.parametrize(
+    "suffix,content", [(".json", "[" * 100_000 + "]" * 100_000), (".toml", "a = " + "[" * 100_000 + "]" * 100_000)]
+)
 def test_cli_deeply_nested_config(cli_dir, suffix, content):
     with scratch() as tmp:
         path = _write(tmp / f"run{suffix}", content)
         expect_cli_error(path, tmp / "out", names=[str(path)])
 
 
-@pytest.mark.parametrize("key,value", [
-    # values whose error once named no key
-    ("steps", "abc"), ("steps", None), ("steps", [1]), ("model.num_classes", "x"), ("model.num_classes", None),
-    ("data", 5), ("labels", 5), ("train.betas", 5), ("train.seed", 10**30),
-    # values once accepted silently (truncated or read as true)
-    ("steps", 1.5), ("steps", True), ("model.num_classes", 2.7), ("train.progress", "no"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        # values whose error once named no key
+        ("steps", "abc"),
+        ("steps", None),
+        ("steps", [1]),
+        ("model.num_classes", "x"),
+        ("model.num_classes", None),
+        ("data", 5),
+        ("labels", 5),
+        ("train.betas", 5),
+        ("train.seed", 10**30),
+        # values once accepted silently (truncated or read as true)
+        ("steps", 1.5),
+        ("steps", True),
+        ("model.num_classes", 2.7),
+        ("train.progress", "no"),
+    ],
+)
 def test_cli_bad_values_are_named(cli_dir, key, value):
     run = _base_run(cli_dir)
     section, _, name = key.rpartition(".")

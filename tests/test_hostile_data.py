@@ -25,8 +25,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @SOME
 @given(st.data())
 def test_trainer_fit_rejects_bad_data(data):
-    kind = data.draw(st.sampled_from(["dtype", "float64", "features", "rank", "labels_range", "labels_dtype",
-                                      "min_step"]))
+    kind = data.draw(
+        st.sampled_from(["dtype", "float64", "features", "rank", "labels_range", "labels_dtype", "min_step"])
+    )
     model, config = fresh_mlp(3), quiet_config()
     x, y = torch.randn(8, 3), None
     if kind == "dtype":

@@ -88,8 +88,10 @@ def forward_args(draw, model):
     d = as_input(draw(st.lists(st.sampled_from(model.step_sizes), min_size=batch, max_size=batch)))
     y = None
     if model.num_classes and draw(st.booleans()):
-        y = torch.tensor(draw(st.lists(st.integers(0, model.num_classes), min_size=batch, max_size=batch)),
-                         dtype=draw(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.int8])))
+        y = torch.tensor(
+            draw(st.lists(st.integers(0, model.num_classes), min_size=batch, max_size=batch)),
+            dtype=draw(st.sampled_from([torch.int64, torch.int32, torch.int16, torch.int8])),
+        )
     return x, t, d, y
 
 
@@ -115,8 +117,15 @@ def test_valid_dit_settings_build_a_working_model(kwargs, data):
 MLP_SIZES = {"dim": 1, "hidden_size": 1, "depth": 1, "num_classes": 0}
 
 
-DIT_SIZES = {"input_size": 1, "in_channels": 1, "patch_size": 1, "hidden_size": 1, "depth": 1, "num_heads": 1,
-             "num_classes": 0}
+DIT_SIZES = {
+    "input_size": 1,
+    "in_channels": 1,
+    "patch_size": 1,
+    "hidden_size": 1,
+    "depth": 1,
+    "num_heads": 1,
+    "num_classes": 0,
+}
 
 
 DIT_OK = dict(input_size=4, in_channels=1, patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=3)
@@ -148,8 +157,9 @@ def test_huge_sizes_are_refused_fast_and_named(cls_name, data):
         name = data.draw(st.sampled_from(["dim", "hidden_size", "depth", "num_classes"]))
     else:
         cls, base = sf.ShortcutDiT, {**DIT_OK, "patch_size": 1, "num_heads": 1}
-        name = data.draw(st.sampled_from(["input_size", "in_channels", "hidden_size", "depth", "num_classes",
-                                          "mlp_ratio"]))
+        name = data.draw(
+            st.sampled_from(["input_size", "in_channels", "hidden_size", "depth", "num_classes", "mlp_ratio"])
+        )
     value = data.draw(HUGE) if name != "mlp_ratio" else float(data.draw(HUGE))
     if name == "hidden_size":
         value -= value % 4  # still a multiple of num_heads and of 4: only the size is wrong
@@ -166,27 +176,42 @@ def test_size_limits_are_generous_for_real_models():
 
 
 @SOME
-@given(st.one_of(not_a_number(), st.booleans(),
-                 st.floats().filter(lambda r: not (math.isfinite(8 * r) and 8 * r >= 1))))
+@given(
+    st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda r: not (math.isfinite(8 * r) and 8 * r >= 1)))
+)
 def test_dit_rejects_a_bad_mlp_ratio(ratio):
     expect_error(lambda: sf.ShortcutDiT(**{**DIT_OK, "mlp_ratio": ratio}), names=["mlp_ratio"])
 
 
 @SOME
-@given(st.sampled_from([sf.ShortcutMLP, sf.ShortcutDiT]),
-       st.one_of(not_a_number(), st.booleans(), st.floats().filter(lambda v: v not in VALID_MIN_STEPS),
-                 st.integers().filter(lambda v: v != 1)))
+@given(
+    st.sampled_from([sf.ShortcutMLP, sf.ShortcutDiT]),
+    st.one_of(
+        not_a_number(),
+        st.booleans(),
+        st.floats().filter(lambda v: v not in VALID_MIN_STEPS),
+        st.integers().filter(lambda v: v != 1),
+    ),
+)
 def test_models_reject_a_bad_min_step(cls, min_step):
     base = MLP_OK if cls is sf.ShortcutMLP else DIT_OK
     expect_error(lambda: cls(**base, min_step=min_step), names=["min_step"])
 
 
 @SOME
-@given(st.one_of(st.text(max_size=8).filter(lambda s: s not in sf.DIT_PRESETS), st.integers(), st.none(),
-                 st.lists(st.text(max_size=2), max_size=2), st.tuples(st.text(max_size=2))))
+@given(
+    st.one_of(
+        st.text(max_size=8).filter(lambda s: s not in sf.DIT_PRESETS),
+        st.integers(),
+        st.none(),
+        st.lists(st.text(max_size=2), max_size=2),
+        st.tuples(st.text(max_size=2)),
+    )
+)
 def test_unknown_preset_names_are_rejected(name):
-    expect_error(lambda: sf.ShortcutDiT.preset(name, input_size=8, in_channels=1, num_classes=0),
-                 ValueError, names=["preset"])
+    expect_error(
+        lambda: sf.ShortcutDiT.preset(name, input_size=8, in_channels=1, num_classes=0), ValueError, names=["preset"]
+    )
 
 
 @FEW
@@ -213,16 +238,19 @@ def test_forward_in_bfloat16_and_under_autocast():
 
 
 @MANY
-@given(st.sampled_from(MODELS), st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64,
-                                                torch.complex128]))
+@given(
+    st.sampled_from(MODELS),
+    st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64, torch.complex128]),
+)
 def test_forward_rejects_non_float_x(model, dtype):
     x = torch.zeros(x_shape(model, 2), dtype=dtype)
     expect_error(lambda: model(x, 0.0, 1.0), TypeError, names=["x must be a floating-point tensor"])
 
 
 @SOME
-@given(st.sampled_from(range(len(MODELS))), st.sampled_from([torch.float64, torch.float16, torch.bfloat16,
-                                                             torch.float32]))
+@given(
+    st.sampled_from(range(len(MODELS))), st.sampled_from([torch.float64, torch.float16, torch.bfloat16, torch.float32])
+)
 def test_forward_rejects_x_of_another_dtype_than_the_weights(index, dtype):
     model = MODELS[index] if dtype != torch.float32 else MODELS_F64[index]
     x = torch.zeros(x_shape(model, 2), dtype=dtype)
@@ -262,15 +290,26 @@ def test_forward_rejects_bad_t_and_d_naming_them(model, which, data):
     if kind == "number":  # a value no step size or time can have
         too_big_for_a_float = st.integers(2**1024, 2**1100) | st.integers(-(2**1100), -(2**1024))
         if which == "t":
-            value = data.draw(st.one_of(st.floats().filter(lambda v: not is_time(v)), too_big_for_a_float,
-                                        st.integers().filter(lambda v: v not in (0, 1))))
+            value = data.draw(
+                st.one_of(
+                    st.floats().filter(lambda v: not is_time(v)),
+                    too_big_for_a_float,
+                    st.integers().filter(lambda v: v not in (0, 1)),
+                )
+            )
         else:
-            value = data.draw(st.one_of(st.floats().filter(lambda v: not is_step_size(v, model.min_step)),
-                                        too_big_for_a_float, st.integers().filter(lambda v: v != 1)))
+            value = data.draw(
+                st.one_of(
+                    st.floats().filter(lambda v: not is_step_size(v, model.min_step)),
+                    too_big_for_a_float,
+                    st.integers().filter(lambda v: v != 1),
+                )
+            )
         exc = ValueError
     elif kind == "tensor":
-        values = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=batch,
-                                    max_size=batch))
+        values = data.draw(
+            st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=batch, max_size=batch)
+        )
         assume(not all(is_step_size(v, model.min_step) if which == "d" else is_time(v) for v in values))
         value, exc = torch.tensor(values), ValueError
     elif kind == "type":
@@ -295,8 +334,11 @@ def test_forward_rejects_bad_labels(model, data):
         assume(any(not 0 <= v <= model.num_classes for v in values))
         y, exc, name = torch.tensor(values), ValueError, "labels must lie in"
     elif kind == "dtype":
-        dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bool, torch.uint8, torch.uint16,
-                                           torch.uint32, torch.complex64]))
+        dtype = data.draw(
+            st.sampled_from(
+                [torch.float32, torch.float64, torch.bool, torch.uint8, torch.uint16, torch.uint32, torch.complex64]
+            )
+        )
         y, exc, name = torch.zeros(batch, dtype=dtype), TypeError, "y must be an integer tensor"
     elif kind == "shape":
         shape = data.draw(st.lists(st.integers(0, 4), max_size=3).filter(lambda s: s != [batch]))

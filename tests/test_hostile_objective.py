@@ -77,8 +77,12 @@ def test_shortcut_config_rejects_bad_values_naming_the_field(name, data):
 
 
 @SOME
-@given(st.one_of(st.text(min_size=1, max_size=8), st.just("shortcut_")).filter(
-    lambda k: k not in {f.name for f in fields(sf.ShortcutConfig)}), st.integers())
+@given(
+    st.one_of(st.text(min_size=1, max_size=8), st.just("shortcut_")).filter(
+        lambda k: k not in {f.name for f in fields(sf.ShortcutConfig)}
+    ),
+    st.integers(),
+)
 def test_shortcut_config_from_dict_names_unknown_keys(key, value):
     expect_error(lambda: sf.ShortcutConfig.from_dict({key: value, "clip": 1.0}), ValueError, names=[repr(key)])
 
@@ -92,8 +96,21 @@ def test_shortcut_config_from_dict_needs_a_dict(data):
 @MANY
 @given(st.sampled_from([MLP_COND, DIT_COND, MLP_UNCOND]), st.data())
 def test_shortcut_loss_rejects_bad_batches(model, data):
-    kind = data.draw(st.sampled_from(["dtype", "type", "nonfinite", "rank", "labels_range", "labels_dtype",
-                                      "labels_shape", "labels_device", "min_step"]))
+    kind = data.draw(
+        st.sampled_from(
+            [
+                "dtype",
+                "type",
+                "nonfinite",
+                "rank",
+                "labels_range",
+                "labels_dtype",
+                "labels_shape",
+                "labels_device",
+                "min_step",
+            ]
+        )
+    )
     if not model.num_classes and kind.startswith("labels"):
         kind = "unconditional"
     batch, y, config = 4, None, sf.ShortcutConfig(min_step=model.min_step)
@@ -105,7 +122,8 @@ def test_shortcut_loss_rejects_bad_batches(model, data):
         x1, exc, names = data.draw(not_a_number()), TypeError, ["x1"]
     elif kind == "nonfinite":
         x1.flatten()[data.draw(st.integers(0, x1.numel() - 1))] = data.draw(
-            st.sampled_from([math.nan, math.inf, -math.inf]))
+            st.sampled_from([math.nan, math.inf, -math.inf])
+        )
         exc, names = ValueError, ["x1"]
     elif kind == "rank":
         x1, exc, names = torch.zeros(data.draw(st.sampled_from([(), (4,), (0, 3)]))), ValueError, ["x1"]
@@ -116,29 +134,33 @@ def test_shortcut_loss_rejects_bad_batches(model, data):
         y = torch.zeros(batch, dtype=data.draw(st.sampled_from([torch.float32, torch.bool, torch.complex64])))
         exc, names = TypeError, ["y must be"]
     elif kind == "labels_shape":
-        y = torch.zeros(data.draw(st.lists(st.integers(0, 5), max_size=2).filter(lambda s: s != [batch])),
-                        dtype=torch.long)
+        y = torch.zeros(
+            data.draw(st.lists(st.integers(0, 5), max_size=2).filter(lambda s: s != [batch])), dtype=torch.long
+        )
         exc, names = ValueError, ["y must"]
     elif kind == "labels_device":
         y, exc, names = torch.zeros(batch, dtype=torch.long, device=META), ValueError, ["y is on meta"]
     elif kind == "unconditional":
         y, exc, names = torch.zeros(batch, dtype=torch.long), ValueError, ["unconditional"]
     else:
-        config = sf.ShortcutConfig(min_step=data.draw(st.sampled_from([0.5, 1 / 4, 1 / 64, 1 / 128]).filter(
-            lambda m: m != model.min_step)))
+        config = sf.ShortcutConfig(
+            min_step=data.draw(st.sampled_from([0.5, 1 / 4, 1 / 64, 1 / 128]).filter(lambda m: m != model.min_step))
+        )
         exc, names = ValueError, ["min_step"]
     expect_error(lambda: sf.shortcut_loss(model, x1, y, config), exc, names=names)
 
 
 # ---- gaps in objective.py (not editable here) ----
 
+
 def test_shortcut_loss_x1_on_another_device():
     expect_error(lambda: sf.shortcut_loss(MLP_COND, torch.zeros(4, 3, device=META)), ValueError, names=["x1"])
 
 
 def test_shortcut_loss_config_of_the_wrong_type():
-    expect_error(lambda: sf.shortcut_loss(MLP_COND, torch.zeros(4, 3), config={"clip": 1.0}), TypeError,
-                 names=["config"])
+    expect_error(
+        lambda: sf.shortcut_loss(MLP_COND, torch.zeros(4, 3), config={"clip": 1.0}), TypeError, names=["config"]
+    )
 
 
 def test_shortcut_loss_generator_of_the_wrong_type():
@@ -153,13 +175,17 @@ def test_shortcut_loss_labels_for_a_custom_model(y):
 
 def test_shortcut_loss_out_of_range_label_hidden_by_class_dropout():
     config = sf.ShortcutConfig(bootstrap_fraction=0.0, class_dropout=1.0)
-    expect_error(lambda: sf.shortcut_loss(MLP_COND, torch.randn(4, 3), torch.tensor([0, 1, 2, 99]), config),
-                 ValueError, names=["labels", "y"])
+    expect_error(
+        lambda: sf.shortcut_loss(MLP_COND, torch.randn(4, 3), torch.tensor([0, 1, 2, 99]), config),
+        ValueError,
+        names=["labels", "y"],
+    )
 
 
 def test_shortcut_loss_model_output_of_the_wrong_shape():
-    expect_error(lambda: sf.shortcut_loss(WrongOutput("narrow"), torch.randn(8, 3)), ValueError,
-                 names=["the model returned"])
+    expect_error(
+        lambda: sf.shortcut_loss(WrongOutput("narrow"), torch.randn(8, 3)), ValueError, names=["the model returned"]
+    )
 
 
 def test_shortcut_config_from_dict_with_mixed_key_types():

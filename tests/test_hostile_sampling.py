@@ -47,8 +47,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_sample_with_a_model_on_another_device(index, with_noise):
     model = MODELS_META[index]
     if with_noise:
-        expect_error(lambda: sf.sample(model, torch.zeros(x_shape(model, 2))), ValueError,
-                     names=["noise is on cpu but the model is on meta"])
+        expect_error(
+            lambda: sf.sample(model, torch.zeros(x_shape(model, 2))),
+            ValueError,
+            names=["noise is on cpu but the model is on meta"],
+        )
     else:
         expect_error(lambda: sf.sample(model, shape=x_shape(model, 2)), ValueError, names=["meta"])
 
@@ -72,8 +75,7 @@ def test_sample_valid_requests_give_finite_samples(index, data):
         torch.testing.assert_close(out, again, rtol=0, atol=0)
     else:
         gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-        out = sf.sample(model, shape=x_shape(model, batch), steps=steps, y=y, cfg_scale=cfg, generator=gen,
-                        dtype=dtype)
+        out = sf.sample(model, shape=x_shape(model, batch), steps=steps, y=y, cfg_scale=cfg, generator=gen, dtype=dtype)
     assert out.shape == x_shape(model, batch) and out.dtype == dtype and torch.isfinite(out).all()
 
 
@@ -86,12 +88,22 @@ def test_sample_rejects_bad_noise_naming_it(model, data):
         dtype = data.draw(st.sampled_from([torch.int64, torch.uint8, torch.bool, torch.complex64]))
         noise, exc = torch.zeros(shape, dtype=dtype), TypeError
     elif kind == "type":
-        noise, exc = data.draw(st.one_of(st.lists(st.floats(), max_size=3), st.floats(), st.text(max_size=3),
-                                         st.just(np.zeros(shape, dtype=np.float32)))), TypeError
+        noise, exc = (
+            data.draw(
+                st.one_of(
+                    st.lists(st.floats(), max_size=3),
+                    st.floats(),
+                    st.text(max_size=3),
+                    st.just(np.zeros(shape, dtype=np.float32)),
+                )
+            ),
+            TypeError,
+        )
     elif kind == "nonfinite":
         noise = torch.randn(shape)
         noise.flatten()[data.draw(st.integers(0, noise.numel() - 1))] = data.draw(
-            st.sampled_from([math.nan, math.inf, -math.inf]))
+            st.sampled_from([math.nan, math.inf, -math.inf])
+        )
         exc = ValueError
     elif kind == "rank":
         noise, exc = torch.zeros(data.draw(st.sampled_from([(), (3,), (0, *shape[1:])]))), ValueError
@@ -105,13 +117,20 @@ def test_sample_rejects_bad_noise_naming_it(model, data):
 
 
 @MANY
-@given(st.sampled_from(MODELS), st.one_of(
-    st.lists(st.integers(1, 4), max_size=1),
-    st.lists(st.integers(-(2**70), 0), min_size=2, max_size=4),
-    st.lists(st.one_of(st.booleans(), st.floats(), st.text(max_size=2), st.none()), min_size=2, max_size=4),
-    st.text(max_size=4), st.integers(), st.floats(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
-    st.lists(st.integers(10**5, 10**30), min_size=2, max_size=4),
-    st.lists(st.integers(1, 5), min_size=2, max_size=5)))
+@given(
+    st.sampled_from(MODELS),
+    st.one_of(
+        st.lists(st.integers(1, 4), max_size=1),
+        st.lists(st.integers(-(2**70), 0), min_size=2, max_size=4),
+        st.lists(st.one_of(st.booleans(), st.floats(), st.text(max_size=2), st.none()), min_size=2, max_size=4),
+        st.text(max_size=4),
+        st.integers(),
+        st.floats(),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+        st.lists(st.integers(10**5, 10**30), min_size=2, max_size=4),
+        st.lists(st.integers(1, 5), min_size=2, max_size=5),
+    ),
+)
 def test_sample_rejects_bad_shapes_before_allocating(model, shape):
     if isinstance(shape, list) and len(shape) >= 2 and all(isinstance(s, int) and s >= 1 for s in shape):
         assume(tuple(shape[1:]) != x_shape(model, 1)[1:] or math.prod(shape) > MAX_NOISE_ELEMENTS)
@@ -126,30 +145,56 @@ def test_sample_needs_exactly_one_of_noise_and_shape():
 
 
 @SOME
-@given(st.sampled_from(MODELS), st.one_of(not_an_int().filter(lambda s: s != [1]),  # [1]: the one-step schedule
-                                          st.integers(max_value=0), st.integers(129, 2**40)))
+@given(
+    st.sampled_from(MODELS),
+    st.one_of(
+        not_an_int().filter(lambda s: s != [1]),  # [1]: the one-step schedule
+        st.integers(max_value=0),
+        st.integers(129, 2**40),
+    ),
+)
 def test_sample_rejects_bad_steps(model, steps):
     expect_error(lambda: sf.sample(model, shape=x_shape(model, 1), steps=steps), names=["steps"])
 
 
 @SOME
-@given(st.one_of(not_a_number().filter(lambda v: v is not None), st.booleans(),
-                 st.sampled_from([math.nan, math.inf, -math.inf])))
+@given(
+    st.one_of(
+        not_a_number().filter(lambda v: v is not None), st.booleans(), st.sampled_from([math.nan, math.inf, -math.inf])
+    )
+)
 def test_sample_rejects_bad_cfg_scale(cfg):
-    expect_error(lambda: sf.sample(MLP_COND, shape=(2, 3), y=torch.tensor([0, 1]), cfg_scale=cfg),
-                 names=["cfg_scale"])
+    expect_error(lambda: sf.sample(MLP_COND, shape=(2, 3), y=torch.tensor([0, 1]), cfg_scale=cfg), names=["cfg_scale"])
 
 
 def test_sample_guidance_needs_labels_and_a_conditional_model():
     expect_error(lambda: sf.sample(MLP_COND, shape=(2, 3), cfg_scale=2.0), ValueError, names=["labels"])
-    expect_error(lambda: sf.sample(MLP_UNCOND, shape=(2, 2), y=torch.tensor([0, 1]), cfg_scale=2.0), ValueError,
-                 names=["unconditional"])
+    expect_error(
+        lambda: sf.sample(MLP_UNCOND, shape=(2, 2), y=torch.tensor([0, 1]), cfg_scale=2.0),
+        ValueError,
+        names=["unconditional"],
+    )
 
 
 @SOME
-@given(st.one_of(not_an_int().filter(lambda v: v is not None),
-                 st.sampled_from([torch.int32, torch.int64, torch.bool, torch.uint8, torch.complex64,
-                                  torch.float8_e4m3fn, "float32", float, np.float32])))
+@given(
+    st.one_of(
+        not_an_int().filter(lambda v: v is not None),
+        st.sampled_from(
+            [
+                torch.int32,
+                torch.int64,
+                torch.bool,
+                torch.uint8,
+                torch.complex64,
+                torch.float8_e4m3fn,
+                "float32",
+                float,
+                np.float32,
+            ]
+        ),
+    )
+)
 def test_sample_rejects_a_bad_dtype(dtype):
     expect_error(lambda: sf.sample(MLP_COND, shape=(2, 3), dtype=dtype), TypeError, names=["dtype"])
 
@@ -169,14 +214,15 @@ def test_sample_rejects_bad_labels(model, guided, data):
     elif kind == "dtype":
         y = torch.zeros(2, dtype=data.draw(st.sampled_from([torch.float32, torch.bool, torch.complex64])))
     elif kind == "shape":
-        y = torch.zeros(data.draw(st.lists(st.integers(0, 3), max_size=2).filter(lambda s: s != [2])),
-                        dtype=torch.long)
+        y = torch.zeros(data.draw(st.lists(st.integers(0, 3), max_size=2).filter(lambda s: s != [2])), dtype=torch.long)
     elif kind == "range":
         y = torch.tensor([0, data.draw(st.integers(-(2**62), -1) | st.integers(model.num_classes + 1, 2**62))])
     else:
         y = torch.zeros(2, dtype=torch.long, device=META)
-    expect_error(lambda: sf.sample(model, shape=x_shape(model, 2), y=y, cfg_scale=2.0 if guided else None),
-                 names=["y ", "labels"])
+    expect_error(
+        lambda: sf.sample(model, shape=x_shape(model, 2), y=y, cfg_scale=2.0 if guided else None),
+        names=["y ", "labels"],
+    )
 
 
 @FEW
@@ -191,5 +237,6 @@ def test_sample_rejects_a_model_output_of_the_wrong_kind(kind, cfg):
     model = WrongOutput(kind)
     model.num_classes = 2
     y = None if cfg is None else torch.tensor([0, 1, 2])
-    expect_error(lambda: sf.sample(model, torch.randn(3, 4), y=y, cfg_scale=cfg), ValueError,
-                 names=["the model returned"])
+    expect_error(
+        lambda: sf.sample(model, torch.randn(3, 4), y=y, cfg_scale=cfg), ValueError, names=["the model returned"]
+    )

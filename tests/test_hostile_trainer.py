@@ -34,8 +34,9 @@ def test_train_config_rejects_bad_values_naming_the_field(name, data):
 
 
 @SOME
-@given(st.text(min_size=1, max_size=10).filter(lambda k: k not in {f.name for f in fields(sf.TrainConfig)}),
-       st.integers())
+@given(
+    st.text(min_size=1, max_size=10).filter(lambda k: k not in {f.name for f in fields(sf.TrainConfig)}), st.integers()
+)
 def test_train_config_from_dict_names_unknown_keys(key, value):
     expect_error(lambda: sf.TrainConfig.from_dict({key: value}), ValueError, names=[repr(key)])
 
@@ -57,8 +58,14 @@ def test_train_config_flags_not_bools(name):
 
 @pytest.mark.parametrize("seed", [10**30, 2**64])
 def test_train_config_seed_too_large(seed):
-    expect_error(lambda: sf.Trainer(sf.ShortcutMLP(dim=2, hidden_size=8, depth=1), torch.randn(8, 2),
-                                    sf.TrainConfig(seed=seed, batch_size=4, progress=False)).fit(1), names=["seed"])
+    expect_error(
+        lambda: sf.Trainer(
+            sf.ShortcutMLP(dim=2, hidden_size=8, depth=1),
+            torch.randn(8, 2),
+            sf.TrainConfig(seed=seed, batch_size=4, progress=False),
+        ).fit(1),
+        names=["seed"],
+    )
 
 
 @FEW
@@ -84,26 +91,40 @@ def test_trainer_fits_valid_data(n, num_classes, steps, data):
 @SOME
 @given(st.data())
 def test_trainer_construction_rejects_bad_arguments(data):
-    kind = data.draw(st.sampled_from(["model", "config", "data", "labels_len", "labels_dtype", "labels_rank",
-                                      "small", "uncond"]))
+    kind = data.draw(
+        st.sampled_from(["model", "config", "data", "labels_len", "labels_dtype", "labels_rank", "small", "uncond"])
+    )
     model, source, config = fresh_mlp(3), torch.randn(8, 3), quiet_config()
     if kind == "model":
         model, exc, names = data.draw(st.one_of(not_an_int(), st.just(lambda x, t, d, y: x))), TypeError, ["model"]
     elif kind == "config":
-        config = data.draw(st.one_of(st.dictionaries(st.text(max_size=3), st.integers(), min_size=1, max_size=2),
-                                     st.integers(1), st.text(min_size=1, max_size=3), st.just(sf.ShortcutConfig())))
+        config = data.draw(
+            st.one_of(
+                st.dictionaries(st.text(max_size=3), st.integers(), min_size=1, max_size=2),
+                st.integers(1),
+                st.text(min_size=1, max_size=3),
+                st.just(sf.ShortcutConfig()),
+            )
+        )
         exc, names = TypeError, ["config"]
     elif kind == "data":
-        source = data.draw(st.one_of(st.none(), st.integers(), st.text(max_size=3),
-                                     st.lists(st.floats(), max_size=3).filter(lambda v: len(v) != 2),
-                                     st.tuples(st.just(torch.randn(8, 3)), st.integers()),
-                                     st.tuples(st.just(torch.randn(8, 3)), st.just(torch.zeros(8)),
-                                               st.just(torch.zeros(8))),
-                                     st.just(np.zeros((8, 3), dtype=np.float32))))
+        source = data.draw(
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.text(max_size=3),
+                st.lists(st.floats(), max_size=3).filter(lambda v: len(v) != 2),
+                st.tuples(st.just(torch.randn(8, 3)), st.integers()),
+                st.tuples(st.just(torch.randn(8, 3)), st.just(torch.zeros(8)), st.just(torch.zeros(8))),
+                st.just(np.zeros((8, 3), dtype=np.float32)),
+            )
+        )
         exc, names = TypeError, ["data"]
     elif kind == "labels_len":
-        source = (torch.randn(8, 3), torch.zeros(data.draw(st.integers(0, 20).filter(lambda n: n != 8)),
-                                                 dtype=torch.long))
+        source = (
+            torch.randn(8, 3),
+            torch.zeros(data.draw(st.integers(0, 20).filter(lambda n: n != 8)), dtype=torch.long),
+        )
         exc, names = ValueError, ["labels"]
     elif kind == "labels_dtype":
         source = (torch.randn(8, 3), torch.zeros(8, dtype=data.draw(st.sampled_from([torch.float32, torch.float64]))))

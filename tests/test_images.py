@@ -31,9 +31,9 @@ def test_pixels_reflect_input_and_are_clamped(tmp_path):
     cell = 4 * scale
     step = cell + GRID_GAP
     assert (pixels[:cell, :cell] == 0).all()
-    assert (pixels[:cell, step:step + cell] == 255).all()
-    assert (pixels[step:step + cell, :cell] == 0).all()
-    assert (pixels[step:step + cell, step:step + cell] == 255).all()
+    assert (pixels[:cell, step : step + cell] == 255).all()
+    assert (pixels[step : step + cell, :cell] == 0).all()
+    assert (pixels[step : step + cell, step : step + cell] == 255).all()
     # the gap between the two black cells of the first column is background (white)
     assert (pixels[cell:step, :cell] == 255).all()
 
@@ -54,7 +54,7 @@ def test_rgb_channels(tmp_path):
     assert mode == "RGB"
     assert pixels.shape == (2, 2 * 2 + GRID_GAP, 3)
     assert (pixels[:, :2] == [255, 0, 0]).all()
-    assert (pixels[:, 2 + GRID_GAP:] == [0, 0, 255]).all()
+    assert (pixels[:, 2 + GRID_GAP :] == [0, 0, 255]).all()
 
 
 def test_labels_widen_and_title_heightens(tmp_path):
@@ -69,7 +69,7 @@ def test_labels_widen_and_title_heightens(tmp_path):
     titled, _ = _read(save_grid(images, tmp_path / "title.png", title="4 steps"))
     assert titled.shape[0] > plain.shape[0]
     assert titled.shape[1] == plain.shape[1]
-    np.testing.assert_array_equal(titled[titled.shape[0] - plain.shape[0]:], plain)
+    np.testing.assert_array_equal(titled[titled.shape[0] - plain.shape[0] :], plain)
 
 
 def test_creates_parents_and_replaces_atomically(tmp_path):

@@ -29,9 +29,18 @@ def vae_dir(tmp_path_factory):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.5,
+    )
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
     return path
@@ -107,8 +116,10 @@ def test_sampled_latents_are_seeded_draws_around_the_mean(folder, vae_dir, tmp_p
     encode(folder, tmp_path / "a", vae_dir, latents="sample", seed=1)
     encode(folder, tmp_path / "b", vae_dir, latents="sample", seed=1)
     encode(folder, tmp_path / "c", vae_dir, latents="sample", seed=2)
-    read = {k: torch.stack(list(TensorShards(sorted((tmp_path / k).glob("*.safetensors")))[i][0] for i in range(7)))
-            for k in "mabc"}
+    read = {
+        k: torch.stack(list(TensorShards(sorted((tmp_path / k).glob("*.safetensors")))[i][0] for i in range(7)))
+        for k in "mabc"
+    }
     assert torch.equal(read["a"], read["b"]) and not torch.equal(read["a"], read["c"])
     from diffusers import AutoencoderKL
 
@@ -166,8 +177,9 @@ def test_the_trainer_trains_on_latent_shards_read_row_by_row(folder, vae_dir, tm
         torch.testing.assert_close(row, z[nearest], rtol=1e-5, atol=1e-5)
         assert label == labels[nearest]
     torch.manual_seed(0)
-    model = ShortcutDiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                        num_classes=num_classes)
+    model = ShortcutDiT(
+        input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2, num_classes=num_classes
+    )
     trainer = sf.Trainer(model, data, sf.TrainConfig(batch_size=3, progress=False, log_every=1))
     trainer.fit(2)
     assert trainer.step == 2 and all(np.isfinite(row["loss"]) for row in trainer.history)
@@ -176,8 +188,27 @@ def test_the_trainer_trains_on_latent_shards_read_row_by_row(folder, vae_dir, tm
 def test_cli_encode_train_and_sample_png(folder, vae_dir, tmp_path, capsys):
     out = tmp_path / "z"
     with pytest.warns(UserWarning, match="unreadable"):
-        assert main(["encode", "--data", str(folder), "--vae", str(vae_dir), "--out", str(out), "--image-size", "16",
-                     "--shard-size", "4", "--workers", "0", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "encode",
+                    "--data",
+                    str(folder),
+                    "--vae",
+                    str(vae_dir),
+                    "--out",
+                    str(out),
+                    "--image-size",
+                    "16",
+                    "--shard-size",
+                    "4",
+                    "--workers",
+                    "0",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     assert "encoded 7 of 8 images (1 unreadable, skipped) into 2 shard(s)" in capsys.readouterr().out
     data, example, num_classes = open_training_data(str(out))
     assert isinstance(data, TensorShards) and example.shape == (1, 4, 8, 8) and num_classes == 2
@@ -186,15 +217,46 @@ def test_cli_encode_train_and_sample_png(folder, vae_dir, tmp_path, capsys):
     assert not any(isinstance(r, torch.Tensor) for r in data._readers.values())
 
     torch.manual_seed(0)
-    model = ShortcutDiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                        num_classes=2)
+    model = ShortcutDiT(input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2, num_classes=2)
     save_model(model, tmp_path / "m")
-    assert main(["sample", "--model", str(tmp_path / "m"), "--vae", str(vae_dir), "--out", str(tmp_path / "g.png"),
-                 "--n", "3", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tmp_path / "m"),
+                "--vae",
+                str(vae_dir),
+                "--out",
+                str(tmp_path / "g.png"),
+                "--n",
+                "3",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     with Image.open(tmp_path / "g.png") as grid:
         assert grid.width >= 3 * 16 * 4 and grid.height >= 2 * 16 * 4
-    assert main(["sample", "--model", str(tmp_path / "m"), "--vae", str(vae_dir), "--out", str(tmp_path / "pngs"),
-                 "--n", "2", "--label", "1"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tmp_path / "m"),
+                "--vae",
+                str(vae_dir),
+                "--out",
+                str(tmp_path / "pngs"),
+                "--n",
+                "2",
+                "--label",
+                "1",
+            ]
+        )
+        == 0
+    )
     pngs = sorted((tmp_path / "pngs").glob("*.png"))
     assert len(pngs) == 2 and all(Image.open(p).size == (16, 16) for p in pngs)
     with pytest.raises(SystemExit):
@@ -206,10 +268,32 @@ def test_cli_encode_train_and_sample_png(folder, vae_dir, tmp_path, capsys):
 def test_torchrun_splits_the_shards_and_writes_what_one_process_writes(folder, vae_dir, tmp_path):
     single = encode(folder, tmp_path / "one", vae_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shortcut_fast.cli", "encode", "--data", str(folder), "--vae", str(vae_dir),
-           "--out", str(tmp_path / "two"), "--image-size", "16", "--shard-size", "3", "--batch-size", "3",
-           "--workers", "0", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "shortcut_fast.cli",
+        "encode",
+        "--data",
+        str(folder),
+        "--vae",
+        str(vae_dir),
+        "--out",
+        str(tmp_path / "two"),
+        "--image-size",
+        "16",
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"encoded {single['encoded']} of 8 images (1 unreadable, skipped) into 3 shard(s)" in result.stdout

@@ -10,18 +10,23 @@ import shortcut_fast as sf
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 MODELS = {
-    "dit": lambda: sf.ShortcutDiT(input_size=8, in_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                                  num_classes=3, min_step=1 / 8),
-    "dit-uncond": lambda: sf.ShortcutDiT(input_size=4, in_channels=1, patch_size=1, hidden_size=16, depth=1,
-                                         num_heads=2, num_classes=0, min_step=1 / 8),
+    "dit": lambda: sf.ShortcutDiT(
+        input_size=8, in_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=3, min_step=1 / 8
+    ),
+    "dit-uncond": lambda: sf.ShortcutDiT(
+        input_size=4, in_channels=1, patch_size=1, hidden_size=16, depth=1, num_heads=2, num_classes=0, min_step=1 / 8
+    ),
     "mlp": lambda: sf.ShortcutMLP(dim=3, hidden_size=16, depth=2, num_classes=3, min_step=1 / 8),
 }
 
 
 def inputs(model):
     gen = torch.Generator().manual_seed(0)
-    shape = (4, model.dim) if isinstance(model, sf.ShortcutMLP) else (4, model.in_channels, model.input_size,
-                                                                      model.input_size)
+    shape = (
+        (4, model.dim)
+        if isinstance(model, sf.ShortcutMLP)
+        else (4, model.in_channels, model.input_size, model.input_size)
+    )
     y = torch.tensor([0, 1, 2, 0]) if model.num_classes else None
     return torch.randn(shape, generator=gen), torch.rand(4, generator=gen), torch.full((4,), 0.25), y
 

@@ -359,14 +359,17 @@ def test_random_directions_are_unit_and_seeded():
     assert np.allclose(np.mean(many**2, axis=0), 1 / 3, atol=0.01)
 
 
-@pytest.mark.parametrize("a, b, kwargs", [
-    (np.zeros((3, 2)), np.zeros((3, 3)), {}),
-    (np.zeros((0, 2)), np.zeros((3, 2)), {}),
-    (np.full((3, 2), np.nan), np.zeros((3, 2)), {}),
-    (np.zeros(3), np.zeros(3), {}),
-    (np.zeros((3, 2)), np.zeros((3, 2)), {"p": 0.5}),
-    (np.zeros((3, 2)), np.zeros((3, 2)), {"num_projections": 0}),
-])
+@pytest.mark.parametrize(
+    "a, b, kwargs",
+    [
+        (np.zeros((3, 2)), np.zeros((3, 3)), {}),
+        (np.zeros((0, 2)), np.zeros((3, 2)), {}),
+        (np.full((3, 2), np.nan), np.zeros((3, 2)), {}),
+        (np.zeros(3), np.zeros(3), {}),
+        (np.zeros((3, 2)), np.zeros((3, 2)), {"p": 0.5}),
+        (np.zeros((3, 2)), np.zeros((3, 2)), {"num_projections": 0}),
+    ],
+)
 def test_swd_rejects_bad_input(a, b, kwargs):
     with pytest.raises(ValueError):
         sliced_wasserstein(a, b, **kwargs)

@@ -33,6 +33,7 @@ def _vec(batch: int, seed: int = 0) -> torch.Tensor:
 #                                 Shapes and init                               #
 #################################################################################
 
+
 @pytest.mark.parametrize("batch", [1, 3, 5])
 def test_dit_output_shape_and_dtype(tiny_dit, batch):
     x = _x(batch)
@@ -44,8 +45,10 @@ def test_dit_output_shape_and_dtype(tiny_dit, batch):
 
 
 def test_dit_non_square_channels_and_patch_shapes():
-    model = perturb_(ShortcutDiT(input_size=12, in_channels=3, patch_size=4, hidden_size=16, depth=1,
-                                 num_heads=4, num_classes=0), seed=5)
+    model = perturb_(
+        ShortcutDiT(input_size=12, in_channels=3, patch_size=4, hidden_size=16, depth=1, num_heads=4, num_classes=0),
+        seed=5,
+    )
     x = torch.randn(3, 3, 12, 12)
     out = model(x, 0.5, 0.5)
     assert out.shape == (3, 3, 12, 12)
@@ -84,15 +87,18 @@ def test_step_sizes_property_and_config():
     assert mlp.config == dict(dim=3, hidden_size=32, depth=2, num_classes=0, min_step=1 / 128)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(input_size=9),            # not a multiple of patch_size
-    dict(hidden_size=30),          # not a multiple of num_heads (2) ... and of 4 for positions
-    dict(hidden_size=34),          # multiple of num_heads but not of 4 (sin-cos positions)
-    dict(num_heads=3),             # 32 % 3
-    dict(depth=0),
-    dict(patch_size=True),
-    dict(min_step=0.3),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(input_size=9),  # not a multiple of patch_size
+        dict(hidden_size=30),  # not a multiple of num_heads (2) ... and of 4 for positions
+        dict(hidden_size=34),  # multiple of num_heads but not of 4 (sin-cos positions)
+        dict(num_heads=3),  # 32 % 3
+        dict(depth=0),
+        dict(patch_size=True),
+        dict(min_step=0.3),
+    ],
+)
 def test_dit_constructor_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         ShortcutDiT(**{**TINY, "num_classes": 10, **kwargs})
@@ -156,6 +162,7 @@ def test_preset_rejects_clashing_kwargs(clash):
 #                         Validation of x, t, d and y                           #
 #################################################################################
 
+
 @pytest.mark.parametrize("bad_d", [0.0, 0.3, 2.0, 1 / 256, float("nan"), float("inf"), -0.5, 3 / 128])
 def test_d_not_a_step_size_raises(tiny_dit, bad_d):
     with pytest.raises(ValueError, match=ALLOWED_D_MSG):
@@ -211,12 +218,15 @@ def test_labels_on_unconditional_model_raise(tiny_uncond_dit, tiny_mlp):
         tiny_mlp(_vec(2), 0.5, 0.5, torch.tensor([0, 0]))
 
 
-@pytest.mark.parametrize("labels", [
-    torch.tensor([0.0, 1.0]),
-    torch.tensor([True, False]),
-    torch.tensor([0, 1], dtype=torch.uint8),
-    [0, 1],
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([True, False]),
+        torch.tensor([0, 1], dtype=torch.uint8),
+        [0, 1],
+    ],
+)
 def test_non_integer_labels_raise_type_error(tiny_dit, labels):
     with pytest.raises(TypeError, match="integer tensor"):
         tiny_dit(_x(2), 0.5, 0.5, labels)
@@ -273,6 +283,7 @@ def test_t_and_d_of_wrong_type_raise(tiny_dit, bad):
 #                                Conditioning                                   #
 #################################################################################
 
+
 def test_scalar_t_and_d_broadcast(tiny_dit):
     x, y = _x(3), torch.tensor([1, 2, 3])
     full = tiny_dit(x, torch.full((3,), 0.25), torch.full((3,), 0.5), y)
@@ -326,8 +337,8 @@ def test_rows_are_independent_of_the_batch(tiny_dit):
     y = torch.tensor([0, 10, 9, 3, 3])
     out = tiny_dit(x, t, d, y)
     for i in range(5):
-        alone = tiny_dit(x[i:i + 1], t[i:i + 1], d[i:i + 1], y[i:i + 1])
-        torch.testing.assert_close(out[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+        alone = tiny_dit(x[i : i + 1], t[i : i + 1], d[i : i + 1], y[i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_mlp_rows_are_independent_of_the_batch(tiny_mlp):
@@ -336,12 +347,15 @@ def test_mlp_rows_are_independent_of_the_batch(tiny_mlp):
     d = torch.tensor([1 / 128, 1 / 64, 1 / 2, 1.0, 1.0])
     out = tiny_mlp(x, t, d)
     for i in range(5):
-        torch.testing.assert_close(out[i:i + 1], tiny_mlp(x[i:i + 1], t[i:i + 1], d[i:i + 1]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out[i : i + 1], tiny_mlp(x[i : i + 1], t[i : i + 1], d[i : i + 1]), atol=1e-5, rtol=1e-5
+        )
 
 
 #################################################################################
 #                           Fixed sin-cos positions                             #
 #################################################################################
+
 
 def _reference_pos_embed(dim: int, grid: int) -> torch.Tensor:
     """Token ``r * grid + c``: [sin(c w_i), cos(c w_i), sin(r w_i), cos(r w_i)], w_i = 10000**(-i / (dim/4))."""
@@ -350,8 +364,12 @@ def _reference_pos_embed(dim: int, grid: int) -> torch.Tensor:
     for r in range(grid):
         for c in range(grid):
             w = [10000.0 ** (-i / quarter) for i in range(quarter)]
-            rows.append([math.sin(c * wi) for wi in w] + [math.cos(c * wi) for wi in w]
-                        + [math.sin(r * wi) for wi in w] + [math.cos(r * wi) for wi in w])
+            rows.append(
+                [math.sin(c * wi) for wi in w]
+                + [math.cos(c * wi) for wi in w]
+                + [math.sin(r * wi) for wi in w]
+                + [math.cos(r * wi) for wi in w]
+            )
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -378,6 +396,7 @@ def test_sincos_pos_embed_rejects_dim_not_multiple_of_4():
 #                          Mixed precision and gradients                        #
 #################################################################################
 
+
 def test_autocast_bf16_gives_finite_output(tiny_dit, tiny_mlp):
     x = _x(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -403,8 +422,14 @@ def test_backward_gives_finite_gradients_everywhere(tiny_dit):
     for name, p in tiny_dit.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-    for name in ["x_embedder.weight", "cond.t_mlp.0.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.0.weight",
-                 "blocks.0.adaLN_modulation.1.weight", "final_layer.linear.weight"]:
+    for name in [
+        "x_embedder.weight",
+        "cond.t_mlp.0.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.0.weight",
+        "blocks.0.adaLN_modulation.1.weight",
+        "final_layer.linear.weight",
+    ]:
         assert dict(tiny_dit.named_parameters())[name].grad.abs().sum() > 0, name
 
     grad_d = tiny_dit.cond.d_table.weight.grad
@@ -443,6 +468,7 @@ def test_python_float_t_lands_on_the_device_of_x():
 #                                 steps.py                                      #
 #################################################################################
 
+
 def test_step_sizes_and_allowed_steps():
     assert step_sizes(1 / 8) == [1 / 8, 1 / 4, 1 / 2, 1.0]
     assert step_sizes() == [2.0**-k for k in range(7, -1, -1)]
@@ -457,16 +483,19 @@ def test_check_num_steps_accepts_any_count_up_to_the_finest_level(steps):
     assert check_num_steps(steps) == steps
 
 
-@pytest.mark.parametrize("steps,min_step,exc", [
-    (0, 1 / 128, ValueError),
-    (129, 1 / 128, ValueError),
-    (256, 1 / 128, ValueError),
-    (16, 1 / 8, ValueError),
-    (-4, 1 / 128, ValueError),
-    (True, 1 / 128, TypeError),
-    (2.0, 1 / 128, TypeError),
-    ("4", 1 / 128, TypeError),
-])
+@pytest.mark.parametrize(
+    "steps,min_step,exc",
+    [
+        (0, 1 / 128, ValueError),
+        (129, 1 / 128, ValueError),
+        (256, 1 / 128, ValueError),
+        (16, 1 / 8, ValueError),
+        (-4, 1 / 128, ValueError),
+        (True, 1 / 128, TypeError),
+        (2.0, 1 / 128, TypeError),
+        ("4", 1 / 128, TypeError),
+    ],
+)
 def test_check_num_steps_errors_give_the_allowed_range(steps, min_step, exc):
     allowed = f"[1, {round(1 / min_step)}]"
     with pytest.raises(exc) as info:
@@ -508,14 +537,27 @@ def test_dtype_mismatch_is_a_type_error(tiny_dit):
         assert torch.isfinite(tiny_dit(x.float(), 0.0, 1.0)).all()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ShortcutDiT(input_size=8, in_channels=3, patch_size=2, hidden_size=24, depth=3, num_heads=3,
-                        mlp_ratio=2.5, num_classes=7, min_step=1 / 16),
-    lambda: ShortcutDiT(input_size=12, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2,
-                        num_classes=0),
-    lambda: ShortcutMLP(dim=5, hidden_size=12, depth=2, num_classes=3, min_step=1 / 4),
-    lambda: ShortcutMLP(dim=1, hidden_size=8, depth=1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ShortcutDiT(
+            input_size=8,
+            in_channels=3,
+            patch_size=2,
+            hidden_size=24,
+            depth=3,
+            num_heads=3,
+            mlp_ratio=2.5,
+            num_classes=7,
+            min_step=1 / 16,
+        ),
+        lambda: ShortcutDiT(
+            input_size=12, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=0
+        ),
+        lambda: ShortcutMLP(dim=5, hidden_size=12, depth=2, num_classes=3, min_step=1 / 4),
+        lambda: ShortcutMLP(dim=1, hidden_size=8, depth=1),
+    ],
+)
 def test_size_guard_counts_the_weights_exactly(make, monkeypatch):
     # the guard counts before allocating; its arithmetic must equal what gets built
     model = make()

@@ -61,8 +61,9 @@ def test_levels_cover_all_in_proportion(batch):
     draws = 7 * 60 // n_boot + 1
     for seed in range(draws):
         x1 = torch.randn(batch, 2)
-        b = make_batch(Analytic(min_step=config.min_step), x1, config=config,
-                       generator=torch.Generator().manual_seed(seed))
+        b = make_batch(
+            Analytic(min_step=config.min_step), x1, config=config, generator=torch.Generator().manual_seed(seed)
+        )
         per_batch = {d: int((b.d[: b.n_boot] == d).sum()) for d in levels}
         assert sum(per_batch.values()) == n_boot == b.n_boot
         # every batch spreads its rows over the levels as evenly as its size allows
@@ -92,8 +93,8 @@ def test_times_on_the_grid_of_their_step():
     assert torch.all(d_b >= 2 * MIN_STEP)
     k = t_b / d_b
     assert torch.equal(k, k.round()) and torch.all(t_b + d_b <= 1)
-    t_f = b.t[b.n_boot:]
-    assert torch.all(b.d[b.n_boot:] == MIN_STEP)
+    t_f = b.t[b.n_boot :]
+    assert torch.all(b.d[b.n_boot :] == MIN_STEP)
     assert torch.equal(t_f * 8, (t_f * 8).round()) and torch.all(t_f < 1) and torch.all(t_f >= 0)
     assert b.n_boot == 16
 
@@ -138,11 +139,11 @@ def test_class_dropout_only_on_flow_part():
     y = torch.randint(0, 3, (400,))
     b, _ = draw(Analytic(), x1, y, class_dropout=1.0)
     assert torch.equal(b.y[: b.n_boot], y[: b.n_boot])
-    assert torch.all(b.y[b.n_boot:] == 3)
+    assert torch.all(b.y[b.n_boot :] == 3)
     b, _ = draw(Analytic(), x1, y, class_dropout=0.0)
     assert torch.equal(b.y, y)
     b, _ = draw(Analytic(), x1, y, class_dropout=0.1)
-    dropped = (b.y[b.n_boot:] == 3).float().mean()
+    dropped = (b.y[b.n_boot :] == 3).float().mean()
     assert 0.05 < dropped < 0.15
     assert torch.equal(b.y[: b.n_boot], y[: b.n_boot])
 
@@ -195,7 +196,7 @@ def test_loss_is_mse_to_detached_targets():
     err.mean().backward()
     torch.testing.assert_close(loss.detach(), err.mean().detach())
     torch.testing.assert_close(logs["consistency_loss"], err[: b.n_boot].mean().detach())
-    torch.testing.assert_close(logs["flow_loss"], err[b.n_boot:].mean().detach())
+    torch.testing.assert_close(logs["flow_loss"], err[b.n_boot :].mean().detach())
     # the target is a constant: the gradient is that of the MSE to fixed targets
     torch.testing.assert_close(grad, model.w.grad)
 
@@ -210,18 +211,21 @@ def test_loss_with_package_models():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs, err", [
-    ({"min_step": 0.3}, ValueError),
-    ({"bootstrap_fraction": 1.0}, ValueError),
-    ({"bootstrap_fraction": -0.1}, ValueError),
-    ({"class_dropout": float("nan")}, ValueError),
-    ({"clip": 0.0}, ValueError),
-    ({"bootstrap_cfg_scale": float("inf")}, ValueError),
-    ({"objective": "consistency"}, ValueError),
-    ({"ema_targets": 1}, TypeError),
-    ({"clip": "4"}, TypeError),
-    ({"min_step": 1.0}, ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"min_step": 0.3}, ValueError),
+        ({"bootstrap_fraction": 1.0}, ValueError),
+        ({"bootstrap_fraction": -0.1}, ValueError),
+        ({"class_dropout": float("nan")}, ValueError),
+        ({"clip": 0.0}, ValueError),
+        ({"bootstrap_cfg_scale": float("inf")}, ValueError),
+        ({"objective": "consistency"}, ValueError),
+        ({"ema_targets": 1}, TypeError),
+        ({"clip": "4"}, TypeError),
+        ({"min_step": 1.0}, ValueError),
+    ],
+)
 def test_config_rejects_bad_settings(kwargs, err):
     with pytest.raises(err):
         sf.ShortcutConfig(**kwargs)
@@ -261,8 +265,9 @@ def test_shards_are_rows_of_the_global_batch(objective):
     glob, _ = draw(model, x1, y, seed=4, objective=objective)
     for rank in range(world):
         cfg = sf.ShortcutConfig(min_step=MIN_STEP, objective=objective)
-        part = make_batch(model, x1[rank::world], y[rank::world], cfg,
-                          generator=torch.Generator().manual_seed(4), shard=(rank, world))
+        part = make_batch(
+            model, x1[rank::world], y[rank::world], cfg, generator=torch.Generator().manual_seed(4), shard=(rank, world)
+        )
         for name in ("x_t", "t", "d", "y", "target"):
             torch.testing.assert_close(getattr(part, name), getattr(glob, name)[rank::world], msg=name)
         assert part.n_boot == len(range(rank, glob.n_boot, world))

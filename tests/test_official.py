@@ -36,8 +36,12 @@ class Boom:
 
 
 def test_safe_loads_admits_numpy_arrays_and_containers():
-    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.int32(3), "l": [1.5, (2, "x")],
-            "f": np.asfortranarray(np.ones((2, 2), np.float64))}
+    data = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "s": np.int32(3),
+        "l": [1.5, (2, "x")],
+        "f": np.asfortranarray(np.ones((2, 2), np.float64)),
+    }
     for protocol in (2, 4, 5):
         got = safe_loads(pickle.dumps(data, protocol=protocol))
         np.testing.assert_array_equal(got["a"], data["a"])
@@ -83,13 +87,15 @@ def test_official_option_errors():
     with pytest.raises(ValueError, match="conditioning must be one of"):
         ShortcutDiT(input_size=8, in_channels=1, hidden_size=32, depth=1, num_heads=2, conditioning="jax")
     with pytest.raises(ValueError, match="num_classes=1 for an unconditional"):
-        ShortcutDiT(input_size=8, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=0,
-                    conditioning="official")
+        ShortcutDiT(
+            input_size=8, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=0, conditioning="official"
+        )
 
 
 def test_official_model_round_trips_through_save_and_load(tmp_path):
-    model = ShortcutDiT(input_size=8, in_channels=2, hidden_size=32, depth=1, num_heads=2, num_classes=3,
-                        conditioning="official")
+    model = ShortcutDiT(
+        input_size=8, in_channels=2, hidden_size=32, depth=1, num_heads=2, num_classes=3, conditioning="official"
+    )
     loaded = sf.load_model(sf.save_model(model, tmp_path / "m"))
     assert loaded.config["conditioning"] == "official" and loaded.config == model.config
     x = torch.randn(2, 2, 8, 8)
@@ -101,6 +107,7 @@ def test_official_model_round_trips_through_save_and_load(tmp_path):
 def flax_dit():
     pytest.importorskip("flax", reason="the parity tests need flax: pip install -e '.[flax-test]'")
     from tests import flax_dit as fd
+
     return fd
 
 
@@ -113,8 +120,12 @@ def converted(request, flax_dit, tmp_path_factory):
     params_ema = flax_dit.init_params(net, SIZE, seed=2)
     tmp = tmp_path_factory.mktemp(request.param)
     flax_dit.save_checkpoint(tmp / "ckpt", params, params_ema, as_jax=num_classes == 1)
-    assert cli_main(["convert-official", str(tmp / "ckpt"), str(tmp / "model"), "--num-heads", "4",
-                     "--input-size", str(SIZE)]) == 0
+    assert (
+        cli_main(
+            ["convert-official", str(tmp / "ckpt"), str(tmp / "model"), "--num-heads", "4", "--input-size", str(SIZE)]
+        )
+        == 0
+    )
     return net, params_ema, sf.load_model(tmp / "model"), params, tmp
 
 
@@ -137,7 +148,7 @@ def test_forward_matches_flax(converted):
     net, params, model, _, _ = converted
     x, t, levels, y = _random_inputs(net.num_classes)
     want = np.asarray(net.apply({"params": params}, x, t, levels.astype(np.float32), y))
-    got = _ours(model, x, t, torch.from_numpy(2.0 ** -levels).float(), y)
+    got = _ours(model, x, t, torch.from_numpy(2.0**-levels).float(), y)
     assert np.abs(want).max() > 0.1  # random weights everywhere: a real signal, not zeros
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
@@ -146,12 +157,11 @@ def test_forward_matches_flax(converted):
 def test_live_weights_on_request(converted, flax_dit):
     net, _, _, live, tmp = converted
     from shortcut_fast.official import official_to_model
-    model = official_to_model(read_official_checkpoint(tmp / "ckpt"), weights="params", num_heads=4,
-                              input_size=SIZE)
+
+    model = official_to_model(read_official_checkpoint(tmp / "ckpt"), weights="params", num_heads=4, input_size=SIZE)
     x, t, levels, y = _random_inputs(net.num_classes, seed=3)
     want = np.asarray(net.apply({"params": live}, x, t, levels.astype(np.float32), y))
-    np.testing.assert_allclose(_ours(model, x, t, torch.from_numpy(2.0 ** -levels).float(), y), want,
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(_ours(model, x, t, torch.from_numpy(2.0**-levels).float(), y), want, rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow  # builds and runs the Flax model (jax)
@@ -173,16 +183,35 @@ def test_paper_sizes_are_recognised(flax_dit):
     """DiT-B and DiT-XL trees (shapes only) give the paper's settings without a stored config."""
     import jax
     import jax.numpy as jnp
+
     for hidden, depth, heads in ((768, 12, 12), (1152, 28, 16)):
-        net = flax_dit.DiT(patch=2, hidden=hidden, depth=depth, heads=heads, mlp_ratio=4.0, channels=4,
-                           num_classes=1000)
-        shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 4)), jnp.zeros((1,)),
-                                jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-        flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.broadcast_to(np.float32(0), leaf.shape)
-                for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
-        assert model_config(flat) == dict(input_size=32, in_channels=4, patch_size=2, hidden_size=hidden,
-                                          depth=depth, num_heads=heads, mlp_ratio=4.0, num_classes=1000,
-                                          min_step=1 / 128, conditioning="official")
+        net = flax_dit.DiT(
+            patch=2, hidden=hidden, depth=depth, heads=heads, mlp_ratio=4.0, channels=4, num_classes=1000
+        )
+        shapes = jax.eval_shape(
+            net.init,
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, 32, 32, 4)),
+            jnp.zeros((1,)),
+            jnp.zeros((1,)),
+            jnp.zeros((1,), jnp.int32),
+        )["params"]
+        flat = {
+            "/".join(str(getattr(k, "key", k)) for k in path): np.broadcast_to(np.float32(0), leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        }
+        assert model_config(flat) == dict(
+            input_size=32,
+            in_channels=4,
+            patch_size=2,
+            hidden_size=hidden,
+            depth=depth,
+            num_heads=heads,
+            mlp_ratio=4.0,
+            num_classes=1000,
+            min_step=1 / 128,
+            conditioning="official",
+        )
 
 
 @pytest.mark.slow  # builds and runs the Flax model (jax)

@@ -20,8 +20,7 @@ from shortcut_fast.ops import reference as SF
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # (B, H, N, Dh); N = 37 and 40 span several blocks, N = 1 is a single row, N = 16 one exact block
-SHAPES = [(2, 1, 5, 32), (3, 2, 7, 32), (3, 2, 13, 64), (2, 1, 37, 32), (3, 2, 40, 32), (3, 2, 1, 64),
-          (2, 2, 16, 64)]
+SHAPES = [(2, 1, 5, 32), (3, 2, 7, 32), (3, 2, 13, 64), (2, 1, 37, 32), (3, 2, 40, 32), (3, 2, 1, 64), (2, 2, 16, 64)]
 
 
 def _qkv(case, shape, seeds=range(3)):
@@ -91,8 +90,9 @@ def test_public_attention(op_backend, n, head_dim):
     ref = SF.attention(q, k, v)
     op_close(out, ref, torch.float32)
     cot = op_backend.randn(*ref.shape, seed=9)
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), cot), torch.autograd.grad(ref, (q, k, v), cot),
-                         strict=True):
+    for got, want in zip(
+        torch.autograd.grad(out, (q, k, v), cot), torch.autograd.grad(ref, (q, k, v), cot), strict=True
+    ):
         op_close(got, want, torch.float32, grad=True)
 
 
@@ -115,14 +115,17 @@ def native_cpu():
 
 def test_gradcheck_in_fp64_on_cpu(native_cpu):
     """Numerical Jacobians against the backward kernel (fp64 storage sums in fp64 on the CPU)."""
-    qkv = [torch.randn(1, 2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s)).requires_grad_()
-           for s in range(3)]
+    qkv = [
+        torch.randn(1, 2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(s)).requires_grad_()
+        for s in range(3)
+    ]
     assert torch.autograd.gradcheck(lambda q, k, v: native_cpu.attention_fwd(q, k, v)[0], qkv)
 
 
 def test_cpu_fp64_runs_in_fp64(native_cpu):
     """fp64 storage sums in fp64 on the CPU, so it matches the reference far below fp32 rounding."""
-    q, k, v = (torch.randn(1, 2, 9, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
-               for s in range(3))
+    q, k, v = (
+        torch.randn(1, 2, 9, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in range(3)
+    )
     out, _ = native_cpu.attention_fwd(q, k, v)
     torch.testing.assert_close(out, SF.attention(q, k, v), rtol=1e-12, atol=1e-12)

@@ -41,16 +41,23 @@ def test_triton_on_the_cpu_needs_the_interpreter(monkeypatch):
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.mark.slow
 def test_a_missing_extension_warns_once_and_runs_the_reference():
     # the import of shortcut_fast._C fails as it does when the extension was never built
-    result = _python("import sys; sys.modules['shortcut_fast._C'] = None\n"
-                     "import torch, shortcut_fast as sf\n"
-                     "print(sf.backends.namespace(torch.device('cpu')) == '')")
+    result = _python(
+        "import sys; sys.modules['shortcut_fast._C'] = None\n"
+        "import torch, shortcut_fast as sf\n"
+        "print(sf.backends.namespace(torch.device('cpu')) == '')"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
     assert result.stderr.count("the C++ extension did not load") == 1

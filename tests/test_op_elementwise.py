@@ -72,8 +72,9 @@ def test_public_gated_residual(op_backend, shape):
     out, ref = ops.gated_residual(x, gate, y), SF.gated_residual(x, gate, y)
     op_close(out, ref, torch.float32)
     cot = op_backend.randn(*shape, seed=5)
-    for got, want in zip(torch.autograd.grad(out, (x, gate, y), cot), torch.autograd.grad(ref, (x, gate, y), cot),
-                         strict=True):
+    for got, want in zip(
+        torch.autograd.grad(out, (x, gate, y), cot), torch.autograd.grad(ref, (x, gate, y), cot), strict=True
+    ):
         op_close(got, want, torch.float32, grad=True)
 
 

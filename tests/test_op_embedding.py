@@ -39,8 +39,11 @@ def test_condition_sum(op_case, labelled):
 
 def test_condition_sum_of_a_single_row(op_case):
     c, level, d_table, y, y_table = _condition_inputs(op_case, True, batch=1)
-    op_close(op_case.ops.condition_sum(c, level, d_table, y, y_table),
-             SF.condition_sum(c.float(), level, d_table.float(), y, y_table.float()), op_case.dtype)
+    op_close(
+        op_case.ops.condition_sum(c, level, d_table, y, y_table),
+        SF.condition_sum(c.float(), level, d_table.float(), y, y_table.float()),
+        op_case.dtype,
+    )
 
 
 def test_autograd_through_condition_sum(op_case):
@@ -79,6 +82,7 @@ def test_opcheck(op_backend):
     gate = op_backend.randn(2, 37, seed=6).requires_grad_()
     table = op_backend.randn(8, 37, seed=7).requires_grad_()
     level = torch.tensor([1, 7], device=op_backend.device)
-    torch.library.opcheck(op_backend.ops.timestep_features.default,
-                          (torch.tensor([0.0, 0.5], device=op_backend.device), 33, 10000.0))
+    torch.library.opcheck(
+        op_backend.ops.timestep_features.default, (torch.tensor([0.0, 0.5], device=op_backend.device), 33, 10000.0)
+    )
     torch.library.opcheck(op_backend.ops.condition_sum.default, (gate, level, table, level, table))

@@ -52,8 +52,9 @@ def test_autograd_through_the_raw_op(op_case):
     inputs = _inputs(op_case, (3, 7, 37))
     grad_out = op_case.randn(3, 7, 37, seed=4)
     _, expected = reference_grads(SF.modulate_layernorm, inputs, grad_out)
-    actual = op_grads(lambda x, shift, scale: op_case.ops.modulate_layernorm_fwd(x, shift, scale, 1e-6)[0], inputs,
-                      grad_out)
+    actual = op_grads(
+        lambda x, shift, scale: op_case.ops.modulate_layernorm_fwd(x, shift, scale, 1e-6)[0], inputs, grad_out
+    )
     for got, want in zip(actual, expected, strict=True):
         op_close(got, want, op_case.dtype, grad=True)
 
@@ -79,8 +80,9 @@ def test_public_modulate_layernorm(op_backend, shape):
     out, ref = ops.modulate_layernorm(x, shift, scale), SF.modulate_layernorm(x, shift, scale)
     op_close(out, ref, torch.float32)
     cot = op_backend.randn(*shape, seed=5)
-    for got, want in zip(torch.autograd.grad(out, (x, shift, scale), cot),
-                         torch.autograd.grad(ref, (x, shift, scale), cot), strict=True):
+    for got, want in zip(
+        torch.autograd.grad(out, (x, shift, scale), cot), torch.autograd.grad(ref, (x, shift, scale), cot), strict=True
+    ):
         op_close(got, want, torch.float32, grad=True)
 
 

@@ -25,8 +25,9 @@ def _same(fast, ref, rtol=1e-5):
 # ---------------------------------------------------------------- whole models
 def _dit(device, num_classes=5):
     # 9 tokens, head size 32: shapes the GPU kernels take too
-    model = sf.ShortcutDiT(input_size=6, in_channels=3, patch_size=2, hidden_size=64, depth=2, num_heads=2,
-                           num_classes=num_classes)
+    model = sf.ShortcutDiT(
+        input_size=6, in_channels=3, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=num_classes
+    )
     return perturb_(model, seed=0).to(device)
 
 

@@ -36,7 +36,7 @@ def _table(md: str, header_start: str) -> list[list[str]]:
     lines = md.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -59,12 +59,13 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
     for row in rows:
         name, objective = row[0], row[1]
         swd = report["2d"][name][objective]["swd"]
-        assert [float(c) for c in row[3:3 + len(steps)]] == pytest.approx([swd[s] for s in steps], abs=1e-3)
+        assert [float(c) for c in row[3 : 3 + len(steps)]] == pytest.approx([swd[s] for s in steps], abs=1e-3)
     digits = _table(md, "| objective | train s | metric |")
     assert len(digits) == 4 and all(0 <= float(c) <= 1 for r in digits if r[2] == "accuracy" for c in r[3:])
     guidance = _table(md, "| steps | guidance |")
     assert [(r[0], r[1], r[2]) for r in guidance] == [
-        (s, kind, f) for s in ("1", "4") for kind, f in (("none", "1"), ("sampling", "2"), ("baked", "1"))]
+        (s, kind, f) for s in ("1", "4") for kind, f in (("none", "1"), ("sampling", "2"), ("baked", "1"))
+    ]
     checked = _table(md, "| aim | met |")
     assert len(checked) == 2 * len(report["budget"]["datasets_2d"]) + 2
     assert {r[1] for r in checked} <= {"**met**", "**missed**"}
@@ -105,8 +106,11 @@ def test_flow_baseline_is_sampled_at_its_trained_step(tiny_dit, rng):
 
 def test_first_step_meeting():
     quality = _load_benchmark()
-    curve = [{"step": 100, "accuracy_1": 0.9, "fd_1": 0.2}, {"step": 200, "accuracy_1": 0.96, "fd_1": 0.5},
-             {"step": 300, "accuracy_1": 0.97, "fd_1": 0.3}]
+    curve = [
+        {"step": 100, "accuracy_1": 0.9, "fd_1": 0.2},
+        {"step": 200, "accuracy_1": 0.96, "fd_1": 0.5},
+        {"step": 300, "accuracy_1": 0.97, "fd_1": 0.3},
+    ]
     assert quality.first_step_meeting(curve) == 200
     assert quality.first_step_meeting(curve, fd=0.35) == 300
     assert quality.first_step_meeting(curve, accuracy=0.99) is None

@@ -39,7 +39,7 @@ def expected_batches(root, dataset_seed: int, order_seed: int, epochs: int):
         perm = torch.randperm(IMAGES, generator=torch.Generator().manual_seed(order_seed * 1_000_003 + epoch))
         reference.set_epoch(epoch)
         for start in range(0, IMAGES - BATCH + 1, BATCH):
-            items = [reference[int(i)] for i in perm[start:start + BATCH]]
+            items = [reference[int(i)] for i in perm[start : start + BATCH]]
             out.append((torch.stack([x for x, _ in items]), [y for _, y in items]))
     return out
 
@@ -79,11 +79,27 @@ def test_batch_source_flips_do_not_depend_on_workers(tmp_path, workers):
 def flip_run(root, workers: int, checkpoint_dir=None):
     """A tiny class-conditional DiT trained on the flipped image folder, logging every step."""
     torch.manual_seed(0)
-    model = sf.ShortcutDiT(input_size=SIZE, in_channels=3, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                           num_classes=2, min_step=1 / 8)
-    config = sf.TrainConfig(batch_size=BATCH, lr=1e-2, ema_decay=0.9, log_every=1, num_workers=workers, seed=4,
-                            progress=False, checkpoint_dir=checkpoint_dir,
-                            shortcut=sf.ShortcutConfig(min_step=1 / 8))
+    model = sf.ShortcutDiT(
+        input_size=SIZE,
+        in_channels=3,
+        patch_size=2,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        num_classes=2,
+        min_step=1 / 8,
+    )
+    config = sf.TrainConfig(
+        batch_size=BATCH,
+        lr=1e-2,
+        ema_decay=0.9,
+        log_every=1,
+        num_workers=workers,
+        seed=4,
+        progress=False,
+        checkpoint_dir=checkpoint_dir,
+        shortcut=sf.ShortcutConfig(min_step=1 / 8),
+    )
     return sf.Trainer(model, ImageFolder(root, SIZE), config)
 
 
@@ -93,8 +109,10 @@ def losses(history):
 
 
 def weights(trainer):
-    return {**{f"model.{k}": v for k, v in trainer.model.state_dict().items()},
-            **{f"ema.{k}": v for k, v in trainer.ema_model.state_dict().items()}}
+    return {
+        **{f"model.{k}": v for k, v in trainer.model.state_dict().items()},
+        **{f"ema.{k}": v for k, v in trainer.ema_model.state_dict().items()},
+    }
 
 
 @pytest.mark.slow
@@ -136,7 +154,7 @@ def test_workers_are_kept_across_epochs_and_a_resume():
     pids = {int(p) for x, _ in batches for p in x[:, 1]}
     assert len(pids) == 2 and os.getpid() not in pids
     for epoch in range(3):  # each epoch still serves its own permutation
-        rows = torch.cat([x[:, 0] for x, _ in batches[4 * epoch:4 * epoch + 4]])
+        rows = torch.cat([x[:, 0] for x, _ in batches[4 * epoch : 4 * epoch + 4]])
         perm = torch.randperm(8, generator=torch.Generator().manual_seed(epoch))
         assert rows.tolist() == perm.tolist()
     state = {"epoch": 1, "pos": 4}
@@ -152,8 +170,9 @@ def test_data_loading_benchmark_runs_at_tiny_size(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "loading.json"
-    results = module.main(["--images", "40", "--size", "4", "--batch", "8", "--workers", "1", "--epochs", "2",
-                           "--json", str(out)])
+    results = module.main(
+        ["--images", "40", "--size", "4", "--batch", "8", "--workers", "1", "--epochs", "2", "--json", str(out)]
+    )
     assert json.loads(out.read_text()) == results
     assert len(results["epoch_seconds"]) == len(results["first_batch_seconds"]) == 2
     for whole, first in zip(results["epoch_seconds"], results["first_batch_seconds"], strict=True):

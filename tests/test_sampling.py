@@ -43,6 +43,7 @@ def _euler_cfg(model, z, n, y, w):
 #                              The sampling contract                            #
 #################################################################################
 
+
 def _same(out, ref):
     # bit for bit on the eager loop; the C++ engine (the CPU default for these models) to fp32 rounding
     if engine.get_mode() == "off":
@@ -137,6 +138,7 @@ def test_shape_accepts_list_and_size(tiny_mlp):
 #                           Classifier-free guidance                            #
 #################################################################################
 
+
 @pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("w", [0.0, 2.5, -1.0])
 def test_cfg_matches_hand_written_guidance(tiny_dit, steps, w):
@@ -156,8 +158,9 @@ def test_cfg_scale_one_equals_no_guidance(tiny_dit):
     guided = sample(tiny_dit, noise=z, steps=2, y=y, cfg_scale=1.0)
     torch.testing.assert_close(guided, sample(tiny_dit, noise=z, steps=2, y=y), atol=1e-6, rtol=0)
     # an int scale is a number like any other
-    assert torch.equal(sample(tiny_dit, noise=z, steps=1, y=y, cfg_scale=1),
-                       sample(tiny_dit, noise=z, steps=1, y=y, cfg_scale=1.0))
+    assert torch.equal(
+        sample(tiny_dit, noise=z, steps=1, y=y, cfg_scale=1), sample(tiny_dit, noise=z, steps=1, y=y, cfg_scale=1.0)
+    )
 
 
 def test_cfg_changes_the_sample(tiny_dit):
@@ -175,6 +178,7 @@ def test_cfg_with_a_custom_model(tiny_custom):
 #                                    Errors                                     #
 #################################################################################
 
+
 @pytest.mark.parametrize("steps", [0, 129, 256, -2])
 def test_bad_steps_raise_naming_allowed_values(tiny_dit, steps):
     with pytest.raises(ValueError, match=r"\[1, 128\]"):
@@ -188,8 +192,9 @@ def test_non_int_steps_raise_type_error(tiny_dit, steps):
 
 
 def test_steps_follow_the_models_min_step():
-    model = ShortcutDiT(input_size=8, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2,
-                       num_classes=0, min_step=1 / 4)
+    model = ShortcutDiT(
+        input_size=8, in_channels=1, patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=0, min_step=1 / 4
+    )
     assert sample(model, noise=_noise(), steps=4).shape == (3, 1, 8, 8)
     with pytest.raises(ValueError, match=r"\[1, 4\]"):
         sample(model, noise=_noise(), steps=8)
@@ -216,8 +221,9 @@ def test_non_finite_noise_raises(tiny_dit, bad):
         sample(tiny_dit, noise=z)
 
 
-@pytest.mark.parametrize("noise", [torch.zeros(3, 1, 8, 8, dtype=torch.long), torch.zeros(3, 1, 8, 8, dtype=torch.bool),
-                                   [[0.0] * 3] * 2])
+@pytest.mark.parametrize(
+    "noise", [torch.zeros(3, 1, 8, 8, dtype=torch.long), torch.zeros(3, 1, 8, 8, dtype=torch.bool), [[0.0] * 3] * 2]
+)
 def test_non_float_noise_raises_type_error(tiny_dit, noise):
     with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
         sample(tiny_dit, noise=noise)
@@ -241,8 +247,16 @@ def test_cfg_without_labels_raises(tiny_dit):
         sample(tiny_dit, noise=_noise(), cfg_scale=2.0)
 
 
-@pytest.mark.parametrize("scale,exc", [(float("nan"), ValueError), (float("inf"), ValueError),
-                                       (True, TypeError), ("2", TypeError), (torch.tensor(2.0), TypeError)])
+@pytest.mark.parametrize(
+    "scale,exc",
+    [
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (True, TypeError),
+        ("2", TypeError),
+        (torch.tensor(2.0), TypeError),
+    ],
+)
 def test_bad_cfg_scale_raises(tiny_dit, scale, exc):
     with pytest.raises(exc, match="cfg_scale"):
         sample(tiny_dit, noise=_noise(), y=torch.tensor([0, 1, 2]), cfg_scale=scale)
@@ -268,6 +282,7 @@ def test_model_errors_surface_through_sample(tiny_dit, tiny_uncond_dit):
 #                       The drop-in contract: any model(x, t, d, y)             #
 #################################################################################
 
+
 @pytest.mark.parametrize("n", [1, 2, 8])
 def test_mlp_sampling_equals_euler(tiny_mlp, n):
     z = _noise((5, 3))
@@ -277,8 +292,9 @@ def test_mlp_sampling_equals_euler(tiny_mlp, n):
 @pytest.mark.parametrize("n", [1, 4])
 def test_custom_model_sampling_equals_euler(tiny_custom, n):
     z, y = _noise((4, 3)), torch.tensor([0, 1, 4, 3])
-    torch.testing.assert_close(sample(tiny_custom, noise=z, steps=n, y=y), _euler(tiny_custom, z, n, y),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        sample(tiny_custom, noise=z, steps=n, y=y), _euler(tiny_custom, z, n, y), atol=1e-6, rtol=0
+    )
     with torch.no_grad():
         one = z + tiny_custom(z, 0.0, 1.0, y)
     torch.testing.assert_close(sample(tiny_custom, noise=z, steps=1, y=y), one, atol=1e-6, rtol=0)

@@ -111,8 +111,9 @@ def test_wavelet_loss_and_gradient_match_the_direct_transform(levels, weights):
     pred = torch.randn(3, 2, 8, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.randn(3, 2, 8, 16, generator=gen, dtype=torch.float64)
     loss = wavelet_loss(pred, target, levels, weights)
-    ref_loss, ref_grad = _reference_loss_and_grad(pred.detach(), target, levels,
-                                                  [1.0] * (levels + 1) if weights is None else list(weights))
+    ref_loss, ref_grad = _reference_loss_and_grad(
+        pred.detach(), target, levels, [1.0] * (levels + 1) if weights is None else list(weights)
+    )
     np.testing.assert_allclose(loss.detach().double().numpy(), ref_loss, rtol=1e-5)
     loss.mean().backward()
     np.testing.assert_allclose(pred.grad.numpy(), ref_grad, rtol=1e-4, atol=1e-9)
@@ -203,12 +204,15 @@ def test_step_schedule_examples():
     assert resolve_schedule([0.25, 0.5, 0.25]) == (0.25, 0.5, 0.25)
 
 
-@pytest.mark.parametrize("schedule,match", [
-    ([0.5, 0.25], "sum to 1"),
-    ([0.5, 0.3, 0.2], "step size of the model"),
-    ([1 / 256] * 256, "step size of the model"),
-    ([True], "step size of the model"),
-])
+@pytest.mark.parametrize(
+    "schedule,match",
+    [
+        ([0.5, 0.25], "sum to 1"),
+        ([0.5, 0.3, 0.2], "step size of the model"),
+        ([1 / 256] * 256, "step size of the model"),
+        ([True], "step size of the model"),
+    ],
+)
 def test_check_schedule_errors(schedule, match):
     with pytest.raises(ValueError, match=match):
         check_schedule(schedule)
@@ -270,8 +274,10 @@ def test_intrinsic_flow_targets_are_two_forward_cfg_of_the_exact_velocity():
     torch.testing.assert_close(batch.target[flow], expected, rtol=1e-4, atol=1e-4)
     assert torch.all(w[~labelled] == 1) and float(w[labelled].min()) >= 1 and float(w[labelled].max()) <= 5
     # the self-consistency rows: the teacher's half steps see each row's own w
-    assert any(seen is not None and seen.shape == (batch.n_boot,) and torch.equal(seen, batch.w[:batch.n_boot])
-               for seen in teacher.seen_w)
+    assert any(
+        seen is not None and seen.shape == (batch.n_boot,) and torch.equal(seen, batch.w[: batch.n_boot])
+        for seen in teacher.seen_w
+    )
 
 
 def _recovered_noise(batch, x1):
@@ -309,23 +315,27 @@ def test_wavelet_option_is_the_wavelet_loss_of_the_batch(tiny_dit):
     assert float(loss.detach()) == pytest.approx(float(ref.mean()), rel=1e-5)
 
 
-@pytest.mark.parametrize("config,match", [
-    (dict(intrinsic_guidance=(2.0, 1.0)), "low <= high"),
-    (dict(intrinsic_guidance=(1.0,)), "pair"),
-    (dict(intrinsic_guidance=(1.0, 3.0), bootstrap_cfg_scale=2.0), "exclude each other"),
-    (dict(wavelet_levels=-1), "wavelet_levels"),
-    (dict(wavelet_weights=(1.0, 1.0)), "needs wavelet_levels"),
-    (dict(wavelet_levels=1, wavelet_weights=(1.0,)), "2 numbers"),
-    (dict(wavelet_levels=1, wavelet_weights=(0.0, 0.0)), "not all be 0"),
-])
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        (dict(intrinsic_guidance=(2.0, 1.0)), "low <= high"),
+        (dict(intrinsic_guidance=(1.0,)), "pair"),
+        (dict(intrinsic_guidance=(1.0, 3.0), bootstrap_cfg_scale=2.0), "exclude each other"),
+        (dict(wavelet_levels=-1), "wavelet_levels"),
+        (dict(wavelet_weights=(1.0, 1.0)), "needs wavelet_levels"),
+        (dict(wavelet_levels=1, wavelet_weights=(1.0,)), "2 numbers"),
+        (dict(wavelet_levels=1, wavelet_weights=(0.0, 0.0)), "not all be 0"),
+    ],
+)
 def test_technique_settings_errors(config, match):
     with pytest.raises(ValueError, match=match):
         sf.ShortcutConfig(**config)
 
 
 def test_technique_settings_round_trip_through_a_dict():
-    config = sf.ShortcutConfig(intrinsic_guidance=(1.0, 4.0), wavelet_levels=2, wavelet_weights=(1.0, 2.0, 3.0),
-                               ot_pairing=True)
+    config = sf.ShortcutConfig(
+        intrinsic_guidance=(1.0, 4.0), wavelet_levels=2, wavelet_weights=(1.0, 2.0, 3.0), ot_pairing=True
+    )
     as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
     assert sf.ShortcutConfig.from_dict(as_json) == config
 
@@ -334,8 +344,12 @@ def test_batch_errors_name_the_option(tiny_dit):
     with pytest.raises(ValueError, match="divisible by 2\\*\\*4"):
         shortcut_loss(tiny_dit, torch.randn(2, 1, 8, 8), config=sf.ShortcutConfig(wavelet_levels=4))
     with pytest.raises(ValueError, match="guidance_input=True"):
-        shortcut_loss(tiny_dit, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
-                      config=sf.ShortcutConfig(intrinsic_guidance=(1.0, 3.0)))
+        shortcut_loss(
+            tiny_dit,
+            torch.randn(2, 1, 8, 8),
+            torch.tensor([0, 1]),
+            config=sf.ShortcutConfig(intrinsic_guidance=(1.0, 3.0)),
+        )
 
 
 def _guided_dit():
@@ -352,24 +366,32 @@ def _euler(model, z, schedule, y=None, w=None):
     return x
 
 
-@pytest.mark.parametrize("steps,schedule", [(3, (0.5, 0.25, 0.25)), (5, (0.25,) * 3 + (0.125,) * 2),
-                                            ((0.25, 0.25, 0.5), (0.25, 0.25, 0.5))])
+@pytest.mark.parametrize(
+    "steps,schedule", [(3, (0.5, 0.25, 0.25)), (5, (0.25,) * 3 + (0.125,) * 2), ((0.25, 0.25, 0.5), (0.25, 0.25, 0.5))]
+)
 def test_sampling_any_step_count_follows_the_schedule(tiny_dit, steps, schedule):
     z, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
-    torch.testing.assert_close(sf.sample(tiny_dit, noise=z, steps=steps, y=y), _euler(tiny_dit, z, schedule, y),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        sf.sample(tiny_dit, noise=z, steps=steps, y=y), _euler(tiny_dit, z, schedule, y), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_intrinsic_sampling_is_one_forward_with_the_scale_as_input():
     model = _guided_dit()
     z, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 4, 9])
     for w in (1.0, 2.5):
-        torch.testing.assert_close(sf.sample(model, noise=z, steps=3, y=y, cfg_scale=w),
-                                   _euler(model, z, (0.5, 0.25, 0.25), y, w=torch.full((3,), w)), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sf.sample(model, noise=z, steps=2, y=y), sf.sample(model, noise=z, steps=2, y=y,
-                                                                                  cfg_scale=1.0))
-    assert not torch.allclose(sf.sample(model, noise=z, y=y, cfg_scale=1.0), sf.sample(model, noise=z, y=y,
-                                                                                       cfg_scale=3.0))
+        torch.testing.assert_close(
+            sf.sample(model, noise=z, steps=3, y=y, cfg_scale=w),
+            _euler(model, z, (0.5, 0.25, 0.25), y, w=torch.full((3,), w)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    torch.testing.assert_close(
+        sf.sample(model, noise=z, steps=2, y=y), sf.sample(model, noise=z, steps=2, y=y, cfg_scale=1.0)
+    )
+    assert not torch.allclose(
+        sf.sample(model, noise=z, y=y, cfg_scale=1.0), sf.sample(model, noise=z, y=y, cfg_scale=3.0)
+    )
     with pytest.raises(ValueError, match=">= 0"):
         sf.sample(model, noise=z, y=y, cfg_scale=-1.0)
 
@@ -396,8 +418,9 @@ def test_guided_model_saves_and_loads(tmp_path):
     loaded = sf.load_model(tmp_path / "m")
     z, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
     assert loaded.guidance_input
-    torch.testing.assert_close(sf.sample(loaded, noise=z, y=y, cfg_scale=2.0), sf.sample(model, noise=z, y=y,
-                                                                                         cfg_scale=2.0))
+    torch.testing.assert_close(
+        sf.sample(loaded, noise=z, y=y, cfg_scale=2.0), sf.sample(model, noise=z, y=y, cfg_scale=2.0)
+    )
 
 
 def _twin_trainer(**kw):
@@ -406,8 +429,16 @@ def _twin_trainer(**kw):
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (32,), generator=g)
     x = torch.randn(32, 2, generator=g) * 0.1 + torch.stack([y.float(), -y.float()], 1)
-    config = sf.TrainConfig(batch_size=8, lr=1e-2, ema_decay=0.9, target_ema_decay=0.5, progress=False, seed=1,
-                            shortcut=sf.ShortcutConfig(min_step=1 / 8), **kw)
+    config = sf.TrainConfig(
+        batch_size=8,
+        lr=1e-2,
+        ema_decay=0.9,
+        target_ema_decay=0.5,
+        progress=False,
+        seed=1,
+        shortcut=sf.ShortcutConfig(min_step=1 / 8),
+        **kw,
+    )
     return sf.Trainer(model, (x, y), config), (x, y)
 
 
@@ -445,8 +476,10 @@ def test_twin_ema_is_saved_and_resumed(tmp_path):
     resumed = sf.Trainer.resume(tmp_path / "c", data)
     for a, b in zip(resumed.target_ema_model.parameters(), trainer.target_ema_model.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert not all(torch.equal(a, b) for a, b in zip(resumed.target_ema_model.parameters(),
-                                                     resumed.ema_model.parameters(), strict=True))
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(resumed.target_ema_model.parameters(), resumed.ema_model.parameters(), strict=True)
+    )
     # resumed, the run goes on bit for bit as the uninterrupted one, both EMAs included
     trainer.fit(2)
     resumed.fit(2)
@@ -463,8 +496,18 @@ def test_train_step_with_a_target_ema_is_the_trainers_twin_ema_step():
     generator = torch.Generator().manual_seed(1)  # the trainer's seed
     x1, y = next(trainer.data)
     trainer.train_step(x1, y)
-    sf.train_step(model, optimizer, x1, y, config=trainer.config.shortcut, ema_model=ema, ema_decay=0.9,
-                  target_ema_model=fast, target_ema_decay=0.5, generator=generator)
+    sf.train_step(
+        model,
+        optimizer,
+        x1,
+        y,
+        config=trainer.config.shortcut,
+        ema_model=ema,
+        ema_decay=0.9,
+        target_ema_model=fast,
+        target_ema_decay=0.5,
+        generator=generator,
+    )
     for mine, theirs in [(model, trainer.model), (ema, trainer.ema_model), (fast, trainer.target_ema_model)]:
         for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -475,7 +518,10 @@ def test_every_option_trains_a_few_steps():
     model = sf.ShortcutDiT(**TINY_DIT, num_classes=4, guidance_input=True)
     x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 4
     shortcut = sf.ShortcutConfig(intrinsic_guidance=(1.0, 3.0), wavelet_levels=2, ot_pairing=True)
-    trainer = sf.Trainer(model, (x, y), sf.TrainConfig(batch_size=8, lr=1e-3, target_ema_decay=0.9, progress=False,
-                                                        log_every=1, shortcut=shortcut))
+    trainer = sf.Trainer(
+        model,
+        (x, y),
+        sf.TrainConfig(batch_size=8, lr=1e-3, target_ema_decay=0.9, progress=False, log_every=1, shortcut=shortcut),
+    )
     history = trainer.fit(3)
     assert trainer.skipped_steps == 0 and all(math.isfinite(row["loss"]) for row in history)

@@ -24,8 +24,16 @@ def make_data(n=64, seed=0):
 
 
 def config(**kw):
-    base = {"batch_size": 8, "lr": 1e-2, "ema_decay": 0.9, "warmup_steps": 3, "progress": False, "log_every": 2,
-            "seed": 3, "shortcut": sf.ShortcutConfig(min_step=1 / 8)}
+    base = {
+        "batch_size": 8,
+        "lr": 1e-2,
+        "ema_decay": 0.9,
+        "warmup_steps": 3,
+        "progress": False,
+        "log_every": 2,
+        "seed": 3,
+        "shortcut": sf.ShortcutConfig(min_step=1 / 8),
+    }
     return sf.TrainConfig(**{**base, **kw})
 
 
@@ -201,12 +209,15 @@ def test_batch_source_shards_by_rank():
     assert sorted(seen.tolist()) == list(range(24))
 
 
-@pytest.mark.parametrize("data, err, match", [
-    ([1, 2, 3], TypeError, "data must be"),
-    ((torch.randn(10, 2), torch.zeros(9, dtype=torch.long)), ValueError, "differ in length"),
-    ((torch.randn(10, 2), torch.zeros(10)), TypeError, "integer"),
-    (torch.randn(4, 2), ValueError, "fewer than one batch"),
-])
+@pytest.mark.parametrize(
+    "data, err, match",
+    [
+        ([1, 2, 3], TypeError, "data must be"),
+        ((torch.randn(10, 2), torch.zeros(9, dtype=torch.long)), ValueError, "differ in length"),
+        ((torch.randn(10, 2), torch.zeros(10)), TypeError, "integer"),
+        (torch.randn(4, 2), ValueError, "fewer than one batch"),
+    ],
+)
 def test_bad_data(data, err, match):
     with pytest.raises(err, match=match):
         sf.Trainer(make_model(), data, config())
@@ -218,10 +229,19 @@ def test_labels_for_unconditional_model_rejected():
         sf.Trainer(make_model(num_classes=0), (x, y), config())
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"ema_decay": 1.5}, {"betas": (0.9,)},
-    {"grad_clip": -1.0}, {"warmup_steps": -1}, {"seed": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"ema_decay": 1.5},
+        {"betas": (0.9,)},
+        {"grad_clip": -1.0},
+        {"warmup_steps": -1},
+        {"seed": True},
+    ],
+)
 def test_train_config_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         sf.TrainConfig(**kwargs)

@@ -21,8 +21,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   SHORTCUT_FAST_DISPATCH(q.scalar_type(), "attention_fwd", [&] {
-    cpu::attention_fwd(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                       out.data_ptr<scalar_t>(), lse.data_ptr<float>(), s.heads, s.tokens, s.head_dim);
+    cpu::attention_fwd(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                       lse.data_ptr<float>(), s.heads, s.tokens, s.head_dim);
   });
   return {out, lse};
 }
@@ -34,9 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& g
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   SHORTCUT_FAST_DISPATCH(q.scalar_type(), "attention_bwd", [&] {
     cpu::attention_bwd(grad_out.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-                       v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<float>(),
-                       dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s.heads, s.tokens,
-                       s.head_dim);
+                       v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<float>(), dq.data_ptr<scalar_t>(),
+                       dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s.heads, s.tokens, s.head_dim);
   });
   return {dq, dk, dv};
 }
@@ -139,8 +138,7 @@ at::Tensor bootstrap_target(const at::Tensor& v1, const at::Tensor& v2, std::opt
   check_clip("bootstrap_target", clip);
   at::Tensor out = at::empty_like(v1);
   SHORTCUT_FAST_DISPATCH(v1.scalar_type(), "bootstrap_target", [&] {
-    cpu::bootstrap_target(v1.data_ptr<scalar_t>(), v2.data_ptr<scalar_t>(), clip, out.data_ptr<scalar_t>(),
-                          v1.numel());
+    cpu::bootstrap_target(v1.data_ptr<scalar_t>(), v2.data_ptr<scalar_t>(), clip, out.data_ptr<scalar_t>(), v1.numel());
   });
   return out;
 }

@@ -197,8 +197,8 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
 // it writes and no atomics are needed.
 template <typename T, int Dh>
 __global__ void __launch_bounds__(kAttnWarps* kWarp)
-    attention_dkdv_kernel(const T* grad_out, const T* q, const T* k, const T* v, const float* lse,
-                          const float* delta, T* dk, T* dv, int64_t n, float scale) {
+    attention_dkdv_kernel(const T* grad_out, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                          T* dk, T* dv, int64_t n, float scale) {
   constexpr int kRows = kAttnWarps * kBwdRowsPerWarp;
   constexpr int kPerLane = Dh / kWarp;
   __shared__ float k_s[kRows][Dh];
@@ -207,8 +207,7 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
   __shared__ float do_s[kTile][Dh + 1];
   __shared__ float lse_s[kTile];
   __shared__ float delta_s[kTile];
-  static_assert(sizeof(k_s) + sizeof(v_s) + sizeof(q_s) + sizeof(do_s) + sizeof(lse_s) + sizeof(delta_s) <=
-                    48 * 1024,
+  static_assert(sizeof(k_s) + sizeof(v_s) + sizeof(q_s) + sizeof(do_s) + sizeof(lse_s) + sizeof(delta_s) <= 48 * 1024,
                 "static shared memory limit");
 
   const int64_t head_start = static_cast<int64_t>(blockIdx.x) * n * Dh;
@@ -285,10 +284,14 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
 template <typename F>
 void dispatch_head_dim(const char* op, int64_t head_dim, F f) {
   switch (head_dim) {
-    case 32: return f(std::integral_constant<int, 32>{});
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    default: TORCH_CHECK(false, "shortcut_fast::", op, " on CUDA supports head dims 32, 64 and 128, got ", head_dim);
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+    default:
+      TORCH_CHECK(false, "shortcut_fast::", op, " on CUDA supports head dims 32, 64 and 128, got ", head_dim);
   }
 }
 
@@ -343,8 +346,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Te
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       attention_dkdv_kernel<scalar_t, Dh><<<grid, kAttnWarps * kWarp, 0, stream>>>(
           grad_out.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-          lse.data_ptr<float>(), delta.data_ptr<float>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
-          s.tokens, scale);
+          lse.data_ptr<float>(), delta.data_ptr<float>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s.tokens,
+          scale);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

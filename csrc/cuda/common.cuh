@@ -7,9 +7,10 @@
 namespace shortcut_fast::cuda {
 
 // fp32, fp16 and bf16 storage (no fp64: these kernels sum in fp32).
-#define SHORTCUT_FAST_DISPATCH(dtype, name, ...)                                                    \
-  AT_DISPATCH_SWITCH(dtype, name, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                         \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define SHORTCUT_FAST_DISPATCH(dtype, name, ...)                                                        \
+  AT_DISPATCH_SWITCH(dtype, name,                                                                       \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) \
+                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;

@@ -41,9 +41,8 @@ namespace {
 constexpr int kRowWarps = 4;
 
 template <typename T>
-__global__ void modulate_layernorm_fwd_kernel(const T* x, const T* shift, const T* scale, float eps, T* y,
-                                              float* mean, float* rstd, int64_t rows, int64_t tokens,
-                                              int64_t channels) {
+__global__ void modulate_layernorm_fwd_kernel(const T* x, const T* shift, const T* scale, float eps, T* y, float* mean,
+                                              float* rstd, int64_t rows, int64_t tokens, int64_t channels) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
   if (row >= rows) return;  // warp-uniform
   const int lane = threadIdx.x % kWarp;
@@ -61,8 +60,8 @@ __global__ void modulate_layernorm_fwd_kernel(const T* x, const T* shift, const 
   const float r = rsqrtf(warp_sum(sq) / channels + eps);
   for (int64_t c = lane; c < channels; c += kWarp) {
     const float x_hat = (static_cast<float>(x_row[c]) - mu) * r;
-    y[row * channels + c] = T(x_hat * (1.f + static_cast<float>(scale[param_start + c])) +
-                              static_cast<float>(shift[param_start + c]));
+    y[row * channels + c] =
+        T(x_hat * (1.f + static_cast<float>(scale[param_start + c])) + static_cast<float>(shift[param_start + c]));
   }
   if (lane == 0) {
     mean[row] = mu;
@@ -73,8 +72,7 @@ __global__ void modulate_layernorm_fwd_kernel(const T* x, const T* shift, const 
 // dx = rstd (g - mean_c(g) - x_hat mean_c(g x_hat)) with g = grad_y (1 + scale).
 template <typename T>
 __global__ void modulate_layernorm_dx_kernel(const T* grad_y, const T* x, const T* scale, const float* mean,
-                                             const float* rstd, T* dx, int64_t rows, int64_t tokens,
-                                             int64_t channels) {
+                                             const float* rstd, T* dx, int64_t rows, int64_t tokens, int64_t channels) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
   if (row >= rows) return;
   const int lane = threadIdx.x % kWarp;
@@ -139,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modulate_layernorm_fwd(const at::
   const int64_t rows = s.batch * s.tokens;
   if (rows == 0) return {y, mean, rstd};
   SHORTCUT_FAST_DISPATCH(x.scalar_type(), "modulate_layernorm_fwd", [&] {
-    modulate_layernorm_fwd_kernel<scalar_t><<<row_blocks(rows), kRowWarps * kWarp, 0,
-                                              c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), static_cast<float>(eps),
-        y.data_ptr<scalar_t>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, s.tokens, s.channels);
+    modulate_layernorm_fwd_kernel<scalar_t>
+        <<<row_blocks(rows), kRowWarps * kWarp, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), static_cast<float>(eps),
+            y.data_ptr<scalar_t>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, s.tokens, s.channels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {y, mean, rstd};
@@ -185,7 +183,7 @@ unsigned elementwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16)));
 }
 
-#define SHORTCUT_FAST_GRID_STRIDE(i, n)                                                             \
+#define SHORTCUT_FAST_GRID_STRIDE(i, n)                                                  \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -271,8 +269,8 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
   if (x.numel() == 0) return out;
   SHORTCUT_FAST_DISPATCH(x.scalar_type(), "gated_residual", [&] {
     gated_residual_kernel<scalar_t><<<elementwise_blocks(x.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-        x.numel(), s.tokens, s.channels);
+        x.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.numel(),
+        s.tokens, s.channels);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -285,9 +283,9 @@ at::Tensor timestep_features(const at::Tensor& t, int64_t dim, double max_period
   if (out.numel() == 0) return out;
   const float neg_log_period = -static_cast<float>(std::log(max_period));
   SHORTCUT_FAST_DISPATCH(t.scalar_type(), "timestep_features", [&] {
-    timestep_features_kernel<scalar_t><<<elementwise_blocks(out.numel()), kThreads, 0,
-                                         c10::cuda::getCurrentCUDAStream()>>>(
-        t.data_ptr<scalar_t>(), out.data_ptr<float>(), t.size(0), dim, neg_log_period);
+    timestep_features_kernel<scalar_t>
+        <<<elementwise_blocks(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            t.data_ptr<scalar_t>(), out.data_ptr<float>(), t.size(0), dim, neg_log_period);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -341,9 +339,9 @@ at::Tensor bootstrap_target(const at::Tensor& v1, const at::Tensor& v2, std::opt
   at::Tensor out = at::empty_like(v1);
   if (v1.numel() == 0) return out;
   SHORTCUT_FAST_DISPATCH(v1.scalar_type(), "bootstrap_target", [&] {
-    bootstrap_target_kernel<scalar_t><<<elementwise_blocks(v1.numel()), kThreads, 0,
-                                        c10::cuda::getCurrentCUDAStream()>>>(
-        v1.data_ptr<scalar_t>(), v2.data_ptr<scalar_t>(), clip_bound, out.data_ptr<scalar_t>(), v1.numel());
+    bootstrap_target_kernel<scalar_t>
+        <<<elementwise_blocks(v1.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            v1.data_ptr<scalar_t>(), v2.data_ptr<scalar_t>(), clip_bound, out.data_ptr<scalar_t>(), v1.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

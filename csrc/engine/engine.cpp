@@ -8,8 +8,8 @@
 //              final_ada_w, final_ada_b, final_w, final_b] then per block
 //              DiT: [ada_w, ada_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b]
 //              MLP: [ada_w, ada_b, fc1_w, fc1_b, fc2_w, fc2_b]
-#include <Python.h>
 #include <ATen/Parallel.h>
+#include <Python.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -127,14 +127,13 @@ struct Sampler {
       const int64_t off = cfg.dit ? 3 * h : 0;  // the MLP half of the modulation
       modulate_layernorm(hp, m, h, mp + off, mp + off + h, ld, cfg.tokens, ln.data_ptr<float>());
       at::Tensor f = buffer(m, block(i, j).size(0));
-      linear(cfg.ctx, ln.data_ptr<float>(), m, block(i, j), {Epi::kBiasGelu, ptr(block(i, j + 1))},
-             f.data_ptr<float>(), nullptr);
+      linear(cfg.ctx, ln.data_ptr<float>(), m, block(i, j), {Epi::kBiasGelu, ptr(block(i, j + 1))}, f.data_ptr<float>(),
+             nullptr);
       linear(cfg.ctx, f.data_ptr<float>(), m, block(i, j + 2), gated(block(i, j + 3), mp + off + 2 * h, ld), hp,
              scratch.data_ptr<float>());
     }
     at::Tensor fmod = buffer(rows_batch, 2 * h);
-    linear(cfg.ctx, sc.data_ptr<float>(), rows_batch, w[10], {Epi::kBias, ptr(w[11])}, fmod.data_ptr<float>(),
-           nullptr);
+    linear(cfg.ctx, sc.data_ptr<float>(), rows_batch, w[10], {Epi::kBias, ptr(w[11])}, fmod.data_ptr<float>(), nullptr);
     modulate_layernorm(hp, m, h, fmod.data_ptr<float>(), fmod.data_ptr<float>() + h, 2 * h, cfg.tokens,
                        ln.data_ptr<float>());
     at::Tensor v = buffer(m, w[12].size(0));
@@ -164,8 +163,8 @@ struct Sampler {
             vel = vn + *s * (vel - vn);
           }
           // token columns are (py, px, c), as the model's unpatchify reads them
-          const int64_t idx = cfg.dit ? ((b * c + j % c) * side + gy * p + (j / c) / p) * side + gx * p + (j / c) % p
-                                      : b * width + j;
+          const int64_t idx =
+              cfg.dit ? ((b * c + j % c) * side + gy * p + (j / c) / p) * side + gx * p + (j / c) % p : b * width + j;
           x[idx] = x[idx] + d * vel;
         }
       }
@@ -186,11 +185,11 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
                 "engine_sample: every weight must be a contiguous fp32 CPU tensor");
   const Isa isa = static_cast<Isa>(config[9]);
   TORCH_CHECK(isa_supported(isa), "engine_sample: this CPU or build cannot run ISA ", config[9]);
-  Config cfg{config[0] == 0, config[1], config[2], config[3], config[4], config[5], config[6], config[7], config[8],
-             Context{kernels_for(isa), config[10]}};
+  Config cfg{config[0] == 0, config[1], config[2], config[3], config[4],
+             config[5],      config[6], config[7], config[8], Context{kernels_for(isa), config[10]}};
   const int64_t per_block = cfg.dit ? 10 : 6;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block,
-              "engine_sample: expected ", kCommon + cfg.depth * per_block, " weights, got ", weights.size());
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block, "engine_sample: expected ",
+              kCommon + cfg.depth * per_block, " weights, got ", weights.size());
   const bool guided = cfg_scale.has_value();
   const int64_t batch = x.size(0), rows_batch = guided ? 2 * batch : batch;
   at::Tensor out = x.contiguous().clone();

@@ -38,8 +38,8 @@ inline __m256 exp(__m256 x) {
 // x / (1 + e^(-k x')) with x' = x for SiLU, x' = sqrt(2/pi) (x + 0.044715 x^3) and k = 2 for GELU(tanh)
 inline __m256 gelu_tanh(__m256 x) {
   const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-  const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
-                                 _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+  const __m256 u =
+      _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
   const __m256 e = exp(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
   return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
@@ -93,10 +93,14 @@ void dot_rows(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t 
 void dot_block(const float* a, int64_t lda, int64_t rows, const float* w, int64_t ldw, int64_t cols, int64_t k,
                float* out, int64_t ldo) {
   switch (rows) {
-    case 1: return dot_rows<1>(a, lda, w, ldw, cols, k, out, ldo);
-    case 2: return dot_rows<2>(a, lda, w, ldw, cols, k, out, ldo);
-    case 3: return dot_rows<3>(a, lda, w, ldw, cols, k, out, ldo);
-    default: return dot_rows<4>(a, lda, w, ldw, cols, k, out, ldo);
+    case 1:
+      return dot_rows<1>(a, lda, w, ldw, cols, k, out, ldo);
+    case 2:
+      return dot_rows<2>(a, lda, w, ldw, cols, k, out, ldo);
+    case 3:
+      return dot_rows<3>(a, lda, w, ldw, cols, k, out, ldo);
+    default:
+      return dot_rows<4>(a, lda, w, ldw, cols, k, out, ldo);
   }
 }
 
@@ -108,10 +112,17 @@ void finish(const float* v, float* out, int64_t n, const Epilogue& e, int64_t ro
     __m256 x = _mm256_loadu_ps(v + i);
     if (e.bias) x = _mm256_add_ps(x, _mm256_loadu_ps(e.bias + col + i));
     switch (e.kind) {
-      case Epi::kBias: break;
-      case Epi::kBiasGelu: x = gelu_tanh(x); break;
-      case Epi::kBiasSilu: x = silu(x); break;
-      case Epi::kBiasTable: x = _mm256_add_ps(x, _mm256_loadu_ps(table + i)); break;
+      case Epi::kBias:
+        break;
+      case Epi::kBiasGelu:
+        x = gelu_tanh(x);
+        break;
+      case Epi::kBiasSilu:
+        x = silu(x);
+        break;
+      case Epi::kBiasTable:
+        x = _mm256_add_ps(x, _mm256_loadu_ps(table + i));
+        break;
       case Epi::kGatedResidual:
         x = _mm256_fmadd_ps(_mm256_loadu_ps(gate + i), x, _mm256_loadu_ps(out + i));
         break;

@@ -15,8 +15,8 @@ inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 // e^x to about 2 ulp: 2^n e^r with |r| <= ln2 / 2 and a degree-6 polynomial for e^r
 inline __m512 exp(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT);
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -33,8 +33,8 @@ inline __m512 exp(__m512 x) {
 // x / (1 + e^(-k x')) with x' = x for SiLU, x' = sqrt(2/pi) (x + 0.044715 x^3) and k = 2 for GELU(tanh)
 inline __m512 gelu_tanh(__m512 x) {
   const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                                 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+  const __m512 u =
+      _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
   const __m512 e = exp(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
   return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
@@ -88,10 +88,14 @@ void dot_rows(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t 
 void dot_block(const float* a, int64_t lda, int64_t rows, const float* w, int64_t ldw, int64_t cols, int64_t k,
                float* out, int64_t ldo) {
   switch (rows) {
-    case 1: return dot_rows<1>(a, lda, w, ldw, cols, k, out, ldo);
-    case 2: return dot_rows<2>(a, lda, w, ldw, cols, k, out, ldo);
-    case 3: return dot_rows<3>(a, lda, w, ldw, cols, k, out, ldo);
-    default: return dot_rows<4>(a, lda, w, ldw, cols, k, out, ldo);
+    case 1:
+      return dot_rows<1>(a, lda, w, ldw, cols, k, out, ldo);
+    case 2:
+      return dot_rows<2>(a, lda, w, ldw, cols, k, out, ldo);
+    case 3:
+      return dot_rows<3>(a, lda, w, ldw, cols, k, out, ldo);
+    default:
+      return dot_rows<4>(a, lda, w, ldw, cols, k, out, ldo);
   }
 }
 
@@ -103,10 +107,17 @@ void finish(const float* v, float* out, int64_t n, const Epilogue& e, int64_t ro
     __m512 x = _mm512_loadu_ps(v + i);
     if (e.bias) x = _mm512_add_ps(x, _mm512_loadu_ps(e.bias + col + i));
     switch (e.kind) {
-      case Epi::kBias: break;
-      case Epi::kBiasGelu: x = gelu_tanh(x); break;
-      case Epi::kBiasSilu: x = silu(x); break;
-      case Epi::kBiasTable: x = _mm512_add_ps(x, _mm512_loadu_ps(table + i)); break;
+      case Epi::kBias:
+        break;
+      case Epi::kBiasGelu:
+        x = gelu_tanh(x);
+        break;
+      case Epi::kBiasSilu:
+        x = silu(x);
+        break;
+      case Epi::kBiasTable:
+        x = _mm512_add_ps(x, _mm512_loadu_ps(table + i));
+        break;
       case Epi::kGatedResidual:
         x = _mm512_fmadd_ps(_mm512_loadu_ps(gate + i), x, _mm512_loadu_ps(out + i));
         break;

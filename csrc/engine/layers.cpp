@@ -11,11 +11,13 @@
 namespace shortcut_fast::engine {
 
 namespace {
-constexpr int64_t kColChunk = 64;            // columns of one task of the small-M product
-constexpr int64_t kParallelWork = 1 << 15;   // multiply-adds below which a task is not split further
+constexpr int64_t kColChunk = 64;              // columns of one task of the small-M product
+constexpr int64_t kParallelWork = 1 << 15;     // multiply-adds below which a task is not split further
 constexpr int64_t kSmallAttentionTokens = 32;  // above, ATen's fused attention (blocked matrix products) wins
 
-int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item)); }
+int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(1, work_per_item));
+}
 }  // namespace
 
 void linear(const Context& ctx, const float* a, int64_t m, const at::Tensor& w, const Epilogue& e, float* out,
@@ -69,7 +71,8 @@ void attention(const float* qkv, int64_t batch, int64_t tokens, int64_t heads, i
   const int64_t c = heads * dh;
   if (tokens > kSmallAttentionTokens) {
     auto opts = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor all = at::from_blob(const_cast<float*>(qkv), {batch, tokens, 3, heads, dh}, opts).permute({2, 0, 3, 1, 4});
+    at::Tensor all =
+        at::from_blob(const_cast<float*>(qkv), {batch, tokens, 3, heads, dh}, opts).permute({2, 0, 3, 1, 4});
     at::Tensor o = at::scaled_dot_product_attention(all[0], all[1], all[2]);  // (B, H, N, dh)
     at::from_blob(out, {batch, tokens, heads, dh}, opts).copy_(o.transpose(1, 2));
     return;
@@ -113,8 +116,7 @@ void patchify(const float* x, int64_t batch, int64_t rows_batch, int64_t c, int6
       float* o = out + i * width;
       for (int64_t ch = 0; ch < c; ++ch)
         for (int64_t py = 0; py < p; ++py)
-          for (int64_t px = 0; px < p; ++px)
-            *o++ = x[((b * c + ch) * side + gy * p + py) * side + gx * p + px];
+          for (int64_t px = 0; px < p; ++px) *o++ = x[((b * c + ch) * side + gy * p + py) * side + gx * p + px];
     }
   });
 }

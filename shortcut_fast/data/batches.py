@@ -26,8 +26,10 @@ def _collate(items):
     try:
         return default_collate(items)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"the dataset's items cannot form a batch (they must be tensors of one shape, "
-                         f"or (tensor, label) pairs): {err}") from err
+        raise ValueError(
+            f"the dataset's items cannot form a batch (they must be tensors of one shape, "
+            f"or (tensor, label) pairs): {err}"
+        ) from err
 
 
 def _split_item(batch):
@@ -36,8 +38,9 @@ def _split_item(batch):
         return batch, None
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise TypeError("each data item must be a tensor x or a pair (x, label); "
-                    f"got a batch of type {type(batch).__name__}")
+    raise TypeError(
+        f"each data item must be a tensor x or a pair (x, label); got a batch of type {type(batch).__name__}"
+    )
 
 
 class _EpochItems(Dataset):
@@ -107,8 +110,16 @@ class BatchSource:
     _iter: Iterator | None
     _loader: DataLoader | None
 
-    def __init__(self, data, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world: int = 1,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        data,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        pin_memory: bool = False,
+    ):
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.x = self.y = self.dataset = self.loader = None
@@ -128,11 +139,14 @@ class BatchSource:
         elif isinstance(data, Dataset):
             self.dataset, self.size = data, len(data)  # type: ignore[arg-type]  # Dataset declares no __len__
         else:
-            raise TypeError("data must be a Tensor, a (Tensor, labels) pair, a Dataset or a DataLoader; "
-                            f"got {type(data).__name__}")
+            raise TypeError(
+                f"data must be a Tensor, a (Tensor, labels) pair, a Dataset or a DataLoader; got {type(data).__name__}"
+            )
         if self.size is not None and self.size < batch_size * world:
-            raise ValueError(f"the data holds {self.size} samples, fewer than one batch "
-                             f"({batch_size} x {world} processes); lower batch_size")
+            raise ValueError(
+                f"the data holds {self.size} samples, fewer than one batch "
+                f"({batch_size} x {world} processes); lower batch_size"
+            )
         self.epoch, self.pos, self._iter, self._loader = 0, 0, None, None
 
     @property
@@ -160,7 +174,7 @@ class BatchSource:
         perm, step = self._permutation(), self.batch_size * self.world
         assert self.size is not None  # _permutation checked it
         # rank r takes rows r, r + world, ... of each global batch: the layout the objective's shards assume
-        return [perm[p + self.rank:p + step:self.world] for p in range(self.pos, self.size - step + 1, step)]
+        return [perm[p + self.rank : p + step : self.world] for p in range(self.pos, self.size - step + 1, step)]
 
     def _new_iter(self):
         if self.loader is not None:
@@ -169,9 +183,14 @@ class BatchSource:
             return ((self.x[i], None if self.y is None else self.y[i]) for i in self._epoch_batches())
         if self._loader is None:
             assert self.dataset is not None  # neither a DataLoader nor tensors: a Dataset
-            self._loader = DataLoader(_EpochItems(self.dataset), batch_sampler=_RemainingBatches(self),
-                                      num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                      collate_fn=_collate, persistent_workers=self.num_workers > 0)
+            self._loader = DataLoader(
+                _EpochItems(self.dataset),
+                batch_sampler=_RemainingBatches(self),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                collate_fn=_collate,
+                persistent_workers=self.num_workers > 0,
+            )
         return iter(self._loader)
 
     def __next__(self):

@@ -26,8 +26,7 @@ SHARD_SUFFIXES = (".npy", ".safetensors")
 """File types ``TensorShards`` and ``find_shards`` accept."""
 
 # safetensors dtypes that convert to float32 without losing their meaning (no BOOL, no complex)
-_REAL_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2",
-                "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8"}
+_REAL_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8"}
 _INT_DTYPES = {d for d in _REAL_DTYPES if d[0] in "IU"}
 
 # what PIL raises for missing, damaged, truncated or oversized image files
@@ -61,8 +60,10 @@ def find_shards(pattern_or_dir: str | os.PathLike) -> list[Path]:
         found = [Path(p) for p in glob.glob(text) if Path(p).is_file()]
     shards = sorted((p for p in found if p.suffix in SHARD_SUFFIXES), key=str)
     if not shards:
-        raise ValueError(f"{text} matches no {' or '.join(SHARD_SUFFIXES)} files "
-                         "(give a file, a directory of shards or a glob pattern)")
+        raise ValueError(
+            f"{text} matches no {' or '.join(SHARD_SUFFIXES)} files "
+            "(give a file, a directory of shards or a glob pattern)"
+        )
     return shards
 
 
@@ -83,8 +84,10 @@ def _open_safetensors(path: Path):
 def _check_labels(values: np.ndarray, rows: int, source: Path, shard: Path) -> np.ndarray:
     """``values`` as int64 after checking there is one label >= 0 per row of ``shard``."""
     if values.shape != (rows,):
-        raise ValueError(f"{source} holds labels of shape {values.shape} for the {rows} rows of {shard}; "
-                         "need one integer label per row")
+        raise ValueError(
+            f"{source} holds labels of shape {values.shape} for the {rows} rows of {shard}; "
+            "need one integer label per row"
+        )
     values = values.astype(np.int64)
     if rows and values.min() < 0:
         raise ValueError(f"{source}: labels must be >= 0")
@@ -118,8 +121,9 @@ def _read_header(path: Path, with_labels: bool) -> tuple[tuple[int, ...], np.nda
     else:
         with _open_safetensors(path) as handle:
             if "x" not in handle.keys():
-                raise ValueError(f"{path} must hold a tensor named 'x' (and optionally 'y'); "
-                                 f"found {sorted(handle.keys())}")
+                raise ValueError(
+                    f"{path} must hold a tensor named 'x' (and optionally 'y'); found {sorted(handle.keys())}"
+                )
             x = handle.get_slice("x")
             shape, kind = tuple(x.get_shape()), x.get_dtype()
             real = kind in _REAL_DTYPES
@@ -130,8 +134,10 @@ def _read_header(path: Path, with_labels: bool) -> tuple[tuple[int, ...], np.nda
                     raise ValueError(f"{path}: labels 'y' must be integers, got {label_kind}")
                 labels = handle.get_tensor("y").to(torch.int64).numpy()
     if not real or len(shape) < 2:
-        raise ValueError(f"{path}: data must be a real (int or float) array of shape (N, ...) with at least "
-                         f"2 dimensions; got {kind} {shape}")
+        raise ValueError(
+            f"{path}: data must be a real (int or float) array of shape (N, ...) with at least "
+            f"2 dimensions; got {kind} {shape}"
+        )
     if labels is not None:
         labels = _check_labels(labels, shape[0], path, path)
     return shape, labels
@@ -162,28 +168,36 @@ class TensorShards(Dataset):
             if isinstance(labels, (str, os.PathLike)):
                 labels = [labels]
             if len(labels) != len(self.files):
-                raise ValueError(f"got {len(labels)} label files for {len(self.files)} shard files; "
-                                 "give one .npy label file per shard")
+                raise ValueError(
+                    f"got {len(labels)} label files for {len(self.files)} shard files; "
+                    "give one .npy label file per shard"
+                )
         # label files replace any 'y', so 'y' is read only without them
         shapes, shard_labels = zip(*(_read_header(f, labels is None) for f in self.files), strict=True)
         first = self.files[0]
         self.sample_shape = tuple(shapes[0][1:])
         for path, shape in zip(self.files, shapes, strict=True):
             if tuple(shape[1:]) != self.sample_shape:
-                raise ValueError(f"mixed sizes: {path} holds samples of shape {tuple(shape[1:])}, "
-                                 f"but {first} holds {self.sample_shape}; every shard needs the same shape")
+                raise ValueError(
+                    f"mixed sizes: {path} holds samples of shape {tuple(shape[1:])}, "
+                    f"but {first} holds {self.sample_shape}; every shard needs the same shape"
+                )
         rows = [shape[0] for shape in shapes]
         if labels is not None:
-            shard_labels = [_read_label_file(Path(lab), n, f) for lab, n, f in zip(labels, rows, self.files,
-                                                                                    strict=True)]
+            shard_labels = [
+                _read_label_file(Path(lab), n, f) for lab, n, f in zip(labels, rows, self.files, strict=True)
+            ]
         for path, lab in zip(self.files, shard_labels, strict=True):
             if (lab is None) != (shard_labels[0] is None):
-                raise ValueError(f"{path} has {'no ' if lab is None else ''}labels 'y' but {first} "
-                                 f"{'does' if lab is None else 'does not'}; either all shards have labels or none")
+                raise ValueError(
+                    f"{path} has {'no ' if lab is None else ''}labels 'y' but {first} "
+                    f"{'does' if lab is None else 'does not'}; either all shards have labels or none"
+                )
         self._ends = np.cumsum(rows).tolist()
         if self._ends[-1] == 0:
-            raise ValueError(f"the {len(self.files)} shard file(s) from {first} on hold no rows; "
-                             "need at least one sample")
+            raise ValueError(
+                f"the {len(self.files)} shard file(s) from {first} on hold no rows; need at least one sample"
+            )
         # labels are one int per row, small next to the data, and num_classes needs all of them
         self._labels = None if shard_labels[0] is None else np.concatenate(shard_labels)
         self.num_classes = 0 if self._labels is None else int(self._labels.max()) + 1
@@ -240,8 +254,16 @@ class ImageFolder(Dataset):
     ``skipped`` (in the process that met them).
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int, *, channels: int = 3, flip: bool = True,
-                 extensions: Sequence[str] = (".png", ".jpg", ".jpeg"), seed: int = 0):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int,
+        *,
+        channels: int = 3,
+        flip: bool = True,
+        extensions: Sequence[str] = (".png", ".jpg", ".jpeg"),
+        seed: int = 0,
+    ):
         self.root = Path(root)
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
@@ -255,8 +277,9 @@ class ImageFolder(Dataset):
         # hidden folders (.git, .ipynb_checkpoints) are never classes
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not self.classes:
-            raise ValueError(f"image folder {self.root} has no class sub-folders; "
-                             "expected root/<class>/<image>.png|jpg")
+            raise ValueError(
+                f"image folder {self.root} has no class sub-folders; expected root/<class>/<image>.png|jpg"
+            )
         self.num_classes = len(self.classes)
         candidates = []
         for label, name in enumerate(self.classes):
@@ -274,8 +297,9 @@ class ImageFolder(Dataset):
                 self.skipped.append(path)
         if self.skipped:
             shown = ", ".join(str(p) for p in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
-            warnings.warn(f"skipping {len(self.skipped)} unreadable image file(s) under {self.root}: {shown}",
-                          stacklevel=2)
+            warnings.warn(
+                f"skipping {len(self.skipped)} unreadable image file(s) under {self.root}: {shown}", stacklevel=2
+            )
         if not self.samples:
             raise ValueError(f"image folder {self.root} holds no readable images")
 

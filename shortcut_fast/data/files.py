@@ -49,8 +49,9 @@ def _read_array(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: expected a .npy file")
 
 
-def load_tensor_file(path: str | os.PathLike, labels: str | os.PathLike | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_tensor_file(
+    path: str | os.PathLike, labels: str | os.PathLike | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Training data from a file: ``.npy`` (an array) or ``.safetensors`` (tensor ``x``, optional ``y``).
 
     ``labels`` names a ``.npy`` file of integer labels. Returns float32 data

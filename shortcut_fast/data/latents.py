@@ -41,8 +41,9 @@ def _diffusers():
     return diffusers
 
 
-def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_vae(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """A diffusers ``AutoencoderKL`` from a local directory (``save_pretrained`` output), in eval mode.
 
     ``path`` is the VAE's own folder or a pipeline folder with a ``vae``
@@ -52,9 +53,11 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu",
     if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
         path = path / "vae"
     if not (path / "config.json").is_file():
-        raise ValueError(f"--vae {path} is not a saved AutoencoderKL: expected a folder with config.json and the "
-                         "weights (from save_pretrained, or a pipeline folder with a vae/ sub-folder); "
-                         "nothing is downloaded")
+        raise ValueError(
+            f"--vae {path} is not a saved AutoencoderKL: expected a folder with config.json and the "
+            "weights (from save_pretrained, or a pipeline folder with a vae/ sub-folder); "
+            "nothing is downloaded"
+        )
     vae = _diffusers().AutoencoderKL.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
     return vae.to(parse_device(device)).eval().requires_grad_(False)
 
@@ -76,14 +79,18 @@ def decode(latents: torch.Tensor, vae: torch.nn.Module, *, batch_size: int = 32)
     the device of ``latents``.
     """
     if not isinstance(latents, torch.Tensor) or not latents.is_floating_point() or latents.dim() != 4:
-        raise ValueError(f"latents must be a float tensor (N, C, h, w), got "
-                         f"{getattr(latents, 'dtype', type(latents).__name__)} {tuple(getattr(latents, 'shape', ()))}")
+        raise ValueError(
+            f"latents must be a float tensor (N, C, h, w), got "
+            f"{getattr(latents, 'dtype', type(latents).__name__)} {tuple(getattr(latents, 'shape', ()))}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     param = next(vae.parameters())
     factor = scaling_factor(vae)
-    chunks = [vae.decode(chunk.to(param.device, param.dtype) / factor).sample.float().clamp(-1, 1).to(latents.device)  # type: ignore[operator]  # an AutoencoderKL
-              for chunk in latents.split(batch_size)]
+    chunks = [
+        vae.decode(chunk.to(param.device, param.dtype) / factor).sample.float().clamp(-1, 1).to(latents.device)  # type: ignore[operator]  # an AutoencoderKL
+        for chunk in latents.split(batch_size)
+    ]
     return torch.cat(chunks)
 
 
@@ -115,9 +122,19 @@ def _finished(path: Path, meta: dict) -> bool:
     return all(found.get(k) == v for k, v in meta.items())
 
 
-def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn.Module | str | os.PathLike, *,
-                  image_size: int, latents: str = "mean", batch_size: int = 32, shard_size: int = 4096,
-                  num_workers: int = 0, seed: int = 0, progress: bool = True) -> dict:
+def encode_folder(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    vae: torch.nn.Module | str | os.PathLike,
+    *,
+    image_size: int,
+    latents: str = "mean",
+    batch_size: int = 32,
+    shard_size: int = 4096,
+    num_workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Encode ``root/<class>/<image>`` into latent shards in ``out``; returns a summary of counts.
 
     Each image is resized (shorter side to ``image_size``, bicubic),
@@ -134,8 +151,11 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn
     """
     if latents not in LATENT_KINDS:
         raise ValueError(f"latents must be one of {LATENT_KINDS}, got {latents!r}")
-    for name, value, low in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
-                             ("num_workers", num_workers, 0)):
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("shard_size", shard_size, 1),
+        ("num_workers", num_workers, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not isinstance(vae, torch.nn.Module):
@@ -146,14 +166,21 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     param = next(vae.parameters())
-    meta = {"scaling_factor": repr(scaling_factor(vae)), "source": str(Path(root).resolve()), "vae": vae_source,
-            "image_size": str(image_size), "latents": latents, "classes": json.dumps(images.classes)}
+    meta = {
+        "scaling_factor": repr(scaling_factor(vae)),
+        "source": str(Path(root).resolve()),
+        "vae": vae_source,
+        "image_size": str(image_size),
+        "latents": latents,
+        "classes": json.dumps(images.classes),
+    }
     rank, world = rank_and_world()
     num_shards = -(-len(images) // shard_size)
     mine = range(rank, num_shards, world)
     counts = {"encoded": 0, "skipped": 0, "shards_written": 0, "shards_skipped": 0}
-    bar = tqdm(total=len(mine), desc=f"encode (rank {rank})" if world > 1 else "encode", unit="shard",
-               disable=not progress)
+    bar = tqdm(
+        total=len(mine), desc=f"encode (rank {rank})" if world > 1 else "encode", unit="shard", disable=not progress
+    )
     for shard in mine:
         path = out / SHARD_PATTERN.format(shard)
         if _finished(path, meta):
@@ -161,8 +188,9 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn
             bar.update()
             continue
         start = shard * shard_size
-        loader = DataLoader(_Images(images, start, min(start + shard_size, len(images))), batch_size=batch_size,
-                            num_workers=num_workers)
+        loader = DataLoader(
+            _Images(images, start, min(start + shard_size, len(images))), batch_size=batch_size, num_workers=num_workers
+        )
         gen = torch.Generator(param.device).manual_seed(seed * 1_000_003 + shard)
         xs, ys = [], []
         for x, y, ok in loader:
@@ -182,8 +210,9 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, vae: torch.nn
         bar.update()
     bar.close()
     if world > 1:
-        totals = torch.tensor(list(counts.values()), dtype=torch.int64,
-                              device=param.device if dist.get_backend() == "nccl" else "cpu")
+        totals = torch.tensor(
+            list(counts.values()), dtype=torch.int64, device=param.device if dist.get_backend() == "nccl" else "cpu"
+        )
         dist.all_reduce(totals)
         counts = dict(zip(counts, totals.tolist(), strict=True))
     skipped = counts.pop("skipped") + len(images.skipped)

@@ -54,8 +54,15 @@ class DemoConfig:
 
 
 def _digits_model(cfg: DemoConfig) -> ShortcutDiT:
-    return ShortcutDiT(input_size=8, in_channels=1, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
-                       depth=cfg.depth, num_heads=cfg.num_heads, num_classes=DIGITS_CLASSES)
+    return ShortcutDiT(
+        input_size=8,
+        in_channels=1,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        num_classes=DIGITS_CLASSES,
+    )
 
 
 def evaluate_digits(model: torch.nn.Module, out_dir: Path, cfg: DemoConfig, progress: bool = True) -> dict:
@@ -82,8 +89,12 @@ def evaluate_digits(model: torch.nn.Module, out_dir: Path, cfg: DemoConfig, prog
         }
         shown = min(10, cfg.samples_per_class)
         grid = images.view(DIGITS_CLASSES, cfg.samples_per_class, 1, 8, 8)[:, :shown]
-        save_grid(grid, out_dir / f"samples_{steps}step.png", row_labels=[str(c) for c in range(DIGITS_CLASSES)],
-                  title=f"{steps} step{'s' if steps > 1 else ''}")
+        save_grid(
+            grid,
+            out_dir / f"samples_{steps}step.png",
+            row_labels=[str(c) for c in range(DIGITS_CLASSES)],
+            title=f"{steps} step{'s' if steps > 1 else ''}",
+        )
     return metrics
 
 
@@ -99,12 +110,17 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", config: DemoConfig | None 
     torch.manual_seed(cfg.seed)
     x, y = load_digits()
     model = _digits_model(cfg)
-    train_cfg = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                            decay_steps=cfg.train_steps if cfg.cosine_decay else 0,
-                            ema_decay=cfg.ema_decay, seed=cfg.seed, progress=progress,
-                            log_every=max(1, cfg.train_steps // 20),
-                            shortcut=ShortcutConfig(ema_targets=cfg.ema_targets,
-                                                    bootstrap_fraction=cfg.bootstrap_fraction))
+    train_cfg = TrainConfig(
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.train_steps if cfg.cosine_decay else 0,
+        ema_decay=cfg.ema_decay,
+        seed=cfg.seed,
+        progress=progress,
+        log_every=max(1, cfg.train_steps // 20),
+        shortcut=ShortcutConfig(ema_targets=cfg.ema_targets, bootstrap_fraction=cfg.bootstrap_fraction),
+    )
     trainer = Trainer(model, (x, y), train_cfg)
     start = time.perf_counter()
     trainer.fit(cfg.train_steps)
@@ -112,8 +128,12 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", config: DemoConfig | None 
     trainer.save(out_dir / "model")
 
     metrics = evaluate_digits(trainer.ema_model, out_dir, cfg, progress=progress)
-    metrics.update(train_seconds=train_seconds, train_steps=cfg.train_steps, config=asdict(cfg),
-                   final_loss=trainer.history[-1]["loss"] if trainer.history else None)
+    metrics.update(
+        train_seconds=train_seconds,
+        train_steps=cfg.train_steps,
+        config=asdict(cfg),
+        final_loss=trainer.history[-1]["loss"] if trainer.history else None,
+    )
     with atomic_file(out_dir / "metrics.json") as tmp:
         write_json(tmp, metrics)
     return metrics

@@ -41,15 +41,18 @@ def inception_extractor(weights: str | os.PathLike, device: str | torch.device =
     """
     path = Path(weights)
     if not path.is_file():
-        raise ValueError(f"the Inception weights {path} do not exist: put torch-fidelity's {INCEPTION_WEIGHTS} "
-                         f"(the FID Inception-v3 state dict) at {path.resolve()}, or name its path with --inception; "
-                         "nothing is downloaded at run time")
+        raise ValueError(
+            f"the Inception weights {path} do not exist: put torch-fidelity's {INCEPTION_WEIGHTS} "
+            f"(the FID Inception-v3 state dict) at {path.resolve()}, or name its path with --inception; "
+            "nothing is downloaded at run time"
+        )
     try:
         import torch_fidelity  # noqa: F401  (NoTrainInceptionV3 needs it; fail here with the fix)
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as err:
-        raise ImportError("the FID Inception network needs torchmetrics and torch-fidelity: "
-                          "pip install 'shortcut_fast[fid]'") from err
+        raise ImportError(
+            "the FID Inception network needs torchmetrics and torch-fidelity: pip install 'shortcut_fast[fid]'"
+        ) from err
     # antialias=False: torch-fidelity's TensorFlow-1.x bilinear resize, as the published FIDs used
     net = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(path), antialias=False)
     return net.to(parse_device(device))
@@ -64,8 +67,10 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def _check_batch(images, name: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) < 1:
-        raise ValueError(f"{name} must be images (N, 1 or 3, H, W): uint8 or float in [-1, 1]; got "
-                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must be images (N, 1 or 3, H, W): uint8 or float in [-1, 1]; got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
+        )
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"{name} must be uint8 or floating point, got {images.dtype}")
     return images
@@ -107,8 +112,9 @@ def _batches(source, batch_size: int, name: str) -> Iterator[torch.Tensor]:
 
 
 @torch.no_grad()
-def feature_stats(source, extractor: Extractor, *, batch_size: int = 50,
-                  device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(
+    source, extractor: Extractor, *, batch_size: int = 50, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """The mean (F,) and unbiased covariance (F, F) in float64 of ``extractor``'s features of ``source``.
 
     ``source`` is a folder of images (read recursively), a ``.npy`` file or a
@@ -123,8 +129,10 @@ def feature_stats(source, extractor: Extractor, *, batch_size: int = 50,
         batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
         feats = extractor(batch.to(device)).to("cpu", torch.float64).reshape(len(batch), -1)
         if total is None or outer is None:  # both are set at once
-            total, outer = torch.zeros(feats.shape[1], dtype=torch.float64), torch.zeros(
-                feats.shape[1], feats.shape[1], dtype=torch.float64)
+            total, outer = (
+                torch.zeros(feats.shape[1], dtype=torch.float64),
+                torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64),
+            )
         total += feats.sum(0)
         outer += feats.T @ feats
         count += len(feats)
@@ -163,8 +171,15 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> Pa
     return path
 
 
-def fid(samples, reference, *, inception: str | os.PathLike | None = None, extractor: Extractor | None = None,
-        batch_size: int = 50, device: str | torch.device = "cpu") -> float:
+def fid(
+    samples,
+    reference,
+    *,
+    inception: str | os.PathLike | None = None,
+    extractor: Extractor | None = None,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+) -> float:
     """FID between ``samples`` and ``reference``.
 
     ``samples``: a folder of images, a ``.npy`` file or a tensor (N, C, H, W)

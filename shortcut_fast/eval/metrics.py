@@ -120,8 +120,9 @@ def _point_sets(a, b, min_rows: int, why: str = "") -> tuple[np.ndarray, np.ndar
         raise ValueError(f"a and b must have the same number of features, got {a.shape[1]} and {b.shape[1]}")
     for name, arr in (("a", a), ("b", b)):
         if arr.shape[0] < min_rows:
-            raise ValueError(f"{name} needs at least {min_rows} row{'s' if min_rows > 1 else ''}{why}, "
-                             f"got {arr.shape[0]}")
+            raise ValueError(
+                f"{name} needs at least {min_rows} row{'s' if min_rows > 1 else ''}{why}, got {arr.shape[0]}"
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must contain only finite values")
     return a, b
@@ -227,7 +228,7 @@ def sliced_wasserstein(a, b, *, num_projections: int = 256, p: float = 2.0, seed
     dim = a.shape[1]
     theta = np.ones((1, 1)) if dim == 1 else random_directions(dim, num_projections, seed)
     per_direction = wasserstein_1d(a @ theta.T, b @ theta.T, p)
-    return float(np.mean(per_direction ** p) ** (1.0 / p))
+    return float(np.mean(per_direction**p) ** (1.0 / p))
 
 
 def _check_images(x: torch.Tensor) -> None:

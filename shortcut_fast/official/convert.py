@@ -62,8 +62,11 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict:
         _fail(path, f"not an official checkpoint: the file rebuilds {data.stands_for}, which was not run")
     if not isinstance(data, dict) or "params" not in data:
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        _fail(path, f"not an official checkpoint: expected a dict with 'params' and 'params_ema' "
-                    f"(optionally under 'train_state'), got {keys}")
+        _fail(
+            path,
+            f"not an official checkpoint: expected a dict with 'params' and 'params_ema' "
+            f"(optionally under 'train_state'), got {keys}",
+        )
     return data
 
 
@@ -93,8 +96,14 @@ def _config_value(config: dict, key: str, default):
     return int(value)
 
 
-def model_config(flat: dict[str, np.ndarray], config: dict | None = None, *, input_size: int | None = None,
-                 num_heads: int | None = None, source="checkpoint") -> dict:
+def model_config(
+    flat: dict[str, np.ndarray],
+    config: dict | None = None,
+    *,
+    input_size: int | None = None,
+    num_heads: int | None = None,
+    source="checkpoint",
+) -> dict:
     """The ``ShortcutDiT`` settings of a flattened official parameter tree.
 
     Sizes come from the weights' shapes; the head count and the input size
@@ -107,8 +116,10 @@ def model_config(flat: dict[str, np.ndarray], config: dict | None = None, *, inp
     try:
         train_type = config.get("train_type", "shortcut")
         if train_type not in COVERED_TRAIN_TYPES:
-            raise ValueError(f"train_type {train_type!r} is not covered: conditioning='official' feeds the step "
-                             f"size to the network (train types {list(COVERED_TRAIN_TYPES)})")
+            raise ValueError(
+                f"train_type {train_type!r} is not covered: conditioning='official' feeds the step "
+                f"size to the network (train types {list(COVERED_TRAIN_TYPES)})"
+            )
         steps = _config_value(config, "denoise_timesteps", 128)
         if steps < 1 or steps & (steps - 1):
             raise ValueError(f"config denoise_timesteps must be a power of two, got {steps}")
@@ -116,8 +127,11 @@ def model_config(flat: dict[str, np.ndarray], config: dict | None = None, *, inp
         if patch.ndim != 4 or patch.shape[0] != patch.shape[1]:
             raise ValueError(f"PatchEmbed_0/Conv_0/kernel must be (p, p, C, hidden), got {patch.shape}")
         patch_size, in_channels, hidden = patch.shape[0], patch.shape[2], patch.shape[3]
-        depth = sum(1 for name in flat if name.startswith("DiTBlock_") and name.endswith("/Dense_0/kernel")
-                    and name.count("/") == 2)
+        depth = sum(
+            1
+            for name in flat
+            if name.startswith("DiTBlock_") and name.endswith("/Dense_0/kernel") and name.count("/") == 2
+        )
         mlp_hidden = flat["DiTBlock_0/MlpBlock_0/Dense_0/kernel"].shape[1] if depth else 4 * hidden
         num_classes = flat["LabelEmbedder_0/Embed_0/embedding"].shape[0] - 1
         if input_size is None:
@@ -125,15 +139,26 @@ def model_config(flat: dict[str, np.ndarray], config: dict | None = None, *, inp
         if num_heads is None:
             num_heads = _config_value(config, "num_heads", HEADS_BY_WIDTH.get(hidden, 0))
             if num_heads == 0:
-                raise ValueError(f"its config gives no num_heads and width {hidden} is none of the paper's sizes "
-                                 f"{sorted(HEADS_BY_WIDTH)}; give the head count (--num-heads)")
+                raise ValueError(
+                    f"its config gives no num_heads and width {hidden} is none of the paper's sizes "
+                    f"{sorted(HEADS_BY_WIDTH)}; give the head count (--num-heads)"
+                )
     except KeyError as err:
         _fail(source, f"not an official DiT: parameter {err.args[0]} is missing")
     except ValueError as err:
         _fail(source, str(err))
-    return dict(input_size=input_size, in_channels=int(in_channels), patch_size=int(patch_size),
-                hidden_size=int(hidden), depth=depth, num_heads=num_heads, mlp_ratio=mlp_hidden / hidden,
-                num_classes=int(num_classes), min_step=1.0 / steps, conditioning="official")
+    return dict(
+        input_size=input_size,
+        in_channels=int(in_channels),
+        patch_size=int(patch_size),
+        hidden_size=int(hidden),
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_hidden / hidden,
+        num_classes=int(num_classes),
+        min_step=1.0 / steps,
+        conditioning="official",
+    )
 
 
 def _dense(flat, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +204,14 @@ def _used_names(depth: int) -> set[str]:
     return names
 
 
-def official_to_model(train_state: dict, *, weights: str = "ema", input_size: int | None = None,
-                      num_heads: int | None = None, source="checkpoint") -> ShortcutDiT:
+def official_to_model(
+    train_state: dict,
+    *,
+    weights: str = "ema",
+    input_size: int | None = None,
+    num_heads: int | None = None,
+    source="checkpoint",
+) -> ShortcutDiT:
     """A ``ShortcutDiT(conditioning="official")`` holding the ``weights`` ("ema" or "params") of a train state."""
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"weights must be one of {list(WEIGHT_CHOICES)}, got {weights!r}")
@@ -192,8 +223,7 @@ def official_to_model(train_state: dict, *, weights: str = "ema", input_size: in
         where, obj = hits[0]
         _fail(source, f"{key}/{where} is a {obj.stands_for} object, not an array; it was not loaded")
     flat = _flatten(train_state[key], source)
-    settings = model_config(flat, train_state.get("config"), input_size=input_size, num_heads=num_heads,
-                            source=source)
+    settings = model_config(flat, train_state.get("config"), input_size=input_size, num_heads=num_heads, source=source)
     unknown = sorted(set(flat) - _used_names(settings["depth"]) - set(IGNORED) - {f"{n}/embedding" for n in IGNORED})
     if unknown:
         _fail(source, f"parameters outside the official DiT: {unknown[:5]}; this conversion does not cover them")
@@ -210,10 +240,17 @@ def official_to_model(train_state: dict, *, weights: str = "ema", input_size: in
     return model.eval()
 
 
-def convert_official(checkpoint: str | os.PathLike, out: str | os.PathLike, *, weights: str = "ema",
-                     input_size: int | None = None, num_heads: int | None = None) -> Path:
+def convert_official(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    weights: str = "ema",
+    input_size: int | None = None,
+    num_heads: int | None = None,
+) -> Path:
     """Convert an official checkpoint file into a model directory that ``load_model`` reads; returns ``out``."""
     train_state = read_official_checkpoint(checkpoint)
-    model = official_to_model(train_state, weights=weights, input_size=input_size, num_heads=num_heads,
-                              source=Path(checkpoint))
+    model = official_to_model(
+        train_state, weights=weights, input_size=input_size, num_heads=num_heads, source=Path(checkpoint)
+    )
     return save_model(model, out)

@@ -27,10 +27,15 @@ except ImportError:  # numpy 1
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
     from numpy.core import numeric as _numeric  # type: ignore[no-redef]
 
-_ARRAY_REBUILDERS = {"_reconstruct": _multiarray._reconstruct, "scalar": _multiarray.scalar,
-                     "_frombuffer": _numeric._frombuffer}  # type: ignore[attr-defined]
-_NUMPY_MODULES = {"multiarray": ("numpy.core.multiarray", "numpy._core.multiarray"),
-                  "numeric": ("numpy.core.numeric", "numpy._core.numeric")}
+_ARRAY_REBUILDERS = {
+    "_reconstruct": _multiarray._reconstruct,
+    "scalar": _multiarray.scalar,
+    "_frombuffer": _numeric._frombuffer,  # type: ignore[attr-defined]
+}
+_NUMPY_MODULES = {
+    "multiarray": ("numpy.core.multiarray", "numpy._core.multiarray"),
+    "numeric": ("numpy.core.numeric", "numpy._core.numeric"),
+}
 
 
 def _jax_array(fun, args, arr_state, aval_state):
@@ -61,8 +66,11 @@ ALLOWED = {
     ("_codecs", "encode"): _latin1_bytes,
     ("jax._src.array", "_reconstruct_array"): _jax_array,
     ("flax.core.frozen_dict", "FrozenDict"): _frozen_dict,
-    **{(module, name): fn for name, fn in _ARRAY_REBUILDERS.items()
-       for module in _NUMPY_MODULES["numeric" if name == "_frombuffer" else "multiarray"]},
+    **{
+        (module, name): fn
+        for name, fn in _ARRAY_REBUILDERS.items()
+        for module in _NUMPY_MODULES["numeric" if name == "_frombuffer" else "multiarray"]
+    },
 }
 
 
@@ -113,8 +121,17 @@ def safe_loads(data: bytes):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, OverflowError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        OverflowError,
+    ) as err:
         raise ValueError(f"not a readable pickle (truncated or corrupt?): {type(err).__name__}: {err}") from None
 
 

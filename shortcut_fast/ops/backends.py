@@ -92,11 +92,12 @@ def set_backend(name: str) -> None:
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
     if name == "native" and not _load_native():
-        raise ValueError("the native backend needs the C++ extension shortcut_fast._C, which did not load "
-                         f"({_native_error}); build it with: pip install --no-build-isolation -e .")
+        raise ValueError(
+            "the native backend needs the C++ extension shortcut_fast._C, which did not load "
+            f"({_native_error}); build it with: pip install --no-build-isolation -e ."
+        )
     if name == "triton" and not _load_triton():
-        raise ValueError(f"the triton backend needs Triton, which did not import ({_triton_error}); "
-                         "pip install triton")
+        raise ValueError(f"the triton backend needs Triton, which did not import ({_triton_error}); pip install triton")
     _current = name
 
 
@@ -137,12 +138,16 @@ def namespace(device: torch.device) -> str:
     if _current == "native":
         if kind == "cpu" or (kind == "cuda" and _native_cuda):
             return NATIVE_NAMESPACE
-        raise ValueError(f"the native backend has no kernels for {kind} tensors (CUDA kernels built: "
-                         f"{_native_cuda}); use set_backend('auto') or 'reference'")
+        raise ValueError(
+            f"the native backend has no kernels for {kind} tensors (CUDA kernels built: "
+            f"{_native_cuda}); use set_backend('auto') or 'reference'"
+        )
     if kind == "cuda" or (kind == "cpu" and triton_interpreted()):
         return TRITON_NAMESPACE
-    raise ValueError(f"the triton backend runs {kind} tensors only on a GPU, or on the CPU under "
-                     "TRITON_INTERPRET=1; use set_backend('native') or 'reference'")
+    raise ValueError(
+        f"the triton backend runs {kind} tensors only on a GPU, or on the CPU under "
+        "TRITON_INTERPRET=1; use set_backend('native') or 'reference'"
+    )
 
 
 def preload() -> None:
@@ -159,6 +164,9 @@ def preload() -> None:
     if torch.cuda.is_available():
         _load_triton()
     if not _load_native():
-        warnings.warn("shortcut_fast: the C++ extension did not load, so the CPU runs the reference "
-                      f"PyTorch ops ({_native_error}); build it with: pip install --no-build-isolation -e .",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "shortcut_fast: the C++ extension did not load, so the CPU runs the reference "
+            f"PyTorch ops ({_native_error}); build it with: pip install --no-build-isolation -e .",
+            RuntimeWarning,
+            stacklevel=3,
+        )

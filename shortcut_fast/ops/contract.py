@@ -47,11 +47,18 @@ class Support:
         return dtype in self.dtypes and (self.head_dims is None or head_dim in self.head_dims)
 
 
-_ELEMENTWISE = {"native-cpu": Support(_CPU_FLOATS), "native-cuda": Support(_FLOATS), "triton": Support(_FLOATS),
-                "triton-interpret": Support(_INTERPRET_FLOATS)}
-_ATTENTION = {"native-cpu": Support(_CPU_FLOATS), "native-cuda": Support(_FLOATS, _CUDA_HEAD_DIMS),
-              "triton": Support(_FLOATS, _TRITON_HEAD_DIMS),
-              "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS)}
+_ELEMENTWISE = {
+    "native-cpu": Support(_CPU_FLOATS),
+    "native-cuda": Support(_FLOATS),
+    "triton": Support(_FLOATS),
+    "triton-interpret": Support(_INTERPRET_FLOATS),
+}
+_ATTENTION = {
+    "native-cpu": Support(_CPU_FLOATS),
+    "native-cuda": Support(_FLOATS, _CUDA_HEAD_DIMS),
+    "triton": Support(_FLOATS, _TRITON_HEAD_DIMS),
+    "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS),
+}
 
 
 @dataclass(frozen=True)
@@ -71,37 +78,90 @@ class RawOp:
 
 
 OPS: tuple[RawOp, ...] = (
-    RawOp("attention_fwd", "(Tensor q, Tensor k, Tensor v) -> (Tensor out, Tensor lse)", "attention", True,
-          "q, k, v: (B, H, N, Dh). `out = softmax(q kᵀ / √Dh) v`, dtype of q; `lse`: (B, H, N) fp32, the "
-          "log-sum-exp of each row of the scaled scores", _ATTENTION),
-    RawOp("attention_bwd",
-          "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse)"
-          " -> (Tensor dq, Tensor dk, Tensor dv)",
-          "attention", False, "the gradients of `attention_fwd`'s `out`", _ATTENTION),
-    RawOp("modulate_layernorm_fwd",
-          "(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor y, Tensor mean, Tensor rstd)",
-          "modulate_layernorm", True,
-          "x: (B, N, C); shift, scale: (B, C). `y = (x - mean) * rstd * (1 + scale) + shift` over the last dim "
-          "(biased variance); mean, rstd: (B, N) fp32", _ELEMENTWISE),
-    RawOp("modulate_layernorm_bwd",
-          "(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd)"
-          " -> (Tensor dx, Tensor dshift, Tensor dscale)",
-          "modulate_layernorm", False,
-          "dx like x; dshift = Σ_N grad_y and dscale = Σ_N grad_y · x̂, (B, C) in the dtype of scale", _ELEMENTWISE),
-    RawOp("gated_residual", "(Tensor x, Tensor gate, Tensor y) -> Tensor", "gated_residual", True,
-          "`x + gate[:, None, :] * y`; x, y: (B, N, C), gate: (B, C)", _ELEMENTWISE),
-    RawOp("timestep_features", "(Tensor t, int dim, float max_period) -> Tensor", "timestep_features", False,
-          "(B,) → (B, dim) fp32: `[cos(s f_i), sin(s f_i)]`, `s = 1000 t`, `f_i = exp(-ln(max_period) i / half)`, "
-          "`half = dim // 2`, a zero column last when dim is odd", _ELEMENTWISE),
-    RawOp("condition_sum", "(Tensor c, Tensor level, Tensor d_table, Tensor? y, Tensor? y_table) -> Tensor",
-          "condition_sum", True,
-          "`c + d_table[level] (+ y_table[y])`; c: (B, C); level, y: (B,) int64; tables (rows, C)", _ELEMENTWISE),
-    RawOp("euler_step", "(Tensor x, Tensor v, Tensor d) -> Tensor", "euler_step", False,
-          "`x + d[b] * v` per sample; x, v: (B, ...); d: (B,) fp32; result dtype of x", _ELEMENTWISE),
-    RawOp("bootstrap_midpoint", "(Tensor x, Tensor v1, Tensor d, float? clip) -> Tensor", "bootstrap_midpoint", False,
-          "`clip(x + d[b] / 2 * v1)`, clamp to [-clip, clip] when clip is given", _ELEMENTWISE),
-    RawOp("bootstrap_target", "(Tensor v1, Tensor v2, float? clip) -> Tensor", "bootstrap_target", False,
-          "`clip((v1 + v2) / 2)`", _ELEMENTWISE),
+    RawOp(
+        "attention_fwd",
+        "(Tensor q, Tensor k, Tensor v) -> (Tensor out, Tensor lse)",
+        "attention",
+        True,
+        "q, k, v: (B, H, N, Dh). `out = softmax(q kᵀ / √Dh) v`, dtype of q; `lse`: (B, H, N) fp32, the "
+        "log-sum-exp of each row of the scaled scores",
+        _ATTENTION,
+    ),
+    RawOp(
+        "attention_bwd",
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse) -> (Tensor dq, Tensor dk, Tensor dv)",
+        "attention",
+        False,
+        "the gradients of `attention_fwd`'s `out`",
+        _ATTENTION,
+    ),
+    RawOp(
+        "modulate_layernorm_fwd",
+        "(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor y, Tensor mean, Tensor rstd)",
+        "modulate_layernorm",
+        True,
+        "x: (B, N, C); shift, scale: (B, C). `y = (x - mean) * rstd * (1 + scale) + shift` over the last dim "
+        "(biased variance); mean, rstd: (B, N) fp32",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "modulate_layernorm_bwd",
+        "(Tensor grad_y, Tensor x, Tensor scale, Tensor mean, Tensor rstd)"
+        " -> (Tensor dx, Tensor dshift, Tensor dscale)",
+        "modulate_layernorm",
+        False,
+        "dx like x; dshift = Σ_N grad_y and dscale = Σ_N grad_y · x̂, (B, C) in the dtype of scale",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "gated_residual",
+        "(Tensor x, Tensor gate, Tensor y) -> Tensor",
+        "gated_residual",
+        True,
+        "`x + gate[:, None, :] * y`; x, y: (B, N, C), gate: (B, C)",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "timestep_features",
+        "(Tensor t, int dim, float max_period) -> Tensor",
+        "timestep_features",
+        False,
+        "(B,) → (B, dim) fp32: `[cos(s f_i), sin(s f_i)]`, `s = 1000 t`, `f_i = exp(-ln(max_period) i / half)`, "
+        "`half = dim // 2`, a zero column last when dim is odd",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "condition_sum",
+        "(Tensor c, Tensor level, Tensor d_table, Tensor? y, Tensor? y_table) -> Tensor",
+        "condition_sum",
+        True,
+        "`c + d_table[level] (+ y_table[y])`; c: (B, C); level, y: (B,) int64; tables (rows, C)",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "euler_step",
+        "(Tensor x, Tensor v, Tensor d) -> Tensor",
+        "euler_step",
+        False,
+        "`x + d[b] * v` per sample; x, v: (B, ...); d: (B,) fp32; result dtype of x",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "bootstrap_midpoint",
+        "(Tensor x, Tensor v1, Tensor d, float? clip) -> Tensor",
+        "bootstrap_midpoint",
+        False,
+        "`clip(x + d[b] / 2 * v1)`, clamp to [-clip, clip] when clip is given",
+        _ELEMENTWISE,
+    ),
+    RawOp(
+        "bootstrap_target",
+        "(Tensor v1, Tensor v2, float? clip) -> Tensor",
+        "bootstrap_target",
+        False,
+        "`clip((v1 + v2) / 2)`",
+        _ELEMENTWISE,
+    ),
 )
 
 BY_NAME: dict[str, RawOp] = {op.name: op for op in OPS}
@@ -120,8 +180,10 @@ def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
 def markdown() -> str:
     """The two tables of ``docs/kernels.md`` that this module defines: the ops, and what each backend runs."""
     lines = ["| op | schema | serves | autograd | meaning |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| `{op.name}` | `{op.schema}` | `{op.serves}` | {'yes' if op.differentiable else 'no'} | {op.meaning} |"
-              for op in OPS]
+    lines += [
+        f"| `{op.name}` | `{op.schema}` | `{op.serves}` | {'yes' if op.differentiable else 'no'} | {op.meaning} |"
+        for op in OPS
+    ]
     lines += ["", "| op | " + " | ".join(BACKENDS) + " |", "| --- |" + " --- |" * len(BACKENDS)]
     for op in OPS:
         cells = []

@@ -72,8 +72,9 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     if ops is None:
         return SF.gated_residual(x, gate, y)
     tokens = (x, y) if x.dim() == 3 else (x[:, None], y[:, None])
-    out = ops.gated_residual.default(tokens[0].contiguous(), gate.to(x.dtype).contiguous(),
-                                     tokens[1].to(x.dtype).contiguous())
+    out = ops.gated_residual.default(
+        tokens[0].contiguous(), gate.to(x.dtype).contiguous(), tokens[1].to(x.dtype).contiguous()
+    )
     return out.view_as(x)
 
 
@@ -85,8 +86,9 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
     return ops.timestep_features.default(t.contiguous(), int(dim), float(max_period))
 
 
-def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None,
-                  y_table: torch.Tensor | None) -> torch.Tensor:
+def condition_sum(
+    c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None, y_table: torch.Tensor | None
+) -> torch.Tensor:
     """``c + d_table[level] (+ y_table[y])``: the t embedding plus the step-size and label rows."""
     ops = _kernels("condition_sum", c)
     if ops is None:
@@ -96,8 +98,9 @@ def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y
     if y_table is not None:
         assert y is not None  # y comes with y_table
         labels, y_rows = y.long().contiguous(), y_table.to(c.dtype).contiguous()
-    return ops.condition_sum.default(c.contiguous(), level.long().contiguous(), d_table.to(c.dtype).contiguous(),
-                                     labels, y_rows)
+    return ops.condition_sum.default(
+        c.contiguous(), level.long().contiguous(), d_table.to(c.dtype).contiguous(), labels, y_rows
+    )
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:

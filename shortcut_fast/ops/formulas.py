@@ -117,8 +117,10 @@ def _gated_residual_backward(ctx, grad):
 def _check_covers(what: str, have: set[str], want: set[str]) -> None:
     """Fail at registration, not at the first trace, when the formulas and the contract name other ops."""
     if have != want:
-        raise RuntimeError(f"shortcut_fast: the {what} do not match the op contract: missing "
-                           f"{sorted(want - have)}, not in the contract {sorted(have - want)}")
+        raise RuntimeError(
+            f"shortcut_fast: the {what} do not match the op contract: missing "
+            f"{sorted(want - have)}, not in the contract {sorted(have - want)}"
+        )
 
 
 def register_fakes(namespace: str) -> None:

@@ -45,8 +45,9 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     return x + gate * y
 
 
-def condition_sum(c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None,
-                  y_table: torch.Tensor | None) -> torch.Tensor:
+def condition_sum(
+    c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None, y_table: torch.Tensor | None
+) -> torch.Tensor:
     """The conditioning vector ``c + d_table[level] (+ y_table[y])``: the t embedding plus the table rows."""
     c = c + F.embedding(level, d_table)
     if y_table is None:

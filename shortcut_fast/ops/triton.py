@@ -50,6 +50,7 @@ def check_float(op: str, *tensors: torch.Tensor) -> None:
 
 def _on_input_device(fn):
     """Run ``fn`` with the device of its first tensor current: Triton launches on the current CUDA device."""
+
     @functools.wraps(fn)
     def run(*args):
         device = next(a.device for a in args if isinstance(a, Tensor))
@@ -57,13 +58,19 @@ def _on_input_device(fn):
             return fn(*args)
         with torch.cuda.device(device):
             return fn(*args)
+
     return run
 
 
 def _op(fn):
     """Register ``fn`` as ``NAMESPACE::<its name>`` with the schema the contract gives that name."""
-    return torch.library.custom_op(f"{NAMESPACE}::{fn.__name__}", _on_input_device(fn), mutates_args=(),
-                                   device_types=("cuda", "cpu"), schema=contract.BY_NAME[fn.__name__].schema)
+    return torch.library.custom_op(
+        f"{NAMESPACE}::{fn.__name__}",
+        _on_input_device(fn),
+        mutates_args=(),
+        device_types=("cuda", "cpu"),
+        schema=contract.BY_NAME[fn.__name__].schema,
+    )
 
 
 def _check_head_dim(op: str, q: Tensor) -> None:
@@ -83,8 +90,11 @@ def _check_same_dtype(op: str, *tensors: Tensor) -> None:
 def _check_token_tiles(op: str, x: Tensor) -> None:
     """The layer norm's forward grid has one program per tile of tokens on CUDA's second grid axis."""
     tiles = layernorm.token_tiles(x.shape[1], x.shape[2])
-    check(tiles <= layernorm.MAX_GRID_Y, f"{op}: {x.shape[1]} tokens of {x.shape[2]} channels make {tiles} tiles, "
-          f"more than the grid's {layernorm.MAX_GRID_Y}; split the sequence")
+    check(
+        tiles <= layernorm.MAX_GRID_Y,
+        f"{op}: {x.shape[1]} tokens of {x.shape[2]} channels make {tiles} tiles, "
+        f"more than the grid's {layernorm.MAX_GRID_Y}; split the sequence",
+    )
 
 
 def _check_alike(op: str, x: Tensor, other: Tensor) -> None:
@@ -117,8 +127,9 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @_op
-def attention_bwd(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                  lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def attention_bwd(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     op = "attention_bwd"
     check_device(op, grad_out, q, k, v, out, lse)
     check_float(op, grad_out, q, k, v, out)
@@ -146,8 +157,9 @@ def modulate_layernorm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) 
 
 
 @_op
-def modulate_layernorm_bwd(grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tensor,
-                           rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def modulate_layernorm_bwd(
+    grad_y: Tensor, x: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     op = "modulate_layernorm_bwd"
     check_device(op, grad_y, x, scale, mean, rstd)
     check_float(op, grad_y, x, scale)
@@ -199,8 +211,10 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
         assert table is not None  # y comes with y_table (checked above)
         _check_shape(op, name, index, (c.shape[0],))
         check(index.dtype == torch.int64, f"{op}: {name} must be int64, got {index.dtype}")
-        check(table.dim() == 2 and table.shape[1] == c.shape[1],
-              f"{op}: the table of {name} must be (rows, {c.shape[1]}), got shape {tuple(table.shape)}")
+        check(
+            table.dim() == 2 and table.shape[1] == c.shape[1],
+            f"{op}: the table of {name} must be (rows, {c.shape[1]}), got shape {tuple(table.shape)}",
+        )
     return embedding.condition_sum(*(None if t is None else t.contiguous() for t in (c, level, d_table, y, y_table)))
 
 

@@ -62,14 +62,16 @@ def guidance_parameters(hidden_size: int, freq_dim: int = GUIDANCE_FREQ_DIM) -> 
     return freq_dim * hidden_size + hidden_size + hidden_size * hidden_size + hidden_size
 
 
-def draw_guidance_scales(n: int, low: float, high: float, generator: torch.Generator | None = None,
-                         device=None) -> torch.Tensor:
+def draw_guidance_scales(
+    n: int, low: float, high: float, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     """``n`` guidance scales drawn uniformly in ``[low, high]`` (float32)."""
     return low + (high - low) * torch.rand(n, generator=generator, device=device)
 
 
-def guided_flow_target(flow_target: torch.Tensor, v_cond: torch.Tensor, v_null: torch.Tensor,
-                       w: torch.Tensor) -> torch.Tensor:
+def guided_flow_target(
+    flow_target: torch.Tensor, v_cond: torch.Tensor, v_null: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
     """``flow_target + (w - 1) (v_cond - v_null)`` with one ``w`` per row (B,): the intrinsic flow target."""
     scale = (w - 1).to(flow_target.dtype).view(-1, *([1] * (flow_target.dim() - 1)))
     return flow_target + scale * (v_cond - v_null).to(flow_target.dtype)

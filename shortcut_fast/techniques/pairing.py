@@ -35,8 +35,9 @@ def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     ``x0`` and ``x1`` are batches of the same shape (B, ...); rows are compared flattened.
     """
     if x0.shape != x1.shape or x0.dim() < 2:
-        raise ValueError(f"x0 and x1 must be batches (B, ...) of one shape, got {tuple(x0.shape)} and "
-                         f"{tuple(x1.shape)}")
+        raise ValueError(
+            f"x0 and x1 must be batches (B, ...) of one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}"
+        )
     # float64 on the host: the solver compares sums of costs, which fp32 rounding could reorder
     a = x0.detach().flatten(1).to("cpu", torch.float64)
     b = x1.detach().flatten(1).to("cpu", torch.float64)

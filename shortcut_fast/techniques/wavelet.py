@@ -59,12 +59,14 @@ def check_wavelet_levels(levels: int, shape: Sequence[int]) -> None:
         raise ValueError(f"the wavelet loss needs image batches (B, C, H, W), got shape {tuple(shape)}")
     step = 2**levels
     if shape[-1] % step or shape[-2] % step:
-        raise ValueError(f"wavelet_levels={levels} needs H and W divisible by 2**{levels} = {step}, "
-                         f"got {shape[-2]}x{shape[-1]}")
+        raise ValueError(
+            f"wavelet_levels={levels} needs H and W divisible by 2**{levels} = {step}, got {shape[-2]}x{shape[-1]}"
+        )
 
 
-def wavelet_loss(pred: torch.Tensor, target: torch.Tensor, levels: int,
-                 weights: Sequence[float] | None = None) -> torch.Tensor:
+def wavelet_loss(
+    pred: torch.Tensor, target: torch.Tensor, levels: int, weights: Sequence[float] | None = None
+) -> torch.Tensor:
     """The per-sample wavelet loss (B,) of ``pred`` against ``target`` (B, C, H, W), in fp32 (see the module doc).
 
     ``weights``: ``levels + 1`` numbers, the weight of the detail bands of levels
@@ -74,6 +76,7 @@ def wavelet_loss(pred: torch.Tensor, target: torch.Tensor, levels: int,
     weights = [1.0] * (levels + 1) if weights is None else list(weights)
     err = pred.float() - target.float()  # the transform is linear: transform the error once
     per_band = [w for w in weights[:-1] for _ in range(3)] + [weights[-1]]
-    total = sum(w * band.pow(2).flatten(1).mean(1) for w, band in zip(per_band, wavelet_bands(err, levels),
-                                                                        strict=True))
+    total = sum(
+        w * band.pow(2).flatten(1).mean(1) for w, band in zip(per_band, wavelet_bands(err, levels), strict=True)
+    )
     return total / math.fsum(per_band)  # type: ignore[return-value]  # total: a sum of (B,) tensors

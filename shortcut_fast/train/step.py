@@ -34,29 +34,53 @@ def can_capture(teacher: nn.Module) -> bool:
     """Whether the targets of ``teacher`` can be captured: a package model, unsharded, on CUDA."""
     base = unwrap_model(teacher)
     param = next(base.parameters(), None)
-    return isinstance(base, ShortcutModule) and not is_fsdp(base) and param is not None \
-        and param.is_cuda
+    return isinstance(base, ShortcutModule) and not is_fsdp(base) and param is not None and param.is_cuda
 
 
-def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: float | None,
-                  clip: float | None, w: torch.Tensor | None = None) -> torch.Tensor:
+def graph_targets(
+    teacher,
+    xb,
+    tb,
+    db,
+    yb,
+    guided,
+    *,
+    null_class: int,
+    scale: float | None,
+    clip: float | None,
+    w: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``self_consistency_targets`` replayed from a cached CUDA graph (same arguments, same numbers).
 
     Falls back to the eager computation for a teacher that cannot be captured
     (see ``can_capture``) and for an empty bootstrap part.
     """
     if xb.shape[0] == 0 or not can_capture(teacher):
-        return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
-                                        clip=clip, w=w)
+        return self_consistency_targets(
+            teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale, clip=clip, w=w
+        )
     teacher = unwrap_model(teacher)
     autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-    key = (weights_key(teacher), tuple(xb.shape), xb.dtype, xb.device, yb is None, guided is None, w is None,
-           null_class, scale, clip, autocast, torch.is_grad_enabled())
+    key = (
+        weights_key(teacher),
+        tuple(xb.shape),
+        xb.dtype,
+        xb.device,
+        yb is None,
+        guided is None,
+        w is None,
+        null_class,
+        scale,
+        clip,
+        autocast,
+        torch.is_grad_enabled(),
+    )
 
     def capture():
         def fn(xb, tb, db, yb, guided, w):
-            return self_consistency_targets(teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale,
-                                            clip=clip, w=w)
+            return self_consistency_targets(
+                teacher, xb, tb, db, yb, guided, null_class=null_class, scale=scale, clip=clip, w=w
+            )
 
         # autocast's cache of cast weights must not outlive the capture: the casts in a graph only run on replay
         with torch.autocast("cuda", dtype=autocast[1], enabled=autocast[0], cache_enabled=False):
@@ -65,11 +89,22 @@ def graph_targets(teacher, xb, tb, db, yb, guided, *, null_class: int, scale: fl
     return TARGET_GRAPHS.get(key, capture).replay(xb, tb, db, yb, guided, w).clone()
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y: torch.Tensor | None = None,
-               *, config: ShortcutConfig | None = None, ema_model: nn.Module | None = None, ema_decay: float = 0.999,
-               generator: torch.Generator | None = None, grad_clip: float | None = 1.0, bf16: bool = True,
-               use_graph: bool | None = None, target_ema_model: nn.Module | None = None,
-               target_ema_decay: float = 0.99) -> dict:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x1: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    config: ShortcutConfig | None = None,
+    ema_model: nn.Module | None = None,
+    ema_decay: float = 0.999,
+    generator: torch.Generator | None = None,
+    grad_clip: float | None = 1.0,
+    bf16: bool = True,
+    use_graph: bool | None = None,
+    target_ema_model: nn.Module | None = None,
+    target_ema_decay: float = 0.99,
+) -> dict:
     """One optimizer step of the shortcut objective on ``(x1, y)``; returns the loss logs.
 
     The function form of what ``Trainer`` does each step, for training loops
@@ -84,8 +119,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
     finite and the labels in range (one host read) before any work.
     """
     if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"model must be an nn.Module and optimizer a torch.optim.Optimizer, got "
-                        f"{type(model).__name__} and {type(optimizer).__name__}")
+        raise TypeError(
+            f"model must be an nn.Module and optimizer a torch.optim.Optimizer, got "
+            f"{type(model).__name__} and {type(optimizer).__name__}"
+        )
     checks.check_optional_bool("use_graph", use_graph, "automatic")
     checks.check_number("ema_decay", ema_decay, 0.0, 1.0)
     checks.check_number("target_ema_decay", target_ema_decay, 0.0, 1.0)
@@ -96,19 +133,46 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Ten
         raise ValueError(f"use_graph=True needs CUDA tensors; x1 is on {x1.device}")
     checks.require(*loss_value_conditions(x1, y, null_class))
     targets = graph_targets if use_graph is not False and x1.is_cuda else self_consistency_targets
-    logs, _ = step_on_checked_inputs(model, optimizer, x1, y, config=config, null_class=null_class,
-                                     ema_model=ema_model, ema_decay=ema_decay, generator=generator,
-                                     grad_clip=grad_clip, bf16=bf16 and x1.is_cuda, targets=targets,
-                                     target_model=target_ema_model, target_decay=target_ema_decay)
+    logs, _ = step_on_checked_inputs(
+        model,
+        optimizer,
+        x1,
+        y,
+        config=config,
+        null_class=null_class,
+        ema_model=ema_model,
+        ema_decay=ema_decay,
+        generator=generator,
+        grad_clip=grad_clip,
+        bf16=bf16 and x1.is_cuda,
+        targets=targets,
+        target_model=target_ema_model,
+        target_decay=target_ema_decay,
+    )
     return logs
 
 
-def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, y, *,
-                           config: ShortcutConfig, null_class: int, ema_model: nn.Module | None, ema_decay: float,
-                           generator, grad_clip: float | None, bf16: bool, targets, shard=(0, 1),
-                           skip_non_finite: bool = False, agree=None, allowed: torch.Tensor | None = None,
-                           target_model: nn.Module | None = None,
-                           target_decay: float | None = None) -> tuple[dict, torch.Tensor | None]:
+def step_on_checked_inputs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x1: torch.Tensor,
+    y,
+    *,
+    config: ShortcutConfig,
+    null_class: int,
+    ema_model: nn.Module | None,
+    ema_decay: float,
+    generator,
+    grad_clip: float | None,
+    bf16: bool,
+    targets,
+    shard=(0, 1),
+    skip_non_finite: bool = False,
+    agree=None,
+    allowed: torch.Tensor | None = None,
+    target_model: nn.Module | None = None,
+    target_decay: float | None = None,
+) -> tuple[dict, torch.Tensor | None]:
     """The one training-step core of ``train_step`` and ``Trainer``: bf16 autocast (when ``bf16``), loss,
     backward, clipping, the optimizer step and the EMA update, on checked inputs and without a host read.
 
@@ -121,8 +185,7 @@ def step_on_checked_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, x
     """
     teacher = ema_model if target_model is None else target_model
     with torch.autocast(x1.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss, logs = loss_on_checked_inputs(model, x1, y, config, teacher, generator, shard, targets,
-                                            null_class)
+        loss, logs = loss_on_checked_inputs(model, x1, y, config, teacher, generator, shard, targets, null_class)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     live = unwrap_model(model)

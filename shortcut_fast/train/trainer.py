@@ -82,9 +82,17 @@ class TrainConfig:
         self.betas = cast("tuple[float, float]", tuple(self.betas))  # checked as a pair below
         if isinstance(self.seed, int) and self.seed >= 2**32:
             raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed}")
-        for name, low in [("batch_size", 1), ("log_every", 1), ("warmup_steps", 0), ("decay_steps", 0),
-                          ("checkpoint_every", 0), ("num_workers", 0), ("seed", 0), ("keep_checkpoints", 1),
-                          ("max_bad_steps", 1)]:
+        for name, low in [
+            ("batch_size", 1),
+            ("log_every", 1),
+            ("warmup_steps", 0),
+            ("decay_steps", 0),
+            ("checkpoint_every", 0),
+            ("num_workers", 0),
+            ("seed", 0),
+            ("keep_checkpoints", 1),
+            ("max_bad_steps", 1),
+        ]:
             checks.check_int(name, getattr(self, name), low)
         checks.check_number("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         checks.check_number("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
@@ -111,6 +119,7 @@ class TrainConfig:
 #################################################################################
 #                                   Trainer                                     #
 #################################################################################
+
 
 class Trainer:
     """Train a shortcut model: ``Trainer(model, data, TrainConfig(...)).fit(steps)``.
@@ -146,8 +155,15 @@ class Trainer:
         self.rank, self.world = rank_and_world()
         self.is_main = self.rank == 0
         # the arguments are checked before the model is wrapped or sharded in place
-        self.data = BatchSource(data, self.config.batch_size, self.config.seed, self.config.num_workers,
-                                self.rank, self.world, pin_memory=self.device.type == "cuda")
+        self.data = BatchSource(
+            data,
+            self.config.batch_size,
+            self.config.seed,
+            self.config.num_workers,
+            self.rank,
+            self.world,
+            pin_memory=self.device.type == "cuda",
+        )
         if self.data.has_labels and getattr(self.model, "num_classes", 0) == 0:
             raise ValueError("the data has labels but the model is unconditional (num_classes=0)")
         if self.data.has_labels:
@@ -171,8 +187,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # fused: one kernel per step on CUDA and on the CPU, and it can skip a step on a device flag
-        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, betas=self.config.betas,
-                                           weight_decay=self.config.weight_decay, fused=True)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.config.lr, betas=self.config.betas, weight_decay=self.config.weight_decay, fused=True
+        )
         # one stream for noise, times, levels and label dropout, the same on every rank:
         # each rank draws for the global batch and keeps its rows (see make_batch)
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
@@ -232,11 +249,25 @@ class Trainer:
             checks.require(*checks.labels_in_range(y_given, null_class))
         fast = self.config.graph_targets and self.device.type == "cuda"
         logs, ok = step_on_checked_inputs(
-            self.train_model, self.optimizer, x1, y, config=config, null_class=null_class,
-            ema_model=self.ema_model, ema_decay=self.config.ema_decay, generator=self.generator,
-            grad_clip=self.config.grad_clip, bf16=use_bf16, targets=graph_targets if fast else self_consistency_targets,
-            shard=shard, skip_non_finite=True, agree=self._all_ranks, allowed=self._stopped_at < 0,
-            target_model=self.target_ema_model, target_decay=self.config.target_ema_decay)
+            self.train_model,
+            self.optimizer,
+            x1,
+            y,
+            config=config,
+            null_class=null_class,
+            ema_model=self.ema_model,
+            ema_decay=self.config.ema_decay,
+            generator=self.generator,
+            grad_clip=self.config.grad_clip,
+            bf16=use_bf16,
+            targets=graph_targets if fast else self_consistency_targets,
+            shard=shard,
+            skip_non_finite=True,
+            agree=self._all_ranks,
+            allowed=self._stopped_at < 0,
+            target_model=self.target_ema_model,
+            target_decay=self.config.target_ema_decay,
+        )
         self.step += 1  # a skipped step spends its batch and random draws too
         assert ok is not None  # skip_non_finite=True: the step returns its flag
         self._skipped += (~ok).long()
@@ -264,7 +295,8 @@ class Trainer:
                 f"{self.config.max_bad_steps} steps in a row had a non-finite batch, loss or gradient "
                 f"(step {stopped_at}); stopping. Weights were not updated by them nor by the steps after them "
                 f"(up to step {self.step}); the last checkpoint is intact. Check the data, lower lr or raise "
-                "grad_clip, then resume.")
+                "grad_clip, then resume."
+            )
 
     # ---------------------------------------------------------------- the loop
     def fit(self, steps: int) -> list[dict]:
@@ -313,7 +345,7 @@ class Trainer:
             return None
         ckpt.point_latest(root, path.name)
         others = [p for p in sorted(root.glob("step_*")) if p.is_dir() and p.name != path.name]
-        for old in others[:max(0, len(others) - (self.config.keep_checkpoints - 1))]:
+        for old in others[: max(0, len(others) - (self.config.keep_checkpoints - 1))]:
             shutil.rmtree(old, ignore_errors=True)
         for debris in root.glob(".step_*"):  # temporary directories of a save that was killed
             shutil.rmtree(debris, ignore_errors=True)
@@ -365,8 +397,14 @@ class Trainer:
         return directory
 
     @classmethod
-    def resume(cls, directory: str | os.PathLike, data, model: nn.Module | None = None,
-               device: str | torch.device | None = None, **overrides) -> Trainer:
+    def resume(
+        cls,
+        directory: str | os.PathLike,
+        data,
+        model: nn.Module | None = None,
+        device: str | torch.device | None = None,
+        **overrides,
+    ) -> Trainer:
         """Continue a run saved by ``save`` or ``checkpoint``: same step, weights, EMA, optimizer,
         RNG and data order. ``directory`` is a checkpoint or a ``checkpoint_dir`` (its ``latest``).
 
@@ -408,9 +446,15 @@ class Trainer:
             _, name, field_name = key.split("/")
             opt_state.setdefault(name, {})[field_name] = value
         try:
-            set_optimizer_state_dict(trainer.model, trainer.optimizer, options=full,
-                                     optim_state_dict={"state": opt_state,  # type: ignore[dict-item]
-                                                       "param_groups": meta["optimizer_param_groups"]})
+            set_optimizer_state_dict(
+                trainer.model,
+                trainer.optimizer,
+                options=full,
+                optim_state_dict={
+                    "state": opt_state,  # type: ignore[dict-item]
+                    "param_groups": meta["optimizer_param_groups"],
+                },
+            )
         except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"{directory / STATE_FILE}: the optimizer state does not fit the model ({err})") from err
         trainer.data.load_state_dict(meta["data"])

@@ -144,8 +144,8 @@ void test_modulate_layernorm(std::mt19937& rng) {
   };
   loss();
   Vec dx(size), dshift(batch * channels), dscale(batch * channels);
-  sf::modulate_layernorm_bwd(grad_y.data(), x.data(), scale.data(), mean.data(), rstd.data(), dx.data(),
-                             dshift.data(), dscale.data(), batch, tokens, channels);
+  sf::modulate_layernorm_bwd(grad_y.data(), x.data(), scale.data(), mean.data(), rstd.data(), dx.data(), dshift.data(),
+                             dscale.data(), batch, tokens, channels);
   // mean and rstd pass through fp32.
   expect_close("modulate_layernorm_bwd dx", dx, numeric_grad(loss, x), 1e-5);
   expect_close("modulate_layernorm_bwd dshift", dshift, numeric_grad(loss, shift), 1e-5);

@@ -27,8 +27,14 @@ def main(root: str, wanted: str) -> None:
         raise SystemExit(f"POINT must be one of {POINTS}, got {wanted!r}")
     torch.manual_seed(0)
     model = sf.ShortcutMLP(dim=2, hidden_size=64, depth=2, min_step=1 / 8)
-    config = sf.TrainConfig(batch_size=16, progress=False, checkpoint_dir=root, checkpoint_every=1,
-                            keep_checkpoints=2, shortcut=sf.ShortcutConfig(min_step=1 / 8))
+    config = sf.TrainConfig(
+        batch_size=16,
+        progress=False,
+        checkpoint_dir=root,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        shortcut=sf.ShortcutConfig(min_step=1 / 8),
+    )
     trainer = sf.Trainer(model, torch.randn(256, 2), config)
     save_tensors, rename, point_latest = ckpt.save_tensors, os.rename, ckpt.point_latest
 
