@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 
 def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -42,6 +41,9 @@ def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     a = x0.detach().flatten(1).to("cpu", torch.float64)
     b = x1.detach().flatten(1).to("cpu", torch.float64)
     cost = torch.cdist(b, a).pow(2).numpy()  # cost[i, j] = |x1[i] - x0[j]|^2
+    # imported here: scipy.optimize takes most of a second to import, which every `import shortcut_fast` paid
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     sigma = np.empty_like(cols)
     sigma[rows] = cols
