@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 import torch
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).resolve().parent
@@ -77,15 +77,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=[
-        "shortcut_fast",
-        "shortcut_fast.ops",
-        "shortcut_fast.data",
-        "shortcut_fast.train",
-        "shortcut_fast.eval",
-        "shortcut_fast.official",
-        "shortcut_fast.kernels",
-    ],
+    # every subpackage of shortcut_fast/, found rather than listed so none is forgotten; kernels/ maps in beside them
+    packages=[*find_packages(include=["shortcut_fast", "shortcut_fast.*"]), "shortcut_fast.kernels"],
     package_dir={"shortcut_fast": "shortcut_fast", "shortcut_fast.kernels": "kernels"},
     ext_modules=[_native_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
