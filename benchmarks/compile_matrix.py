@@ -206,7 +206,10 @@ KERNELS = {
         embedding._timestep_features_kernel,
         {"out_ptr": "*fp32", "dim": "i32", "half": "i32", "neg_log_period": "fp32", "t_scale": "fp32"},
     ),
-    "condition_sum": (embedding._condition_sum_kernel, {"level_ptr": "*i64", "label_ptr": "*i64", "channels": "i32"}),
+    "condition_sum": (
+        embedding._condition_sum_kernel,
+        {"level_ptr": "*i64", "label_ptr": "*i64", "channels": "i32", "d_rows": "i32", "y_rows": "i32"},
+    ),
 }
 
 
@@ -382,7 +385,8 @@ def run(cases: list[Case], log=sys.stderr) -> list[dict]:
     rows = []
     for i, case in enumerate(cases):
         stored = cache / (re.sub(r"[^A-Za-z0-9=.,_-]+", "_", case.key) + f"-{triton.__version__}.json")
-        sources = _jit(case.kernel).cache_key  # the kernel's source and its callees'
+        # the kernel's source and its callees', and the argument types this script gives it
+        sources = _jit(case.kernel).cache_key + repr(sorted(KERNELS[case.kernel][1].items()))
         result = None
         if stored.exists():
             saved = json.loads(stored.read_text())
