@@ -44,8 +44,9 @@ def _cmd_demo(args) -> int:
             setattr(cfg, name, getattr(args, name))
     metrics = run_demo(args.out, cfg, progress=not args.quiet)
     for steps, row in metrics["steps"].items():
-        print(f"{steps:>4} step(s): accuracy {row['accuracy']:.3f}  fd {row['fd']:.3f}")
-    print(f"reference fd {metrics['reference_fd']:.3f}; trained {metrics['train_seconds']:.0f} s; wrote {args.out}")
+        fd = f"fd {row['fd']:.3f} ({row['fd_over_floor']:.2f}x floor)"
+        print(f"{steps:>4} step(s): accuracy {row['accuracy']:.3f}  {fd}")
+    print(f"fd floor {metrics['fd_floor']:.3f}; trained {metrics['train_seconds']:.0f} s; wrote {args.out}")
     return 0
 
 

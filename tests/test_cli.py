@@ -21,13 +21,23 @@ def test_demo_at_reduced_size(tmp_path, capsys):
     assert sorted(metrics["steps"], key=int) == ["1", "2", "4", "8", "128"]
     for row in metrics["steps"].values():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["fd"] >= 0.0
-    assert metrics["reference_fd"] >= 0.0 and metrics["train_seconds"] > 0
+        assert row["fd_over_floor"] == pytest.approx(row["fd"] / metrics["fd_floor"])
+    assert metrics["fd_floor"] > 0.0 and metrics["train_seconds"] > 0
     for steps in (1, 2, 4, 8, 128):
         with Image.open(out / f"samples_{steps}step.png") as img:
             assert img.width > 3 * 8 and img.height > 10 * 8
     model = sf.load_model(out / "model")
     assert isinstance(model, sf.ShortcutDiT) and model.num_classes == 10
     assert "1 step(s): accuracy" in capsys.readouterr().out
+
+
+def test_demo_refuses_too_many_samples_before_training(tmp_path, capsys):
+    # 90 per class would need two disjoint real sets of 900 of the 1797 digits
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo"), "--samples-per-class", "90", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "samples_per_class must be in [1, 89], got 90" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.slow

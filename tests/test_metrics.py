@@ -373,3 +373,39 @@ def test_random_directions_are_unit_and_seeded():
 def test_swd_rejects_bad_input(a, b, kwargs):
     with pytest.raises(ValueError):
         sliced_wasserstein(a, b, **kwargs)
+
+
+# --- the digits scorer -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_classifier():
+    # a briefly trained classifier: the scorer's arithmetic does not depend on how good its features are
+    x, y = load_digits()
+    return train_digits_classifier(x, y, seed=0, steps=100)
+
+
+def test_digits_scorer_floor_and_scores(quick_classifier):
+    x, y = load_digits()
+    scorer = metrics.DigitsScorer(quick_classifier, 300, seed=5)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        feats = quick_classifier.features(x)
+    # the floor: FD between the second and the first disjoint set of 300 real digits, in the seed's order
+    assert scorer.floor == pytest.approx(frechet_distance(feats[order[300:600]], feats[order[:300]]))
+    # a third disjoint real set of the same size scores near the floor; the same images as the reference score 0
+    third = order[600:900]
+    real = scorer.score(x[third], y[third])
+    assert real["fd"] == pytest.approx(frechet_distance(feats[third], feats[order[:300]]))
+    assert 0.6 < real["fd_over_floor"] < 1.6
+    assert real["accuracy"] == pytest.approx(class_accuracy(quick_classifier, x[third], y[third]))
+    assert scorer.score(x[order[:300]], y[order[:300]])["fd"] == pytest.approx(0.0, abs=1e-6)
+    # noise scores far above the floor
+    noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert scorer.score(noise, 0)["fd_over_floor"] > 5
+
+
+@pytest.mark.parametrize("size", [1, 899, 2.5, True])
+def test_digits_scorer_rejects_sizes(quick_classifier, size):
+    with pytest.raises(ValueError, match=r"size must be an int in \[2, 898\]"):
+        metrics.DigitsScorer(quick_classifier, size)

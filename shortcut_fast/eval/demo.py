@@ -3,8 +3,10 @@
 ``run_demo`` trains, then samples every class at several step counts and scores
 the samples with a small digits classifier: the share assigned to the
 requested class (accuracy) and the Fréchet distance between classifier
-features of samples and of real digits (fd). ``reference_fd`` is the same
-distance between two halves of the real data: the floor an ideal model reaches.
+features of the samples and of as many real digits (fd). ``fd_floor`` is the
+same distance between two disjoint sets of real digits of that size: what a
+perfect model scores, so ``fd_over_floor`` near 1 is as good as it gets
+(``metrics.DigitsScorer``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..objective import ShortcutConfig
 from ..sampling import sample
 from ..train.trainer import TrainConfig, Trainer
 from .images import save_grid
-from .metrics import class_accuracy, frechet_distance, load_or_train_digits_classifier
+from .metrics import DigitsScorer, load_or_train_digits_classifier
 
 
 @dataclass
@@ -48,7 +50,9 @@ class DemoConfig:
     depth: int = 4
     num_heads: int = 4
     patch_size: int = 4  # 4 tokens of 4x4 pixels: a quarter of the cost of 2x2 patches
-    samples_per_class: int = 100  # for the metrics; the pictures show the first 10 of each class
+    # for the metrics, at most 89 (the FD floor needs two disjoint real sets of 10 x this many digits);
+    # the pictures show the first 10 of each class
+    samples_per_class: int = 80
     sample_steps: tuple[int, ...] = (1, 2, 4, 8, 128)
     seed: int = 0
 
@@ -67,26 +71,16 @@ def _digits_model(cfg: DemoConfig) -> ShortcutDiT:
 
 def evaluate_digits(model: torch.nn.Module, out_dir: Path, cfg: DemoConfig, progress: bool = True) -> dict:
     """Sample every class at each of ``cfg.sample_steps``, write the grids and return the metrics."""
-    x_real, _ = load_digits()
     classifier = load_or_train_digits_classifier(out_dir, seed=cfg.seed)
-    with torch.no_grad():
-        real_feats = classifier.features(x_real)
-    split = torch.randperm(len(x_real), generator=torch.Generator().manual_seed(cfg.seed))
-    half = len(x_real) // 2
-    metrics: dict[str, Any]
-    metrics = {"steps": {}, "reference_fd": frechet_distance(real_feats[split[:half]], real_feats[split[half:]])}
+    scorer = DigitsScorer(classifier, DIGITS_CLASSES * cfg.samples_per_class, seed=cfg.seed)
+    metrics: dict[str, Any] = {"steps": {}, "fd_floor": scorer.floor}
 
     labels = torch.arange(DIGITS_CLASSES).repeat_interleave(cfg.samples_per_class)
     # the same noise for every step count, so the pictures compare like with like
     noise = torch.randn(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(cfg.seed + 1))
     for steps in cfg.sample_steps:
         images = sample(model, noise=noise, steps=steps, y=labels, progress=progress).clamp(-1, 1)
-        with torch.no_grad():
-            feats = classifier.features(images)
-        metrics["steps"][str(steps)] = {
-            "accuracy": class_accuracy(classifier, images, labels),
-            "fd": frechet_distance(feats, real_feats),
-        }
+        metrics["steps"][str(steps)] = scorer.score(images, labels)
         shown = min(10, cfg.samples_per_class)
         grid = images.view(DIGITS_CLASSES, cfg.samples_per_class, 1, 8, 8)[:, :shown]
         save_grid(
@@ -105,6 +99,12 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", config: DemoConfig | None 
     and ``out_dir/metrics.json``; returns the metrics dict.
     """
     cfg = config or DemoConfig()
+    largest = len(load_digits()[0]) // (2 * DIGITS_CLASSES)
+    if isinstance(cfg.samples_per_class, bool) or not isinstance(cfg.samples_per_class, int):
+        raise TypeError(f"samples_per_class must be an int, got {type(cfg.samples_per_class).__name__}")
+    if not 1 <= cfg.samples_per_class <= largest:
+        # checked before training: the FD floor needs two disjoint real sets of the samples' size
+        raise ValueError(f"samples_per_class must be in [1, {largest}], got {cfg.samples_per_class}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -477,3 +477,43 @@ def class_accuracy(classifier: DigitsClassifier, images: torch.Tensor, labels) -
     param = next(classifier.parameters())
     predicted = classifier.predict(images.to(param.device, param.dtype)).cpu()
     return float((predicted == labels.cpu()).double().mean())
+
+
+class DigitsScorer:
+    """Scores class-conditional digit samples: classifier accuracy, and FD against real digits with its floor.
+
+    The real digits are split at random (``seed``) into two disjoint sets of
+    ``size`` images each: the *reference*, against which samples are scored,
+    and a second real set whose FD to the reference is the *floor*, what a
+    perfect model scores with ``size`` samples (the FD of two finite samples of
+    one distribution is not 0). Score ``size`` samples for a like-for-like
+    ratio ``fd / floor``; ``size`` is at most half of the 1797 digits.
+    """
+
+    def __init__(self, classifier: DigitsClassifier, size: int, seed: int = 0):
+        x_real, _ = load_digits()
+        if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= len(x_real) // 2:
+            raise ValueError(
+                f"size must be an int in [2, {len(x_real) // 2}] (two disjoint sets of the real digits), got {size!r}"
+            )
+        self.classifier = classifier
+        param = next(classifier.parameters())
+        with torch.no_grad():
+            feats = classifier.features(x_real.to(param.device, param.dtype)).cpu()
+        order = torch.randperm(len(x_real), generator=torch.Generator().manual_seed(seed))
+        self.size = size
+        self.reference = feats[order[:size]]
+        self.floor = frechet_distance(feats[order[size : 2 * size]], self.reference)
+
+    def score(self, images: torch.Tensor, labels) -> dict[str, float]:
+        """``{"accuracy", "fd", "fd_over_floor"}`` of ``images`` (B, 1, 8, 8) generated for ``labels``."""
+        _check_images(images)
+        param = next(self.classifier.parameters())
+        with torch.no_grad():
+            feats = self.classifier.features(images.to(param.device, param.dtype)).cpu()
+        fd = frechet_distance(feats, self.reference)
+        return {
+            "accuracy": class_accuracy(self.classifier, images, labels),
+            "fd": fd,
+            "fd_over_floor": fd / self.floor,
+        }

@@ -1,4 +1,8 @@
-"""Seeded 2D point sets for quality tests: checkerboard, 8 Gaussians, two moons, spirals.
+"""Seeded 2D point sets for quality tests, of different kinds.
+
+Several modes (8 Gaussians, a 5x5 grid of Gaussians), thin curves (two moons,
+spirals, a Swiss roll), rings (three concentric circles), densities with holes
+(checkerboard, a square with round holes) and heavy tails (a Student-t).
 
 Every generator returns a float32 tensor (n, 2), a fixed function of ``seed``,
 scaled so that the points lie within about [-2, 2] (inside the objective's
@@ -65,7 +69,88 @@ def spirals(n: int, seed: int = 0, noise: float = 0.05, turns: float = 1.5) -> t
     return _tensor(points + noise * rng.standard_normal((n, 2)))
 
 
-TOY2D = {"checkerboard": checkerboard, "8gaussians": eight_gaussians, "moons": two_moons, "spirals": spirals}
+def rings(n: int, seed: int = 0, noise: float = 0.04) -> torch.Tensor:
+    """Three concentric circles of radius 0.65, 1.3 and 1.95, points spread by circumference, Gaussian ``noise``."""
+    rng = _rng(n, seed)
+    radii = np.array([0.65, 1.3, 1.95])
+    radius = rng.choice(radii, n, p=radii / radii.sum())  # even density along the curves
+    angle = rng.uniform(0, 2 * math.pi, n)
+    points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return _tensor(points + noise * rng.standard_normal((n, 2)))
+
+
+def grid(n: int, seed: int = 0, size: int = 5, std: float = 0.08) -> torch.Tensor:
+    """A mixture of ``size`` x ``size`` equal Gaussians (standard deviation ``std``) on a grid over [-1.6, 1.6]^2."""
+    rng = _rng(n, seed)
+    ticks = np.linspace(-1.6, 1.6, size)
+    centers = np.stack([rng.choice(ticks, n), rng.choice(ticks, n)], axis=1)
+    return _tensor(centers + std * rng.standard_normal((n, 2)))
+
+
+def swiss_roll(n: int, seed: int = 0, noise: float = 0.04) -> torch.Tensor:
+    """A one-armed spiral of 1.5 turns, radius 0.4 to 2, points uniform in the angle, Gaussian ``noise``.
+
+    The curve's own mean (by quadrature) is subtracted, so the set is centred.
+    """
+    rng = _rng(n, seed)
+
+    def curve(u: np.ndarray) -> np.ndarray:
+        angle, radius = 1.5 * math.pi * (1 + 2 * u), 0.4 + 1.6 * u
+        return np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+
+    centre = curve(np.linspace(0, 1, 4097)).mean(axis=0)
+    return _tensor(curve(rng.uniform(0, 1, n)) - centre + noise * rng.standard_normal((n, 2)))
+
+
+HOLES = ((-0.9, -0.9, 0.55), (0.9, 0.9, 0.55), (0.9, -0.9, 0.35), (-0.9, 0.9, 0.35), (0.0, 0.0, 0.45))
+"""The round holes of ``holes``: (x, y, radius)."""
+
+
+def holes(n: int, seed: int = 0) -> torch.Tensor:
+    """Uniform points on the square [-1.8, 1.8]^2 outside the five discs of ``HOLES`` (by rejection)."""
+    rng = _rng(n, seed)
+    kept: list[np.ndarray] = []
+    count = 0
+    while count < n:
+        points = rng.uniform(-1.8, 1.8, (2 * n, 2))
+        outside = np.ones(len(points), dtype=bool)
+        for cx, cy, r in HOLES:
+            outside &= np.hypot(points[:, 0] - cx, points[:, 1] - cy) > r
+        kept.append(points[outside])
+        count += int(outside.sum())
+    return _tensor(np.concatenate(kept)[:n])
+
+
+def heavy_tail(n: int, seed: int = 0, dof: float = 2.5, scale: float = 0.35, bound: float = 2.9) -> torch.Tensor:
+    """A standard bivariate Student-t with ``dof`` degrees of freedom times ``scale``, cut at radius ``bound``.
+
+    A t with 2.5 degrees of freedom has no fourth moment: most points sit in a
+    tight core, a few per cent far out. The cut (by rejection) keeps the points
+    inside the objective's clip; about 1 % of the draws fall beyond it.
+    """
+    rng = _rng(n, seed)
+    kept: list[np.ndarray] = []
+    count = 0
+    while count < n:
+        chi = rng.chisquare(dof, 2 * n) / dof
+        points = scale * rng.standard_normal((2 * n, 2)) / np.sqrt(chi)[:, None]
+        inside = points[np.hypot(points[:, 0], points[:, 1]) < bound]
+        kept.append(inside)
+        count += len(inside)
+    return _tensor(np.concatenate(kept)[:n])
+
+
+TOY2D = {
+    "checkerboard": checkerboard,
+    "8gaussians": eight_gaussians,
+    "moons": two_moons,
+    "spirals": spirals,
+    "rings": rings,
+    "grid": grid,
+    "swissroll": swiss_roll,
+    "holes": holes,
+    "heavytail": heavy_tail,
+}
 """The generators by name: ``TOY2D[name](n, seed)``."""
 
 
