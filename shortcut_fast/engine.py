@@ -6,11 +6,13 @@ extension is built; the loop (every forward, the guidance and the Euler
 updates) then runs in C++ with the GIL released, its small-batch matrix
 products in hand-written AVX2/AVX-512 kernels chosen for the running CPU and
 its large ones in ATen's BLAS, each followed by a fused epilogue. Any other
-module keeps the eager loop. A call the engine does not cover (another dtype,
-hooks on the model, autocast, a progress bar, a schedule of unequal steps, a
-model with a guidance input or the official conditioning) falls back to the
-eager loop with one logged notice per reason. (Schedules of unequal steps and
-intrinsic guidance are not yet taught to the C++ loop.)
+module keeps the eager loop. It runs any schedule (``steps.resolve_schedule``:
+equal steps or not, each forward conditioned on its own step size) and models
+with a guidance input (intrinsic guidance: ``w = cfg_scale``, 1 without one, is
+embedded as the model does, one forward per step). A call the engine does not
+cover (another dtype, hooks on the model, autocast, a progress bar or the
+official conditioning) falls back to the eager loop with one logged notice per
+reason.
 
 The engine reads the module's own weight tensors where they live, without
 copies, so in-place updates (optimizer steps, the EMA, ``load_state_dict``)
@@ -156,6 +158,11 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         tensors += [*_linear(base.inp), empty]
         heads, tokens, patch, channels, grid = 1, 1, 1, base.dim, 1
     tensors += [*_linear(base.final_layer.adaLN_modulation[-1]), *_linear(base.final_layer.linear)]
+    if cond.w_embed is None:
+        tensors += [empty] * 5
+    else:  # intrinsic guidance: the embedder of w, built as the one of t
+        mlp = cond.w_embed.mlp
+        tensors += [_freqs(cond.w_embed.freq_dim), *_linear(mlp[0]), *_linear(mlp[2])]
     # the stubs type a ModuleList's items as Module (attributes Tensor | Module): each is a DiTBlock or MLPBlock
     for block in base.blocks:
         tensors += _linear(block.adaLN_modulation[-1])  # type: ignore[index,arg-type]
@@ -176,14 +183,10 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     return tensors, config
 
 
-def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool, schedule: tuple[float, ...]) -> str | None:
+def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None:
     """Why the engine cannot serve this call for reasons of the call or the model's settings, or None."""
     if not available():
         return "the native extension with the engine is not built"
-    if len(set(schedule)) != 1:
-        return "the engine runs schedules of equal steps only (step counts that are powers of two)"
-    if base.guidance_input:
-        return "the engine does not embed the guidance input of intrinsic guidance (guidance_input=True)"
     if getattr(base, "conditioning", "shortcut") != "shortcut":
         return "the engine runs the package's own conditioning, not conditioning='official'"
     if x.device.type != "cpu":
@@ -247,7 +250,7 @@ def run(
         if _mode == "on":
             raise ValueError(f"the engine serves ShortcutDiT and ShortcutMLP only, not {type(base).__name__}")
         return None
-    reason = _unsupported(base, x, progress, schedule)
+    reason = _unsupported(base, x, progress)
     if reason is not None:
         _fall_back(reason)
         return None
@@ -262,5 +265,4 @@ def run(
     tensors, config = entry.packed
     y = None if y is None else y.long()  # validated by sample()
     config = [*config, ISAS[_isa], ATEN_ROWS]
-    # equal steps summing to 1: their count is the engine's uniform step count
-    return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, len(schedule))
+    return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, list(schedule))

@@ -11,7 +11,7 @@ from helpers import TinyCustomModel, perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import engine, sampling
-from shortcut_fast.steps import num_doublings
+from shortcut_fast.steps import num_doublings, step_schedule
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),
@@ -147,46 +147,71 @@ def test_calls_the_engine_does_not_cover_fall_back_with_one_notice(caplog, monke
         sf.sample(model, z, y=labels)
 
 
-def _guided_dit() -> sf.ShortcutDiT:
-    model = sf.ShortcutDiT(
-        input_size=8,
-        in_channels=2,
-        patch_size=2,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        num_classes=10,
-        guidance_input=True,
-    )
+# unequal schedules: step counts that are no power of two (large steps first) and an explicit ascending one
+SCHEDULES = [3, 5, 6, step_schedule(6, order="ascending")]
+
+
+@pytest.mark.parametrize("isa", ISA_PATHS)
+@pytest.mark.parametrize("name", ["dit", "mlp"])
+def test_engine_matches_reference_on_schedules_of_unequal_steps(name, isa, monkeypatch):
+    model = MODELS[name]()
+    for batch, steps in zip([1, 3, 5, 3], SCHEDULES, strict=True):
+        z = _noise(model, batch, seed=batch)
+        labels = torch.randint(0, model.num_classes, (batch,), generator=torch.Generator().manual_seed(batch))
+        for cfg in [None, 1.7]:
+            with engine.use_isa(isa):
+                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+    # the order of the steps is seen: the same sizes in the other order give another result (z, labels: batch 3)
+    descending, ascending = (_engine(model, z, monkeypatch, steps=s, y=labels) for s in (6, SCHEDULES[-1]))
+    assert (descending - ascending).abs().max() > 1e-3
+
+
+def _guided(kind: str) -> sf.ShortcutDiT | sf.ShortcutMLP:
+    """A class-conditional model with a guidance input (intrinsic guidance), its w embedding made nonzero."""
+    if kind == "dit":
+        model: sf.ShortcutDiT | sf.ShortcutMLP = sf.ShortcutDiT(
+            input_size=8,
+            in_channels=2,
+            patch_size=2,
+            hidden_size=48,
+            depth=2,
+            num_heads=3,
+            num_classes=10,
+            guidance_input=True,
+        )
+    else:
+        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, guidance_input=True)
     return perturb_(model, seed=7, scale=0.1).eval()
 
 
-FALLBACKS = {  # what the engine does not run yet, the sampling call and the words of its notice
-    "unequal steps": (lambda: _dit(10), dict(steps=3), "equal steps only"),
-    "explicit unequal schedule": (lambda: _dit(10), dict(steps=(0.25, 0.25, 0.5)), "equal steps only"),
-    "intrinsic guidance": (_guided_dit, dict(steps=2, cfg_scale=2.5), "guidance input"),
-}
+@pytest.mark.parametrize("isa", ISA_PATHS)
+@pytest.mark.parametrize("kind", ["dit", "mlp"])
+def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypatch):
+    model = _guided(kind)
+    z = _noise(model, 3, seed=1)
+    labels = torch.tensor([0, 1, model.num_classes])  # the last row unlabelled: the null class
+    results = {}
+    for steps in [2, 3]:
+        # cfg_scale None: w = 1 with labels and without (every row the null class)
+        for cfg, y in [(None, labels), (None, None), (0.0, labels), (1.0, labels), (2.5, labels)]:
+            with engine.use_isa(isa):
+                out = _engine(model, z, monkeypatch, steps=steps, y=y, cfg_scale=cfg)
+            _assert_matches(out, _reference(model, z, steps=steps, y=y, cfg_scale=cfg), z)
+            results[steps, cfg, y is None] = out
+    # w enters the network: guidance scales give other samples, and w = 1 is the unguided call
+    assert (results[2, 0.0, False] - results[2, 2.5, False]).abs().max() > 1e-3
+    torch.testing.assert_close(results[2, 1.0, False], results[2, None, False], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", list(FALLBACKS))
-def test_schedules_and_guidance_inputs_fall_back_with_one_notice(case, caplog, monkeypatch):
-    build, kwargs, words = FALLBACKS[case]
-    model = build()
-    z, labels = _noise(model, 2), torch.tensor([1, 2])
-    monkeypatch.setattr(engine, "_noticed", set())
-    calls = []
-    eager = sampling._euler_loop
-    monkeypatch.setattr(sampling, "_euler_loop", lambda *a, **kw: calls.append(1) or eager(*a, **kw))
-    with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
-        first = sf.sample(model, z, y=labels, **kwargs)
-        sf.sample(model, z, y=labels, **kwargs)
-    notices = [r for r in caplog.records if r.name == "shortcut_fast.engine"]
-    assert len(notices) == 1 and words in notices[0].getMessage()
-    assert len(calls) == 2  # both calls ran the eager loop
-    with engine.mode("off"):
-        torch.testing.assert_close(first, sf.sample(model, z, y=labels, **kwargs), rtol=0, atol=0)
-    with engine.mode("on"), pytest.raises(ValueError, match=words):
-        sf.sample(model, z, y=labels, **kwargs)
+def test_the_op_refuses_steps_that_are_not_a_schedule_of_the_model():
+    model = _mlp(0)
+    tensors, config = engine._pack(model)
+    config = [*config, engine.ISAS["scalar"], engine.ATEN_ROWS]
+    z = _noise(model, 2)
+    for steps, words in [([0.5, 0.25], "sum to 1"), ([0.75, 0.25], "step size"), ([2.0**-8] * 256, "step size")]:
+        with pytest.raises(RuntimeError, match=words):
+            torch.ops.shortcut_fast_engine.sample(tensors, config, z, None, None, steps)
 
 
 def test_other_modules_keep_the_eager_loop_quietly(caplog):

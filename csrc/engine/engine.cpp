@@ -5,7 +5,8 @@
 //   config  = [kind (0 DiT, 1 MLP), hidden, heads, depth, tokens, patch, in_channels (MLP: dim), grid,
 //              doublings K (min_step = 2^-K), isa (kernels.h Isa), aten_rows]
 //   weights = [freqs, t_w1, t_b1, t_w2, t_b2, d_table, y_table or empty, in_w, in_b, pos_embed or empty,
-//              final_ada_w, final_ada_b, final_w, final_b] then per block
+//              final_ada_w, final_ada_b, final_w, final_b, then the guidance input's embedder (intrinsic
+//              guidance) or five empties: w_freqs, w_w1, w_b1, w_w2, w_b2] then per block
 //              DiT: [ada_w, ada_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b]
 //              MLP: [ada_w, ada_b, fc1_w, fc1_b, fc2_w, fc2_b]
 #include <ATen/Parallel.h>
@@ -21,7 +22,8 @@
 namespace shortcut_fast::engine {
 namespace {
 
-constexpr int64_t kCommon = 14;
+constexpr int64_t kCommon = 19;
+constexpr int64_t kGuidance = 14;  // the first of the guidance input's weights
 
 struct Config {
   bool dit;
@@ -52,25 +54,30 @@ struct Sampler {
 
   const at::Tensor& block(int64_t i, int64_t j) const { return w[kCommon + i * per_block + j]; }
 
-  // c = t_mlp(features(t)) + d_table[level] + y_table[y] for every row; returns silu(c), the adaLN input
-  at::Tensor condition(double t, const int64_t* y) const {
-    const int64_t h = cfg.hidden, half = w[0].numel(), fdim = w[1].size(1);
-    std::vector<float> feat(fdim, 0.0f);
-    const float s = static_cast<float>(t) * 1000.0f;  // as the reference: t in fp32, then stretched in fp32
+  // mlp(features(value)) of the sinusoid embedders (of t, and of w under intrinsic guidance): the weights
+  // w[first] (frequencies), then the two linear layers' weight and bias
+  std::vector<float> embed(int64_t first, float value) const {
+    const int64_t half = w[first].numel(), fdim = w[first + 1].size(1);
+    std::vector<float> feat(fdim, 0.0f);  // an odd fdim keeps its last feature at zero, as the reference pads
+    const float s = value * 1000.0f;      // as the reference: the value in fp32, then stretched in fp32
     for (int64_t j = 0; j < half; ++j) {
-      const float arg = s * w[0].const_data_ptr<float>()[j];
+      const float arg = s * w[first].const_data_ptr<float>()[j];
       feat[j] = std::cos(arg);
       feat[half + j] = std::sin(arg);
     }
-    std::vector<float> hid(h), base(h);
-    linear(cfg.ctx, feat.data(), 1, w[1], {Epi::kBiasSilu, ptr(w[2])}, hid.data(), nullptr);
-    linear(cfg.ctx, hid.data(), 1, w[3], {Epi::kBias, ptr(w[4])}, base.data(), nullptr);
-    return conditioned_rows(base, y);
+    std::vector<float> hid(cfg.hidden), out(cfg.hidden);
+    linear(cfg.ctx, feat.data(), 1, w[first + 1], {Epi::kBiasSilu, ptr(w[first + 2])}, hid.data(), nullptr);
+    linear(cfg.ctx, hid.data(), 1, w[first + 3], {Epi::kBias, ptr(w[first + 4])}, out.data(), nullptr);
+    return out;
   }
 
-  at::Tensor conditioned_rows(const std::vector<float>& base, const int64_t* y) const {
+  // c = t_mlp(features(t)) (+ the guidance embedding `w_emb`) + d_table[level of d] + y_table[y] for every
+  // row; returns silu(c), the adaLN input
+  at::Tensor condition(float t, double d, const std::vector<float>& w_emb, const int64_t* y) const {
     const int64_t h = cfg.hidden;
-    const int64_t level = cfg.doublings - std::llround(std::log2(static_cast<double>(steps)));
+    std::vector<float> base = embed(0, t);
+    for (size_t i = 0; i < w_emb.size(); ++i) base[i] += w_emb[i];     // the model's order: (t + w) + d + y
+    const int64_t level = cfg.doublings + std::llround(std::log2(d));  // d = 2^-K is level 0
     const float* d_row = ptr(w[5]) + level * h;
     const float* y_table = ptr(w[6]);
     at::Tensor sc = buffer(rows_batch, h);
@@ -172,14 +179,13 @@ struct Sampler {
   }
 
   int64_t v_width() const { return w[12].size(0); }
-  int64_t steps = 1;
 };
 
 at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> config, const at::Tensor& x,
-                         const std::optional<at::Tensor>& y, std::optional<double> cfg_scale, int64_t steps) {
+                         const std::optional<at::Tensor>& y, std::optional<double> cfg_scale,
+                         std::vector<double> steps) {
   TORCH_CHECK(config.size() == 11, "engine_sample: config must hold 11 ints, got ", config.size());
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "engine_sample: x must be an fp32 CPU tensor");
-  TORCH_CHECK(steps >= 1 && (steps & (steps - 1)) == 0, "engine_sample: steps must be a power of two");
   for (const auto& t : weights)
     TORCH_CHECK(t.numel() == 0 || (t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu()),
                 "engine_sample: every weight must be a contiguous fp32 CPU tensor");
@@ -187,10 +193,22 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
   TORCH_CHECK(isa_supported(isa), "engine_sample: this CPU or build cannot run ISA ", config[9]);
   Config cfg{config[0] == 0, config[1], config[2], config[3], config[4],
              config[5],      config[6], config[7], config[8], Context{kernels_for(isa), config[10]}};
+  // sums of powers of two down to 2^-20 are exact in double, so the test of the sum is exact
+  double total = 0.0;
+  for (const double d : steps) {
+    const double level = cfg.doublings + std::log2(d);
+    TORCH_CHECK(d > 0.0 && level >= 0.0 && level <= cfg.doublings && level == std::round(level),
+                "engine_sample: every step must be a step size 2^-k of the model (k from 0 to ", cfg.doublings,
+                "), got ", d);
+    total += d;
+  }
+  TORCH_CHECK(!steps.empty() && total == 1.0, "engine_sample: the steps must sum to 1, got ", total);
   const int64_t per_block = cfg.dit ? 10 : 6;
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block, "engine_sample: expected ",
               kCommon + cfg.depth * per_block, " weights, got ", weights.size());
-  const bool guided = cfg_scale.has_value();
+  // intrinsic guidance: w = cfg_scale (1 without one) is an input of the network, one forward per step
+  const bool intrinsic = weights[kGuidance].numel() > 0;
+  const bool guided = cfg_scale.has_value() && !intrinsic;
   const int64_t batch = x.size(0), rows_batch = guided ? 2 * batch : batch;
   at::Tensor out = x.contiguous().clone();
   std::vector<int64_t> labels;
@@ -203,14 +221,17 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
   }
   GilRelease release;
   Sampler sampler{cfg, weights, batch, rows_batch, rows_batch * cfg.tokens, per_block};
-  sampler.steps = steps;
-  const float d = 1.0f / static_cast<float>(steps);
   const std::optional<float> s = guided ? std::optional<float>(static_cast<float>(*cfg_scale)) : std::nullopt;
+  // the same w every step: its embedding once per call
+  const std::vector<float> w_emb =
+      intrinsic ? sampler.embed(kGuidance, static_cast<float>(cfg_scale.value_or(1.0))) : std::vector<float>();
   float* xp = out.data_ptr<float>();
-  for (int64_t i = 0; i < steps; ++i) {
-    at::Tensor sc = sampler.condition(static_cast<double>(i) / static_cast<double>(steps), labels.data());
+  double t = 0.0;  // as the eager loop: t accumulates the step sizes in double and enters the model in fp32
+  for (const double d : steps) {
+    at::Tensor sc = sampler.condition(static_cast<float>(t), d, w_emb, labels.data());
     at::Tensor v = sampler.velocity(xp, sc);
-    sampler.euler(xp, v.const_data_ptr<float>(), d, s);
+    sampler.euler(xp, v.const_data_ptr<float>(), static_cast<float>(d), s);
+    t += d;
   }
   return out;
 }
@@ -219,7 +240,7 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
 
 // Its own namespace: the engine is no fused op of the op contract (shortcut_fast::), only the CPU sampler's.
 TORCH_LIBRARY(shortcut_fast_engine, m) {
-  m.def("sample(Tensor[] weights, int[] config, Tensor x, Tensor? y, float? cfg_scale, int steps) -> Tensor");
+  m.def("sample(Tensor[] weights, int[] config, Tensor x, Tensor? y, float? cfg_scale, float[] steps) -> Tensor");
   m.def("isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(static_cast<Isa>(isa)); });
   m.def("resolve_isa(int isa) -> int",
         [](int64_t isa) { return static_cast<int64_t>(resolve_isa(static_cast<Isa>(isa))); });

@@ -1,8 +1,9 @@
 // The engine's inner kernels: small-M matrix products over nn.Linear weights and their fused epilogues, per ISA.
 //
 // Every ISA file (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp)
-// defines the same two functions in its own namespace; `kernels_for` picks the
-// set the running CPU supports, so one build runs on any x86-64.
+// defines the same two functions in its own namespace (the vector ones from the
+// templates of kernels_simd.h); `kernels_for` picks the set the running CPU
+// supports, so one build runs on any x86-64.
 #pragma once
 
 #include <cstdint>
