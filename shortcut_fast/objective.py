@@ -309,7 +309,7 @@ def _draw_batch(
 
     x0 = torch.randn((n_global, *x1.shape[1:]), generator=generator, device=device, dtype=x1.dtype)[rank::world]
     if config.ot_pairing:
-        x0 = ot_pair(x0, x1)  # within this rank's rows: see techniques.pairing
+        x0 = ot_pair(x0, x1, y)  # within this rank's rows, and within each class: see techniques.pairing
     x_t = (1 - t.view(expand)) * x0 + t.view(expand) * x1
 
     y_in = None

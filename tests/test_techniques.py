@@ -289,6 +289,23 @@ def _is_permutation_of(a, b):
     return all(any(torch.allclose(row, other, atol=1e-5) for other in b) for row in a) and len(a) == len(b)
 
 
+def test_ot_pairing_with_labels_pairs_within_each_class():
+    gen = torch.Generator().manual_seed(3)
+    x0, x1 = torch.randn(11, 3, generator=gen), torch.randn(11, 3, generator=gen) + 1
+    labels = torch.tensor([2, 0, 2, 1, 0, 2, 2, 1, 0, 0, 2])
+    paired = ot_pair(x0, x1, labels)
+    for c in range(3):
+        rows = (labels == c).nonzero().flatten()
+        # the class keeps the noise at its own positions, in the order of a brute-force best assignment
+        assert _is_permutation_of(paired[rows], x0[rows])
+        best = min(_pair_cost(x0[rows], x1[rows], p) for p in itertools.permutations(range(len(rows))))
+        assert _pair_cost(paired[rows], x1[rows], range(len(rows))) == pytest.approx(best, rel=1e-12)
+    # one label for all rows is the unlabelled pairing
+    assert torch.equal(ot_pair(x0, x1, torch.zeros(11, dtype=torch.long)), ot_pair(x0, x1))
+    with pytest.raises(ValueError, match=r"labels must have shape \(11,\)"):
+        ot_pair(x0, x1, labels[:5])
+
+
 def test_ot_pairing_in_make_batch_pairs_each_ranks_rows():
     model = sf.ShortcutMLP(dim=2, hidden_size=8, depth=1, min_step=1 / 8)
     x1 = torch.randn(12, 2, generator=torch.Generator().manual_seed(1)) * 2

@@ -15,6 +15,13 @@ nothing here. The iSM paper scales the minibatch over which the plan is solved
 with the training batch; here the plan is solved over the rows one process
 holds.
 
+With class labels the plan is solved within each class: the data rows of
+class ``c`` are paired among the noise rows at their own positions. One plan
+over the whole batch would hand each class the noise nearest its data, so the
+noise a labelled row sees would depend on its label, while sampling draws the
+noise independently of the label: measured on the digits (1200 steps), pairing
+across classes dropped the 1-step classifier accuracy from 0.97 to 0.73.
+
 Under DDP each rank pairs the rows it holds (its shard of the global batch)
 among themselves: no rank waits for another and no rows cross ranks, so a run
 on ``W`` ranks pairs within ``W`` sub-batches where one process would pair the
@@ -50,6 +57,19 @@ def ot_permutation(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(sigma).to(x0.device)
 
 
-def ot_pair(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-    """The noise rows ``x0`` reordered to their optimal-transport partners in ``x1`` (see ``ot_permutation``)."""
-    return x0[ot_permutation(x0, x1)]
+def ot_pair(x0: torch.Tensor, x1: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The noise rows ``x0`` reordered to their optimal-transport partners in ``x1`` (see ``ot_permutation``).
+
+    With ``labels`` (B,), rows are paired only among rows of the same label: each class keeps the noise rows
+    at its own positions, reordered. One more copy off the device (the labels).
+    """
+    if labels is None:
+        return x0[ot_permutation(x0, x1)]
+    if labels.shape != x0.shape[:1]:
+        raise ValueError(f"labels must have shape ({x0.shape[0]},), got {tuple(labels.shape)}")
+    order = torch.arange(x0.shape[0])
+    host = labels.detach().cpu()
+    for label in torch.unique(host):
+        rows = order[host == label]
+        order[rows] = rows[ot_permutation(x0[rows.to(x0.device)], x1[rows.to(x1.device)]).cpu()]
+    return x0[order.to(x0.device)]
