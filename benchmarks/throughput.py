@@ -123,15 +123,18 @@ def one_liner(model):
 def sampling_variants(args, model_net) -> dict:
     """name -> fn(noise, y): the eager one-liner, torch.compile of it, the package's sampler and its engine."""
 
+    # every variant runs the network in the weights' dtype: sample()'s CUDA default would be bf16 autocast
+    precision = next(model_net.parameters()).dtype
+
     def sampler(noise, y):
-        return sf.sample(model_net, noise, steps=args.steps, y=y)
+        return sf.sample(model_net, noise, steps=args.steps, y=y, compute_dtype=precision)
 
     if args.steps == 1:
         eager = one_liner(model_net)
     else:
 
         def eager(noise, y):
-            return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False)
+            return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False, compute_dtype=precision)
 
     variants = {"eager": eager}
     if args.compile:
