@@ -111,7 +111,7 @@ def _condition_sum_backward(ctx, grad):
 def _gated_residual_backward(ctx, grad):
     gate, y = ctx.saved_tensors
     grad_gate = (grad.float() * y.float()).sum(dim=1).to(gate.dtype)
-    return grad, grad_gate, grad * gate[:, None, :]
+    return grad, grad_gate, (grad * gate[:, None, :]).to(y.dtype)  # y may have its own dtype (autocast)
 
 
 def _check_covers(what: str, have: set[str], want: set[str]) -> None:

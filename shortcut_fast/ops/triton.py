@@ -176,7 +176,10 @@ def modulate_layernorm_bwd(
 @_op
 def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     op = "gated_residual"
-    _check_alike(op, x, y)
+    # y may have its own dtype, as in the native ops: the kernel reads it as it is
+    check_device(op, x, y)
+    check_float(op, x, y)
+    _check_shape(op, "y", y, x.shape)
     check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
     check_device(op, x, gate)
     check_float(op, gate)
