@@ -170,15 +170,18 @@ def model_widths() -> list[int]:
 
 
 KERNELS = {
-    "attention_fwd": (attention._attention_fwd_kernel, {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"}),
+    "attention_fwd": (
+        attention._attention_fwd_kernel,
+        {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
+    ),
     "attention_bwd_delta": (attention._attention_bwd_delta_kernel, {"delta_ptr": "*fp32", "n_rows": "i32"}),
     "attention_bwd_dkdv": (
         attention._attention_bwd_dkdv_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
     ),
     "attention_bwd_dq": (
         attention._attention_bwd_dq_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
     ),
     "modulate_layernorm_fwd": (
         layernorm._modulate_layernorm_fwd_kernel,
@@ -196,12 +199,22 @@ KERNELS = {
             "tokens_per_program": "i32",
         },
     ),
-    "gated_residual": (elementwise._gated_residual_kernel, {"numel": "i32", "channels": "i32", "per_sample": "i32"}),
+    "gated_residual": (
+        elementwise._gated_residual_kernel,
+        {"numel": "i32", "numel_bucket": "i32", "channels": "i32", "per_sample": "i32"},
+    ),
     "per_sample_step": (
         elementwise._per_sample_step_kernel,
-        {"d_ptr": "*fp32", "numel": "i32", "per_sample": "i32", "step_factor": "fp32", "clip": "fp32"},
+        {
+            "d_ptr": "*fp32",
+            "numel": "i32",
+            "numel_bucket": "i32",
+            "per_sample": "i32",
+            "step_factor": "fp32",
+            "clip": "fp32",
+        },
     ),
-    "bootstrap_target": (elementwise._bootstrap_target_kernel, {"numel": "i32", "clip": "fp32"}),
+    "bootstrap_target": (elementwise._bootstrap_target_kernel, {"numel": "i32", "numel_bucket": "i32", "clip": "fp32"}),
     "timestep_features": (
         embedding._timestep_features_kernel,
         {"out_ptr": "*fp32", "dim": "i32", "half": "i32", "neg_log_period": "fp32", "t_scale": "fp32"},

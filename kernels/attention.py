@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import autotune
+from .launch import autotune, size_bucket
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -41,7 +41,10 @@ _BWD_CONFIGS = [
 ]
 # the smallest blocks tl.dot takes, so that the tests' short sequences still span several blocks
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)
-_TUNING_KEY = ["seq_len", "HEAD_DIM"]
+# batch_bucket (size_bucket of B): batch-1 sampling launches B*H programs per query block where training launches
+# hundreds of times more, and the best tile differs; the kernels take it only for the key
+_TUNING_KEY = ["seq_len", "HEAD_DIM", "batch_bucket"]
+_BATCH_BUCKET_CAP = 64
 
 
 def _smallest_for_fp32(configs, named_args, **kwargs):
@@ -68,7 +71,7 @@ def _store_rows(ptr, rows, seq_len, block, HEAD_DIM: tl.constexpr):
 
 
 @autotune(_FWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_fwd_kernel(
     q_ptr,
     k_ptr,
@@ -77,6 +80,7 @@ def _attention_fwd_kernel(
     lse_ptr,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -123,7 +127,7 @@ def _attention_bwd_delta_kernel(
 
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_bwd_dkdv_kernel(
     q_ptr,
     k_ptr,
@@ -135,6 +139,7 @@ def _attention_bwd_dkdv_kernel(
     dv_ptr,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -170,7 +175,7 @@ def _attention_bwd_dkdv_kernel(
 
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_bwd_dq_kernel(
     q_ptr,
     k_ptr,
@@ -181,6 +186,7 @@ def _attention_bwd_dq_kernel(
     dq_ptr,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -226,7 +232,16 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
     out = torch.empty_like(q)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
     _attention_fwd_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, out, lse, seq_len, 1.0 / math.sqrt(head_dim), HEAD_DIM=head_dim, DOT_PRECISION=_dot_precision(q.dtype)
+        q,
+        k,
+        v,
+        out,
+        lse,
+        seq_len,
+        1.0 / math.sqrt(head_dim),
+        size_bucket(batch, _BATCH_BUCKET_CAP),
+        HEAD_DIM=head_dim,
+        DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out, lse
 
@@ -241,10 +256,11 @@ def attention_backward(
     _attention_bwd_delta_kernel[(triton.cdiv(n_rows, 64),)](out, grad_out, delta, n_rows, HEAD_DIM=head_dim, BLOCK_M=64)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     scale, precision = 1.0 / math.sqrt(head_dim), _dot_precision(q.dtype)
+    bucket = size_bucket(batch, _BATCH_BUCKET_CAP)
     _attention_bwd_dkdv_kernel[_grid(batch * heads, seq_len, "BLOCK_N")](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, bucket, HEAD_DIM=head_dim, DOT_PRECISION=precision
     )
     _attention_bwd_dq_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, grad_out, lse, delta, dq, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dq, seq_len, scale, bucket, HEAD_DIM=head_dim, DOT_PRECISION=precision
     )
     return dq, dk, dv
