@@ -169,19 +169,35 @@ def model_widths() -> list[int]:
     return sorted({preset["hidden_size"] for preset in DIT_PRESETS.values()})
 
 
+# the attention's head count and the batch, head and token strides of q, k and v (kernels/attention.py)
+_STRIDES = {"heads": "i32", **{f"stride_{t}{d}": "i32" for t in "qkv" for d in "bhn"}}
 KERNELS = {
     "attention_fwd": (
         attention._attention_fwd_kernel,
-        {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
+        {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32", **_STRIDES},
     ),
     "attention_bwd_delta": (attention._attention_bwd_delta_kernel, {"delta_ptr": "*fp32", "n_rows": "i32"}),
     "attention_bwd_dkdv": (
         attention._attention_bwd_dkdv_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
+        {
+            "lse_ptr": "*fp32",
+            "delta_ptr": "*fp32",
+            "seq_len": "i32",
+            "sm_scale": "fp32",
+            "batch_bucket": "i32",
+            **_STRIDES,
+        },
     ),
     "attention_bwd_dq": (
         attention._attention_bwd_dq_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32"},
+        {
+            "lse_ptr": "*fp32",
+            "delta_ptr": "*fp32",
+            "seq_len": "i32",
+            "sm_scale": "fp32",
+            "batch_bucket": "i32",
+            **_STRIDES,
+        },
     ),
     "modulate_layernorm_fwd": (
         layernorm._modulate_layernorm_fwd_kernel,
@@ -323,8 +339,13 @@ def compile_case(case: Case) -> dict:
     fn, types = _jit(case.kernel), KERNELS[case.kernel][1]
     constexprs = dict(case.constexprs)
     signature = _signature(fn, DTYPES[case.dtype], types, constexprs)
-    # the launcher passes 16-byte aligned pointers, which Triton specialises on at launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
+    # the launcher passes 16-byte aligned pointers, which Triton specialises on at launch, and so are the
+    # attention's strides multiples of 16 at every head size it runs (Dh, 3C, N Dh, N 3C ...)
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if signature[name][0] == "*" or name.startswith("stride_")
+    }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()
     start = time.perf_counter()

@@ -8,6 +8,8 @@ block's dq (two passes over the scores rather than atomics, so the results are d
 Scores are kept in log2 units (scaled by log2 e) so that the exponentials are ``exp2``.
 Any N works (blocks are masked); Dh must be a power of two (``tl.arange``) of at least 16 (the
 smallest ``tl.dot`` operand); the head sizes the package runs are declared in its op contract.
+q, k and v are read through their batch, head and token strides (the last dim contiguous), so the
+slices of a fused qkv projection go in without copies; the outputs are contiguous.
 All products accumulate in fp32 whatever the storage dtype.
 """
 
@@ -56,10 +58,17 @@ def _smallest_for_fp32(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _load_rows(ptr, rows, seq_len, HEAD_DIM: tl.constexpr):
-    """The (len(rows), HEAD_DIM) block of one head's (N, Dh) matrix; rows past N read as zeros."""
+def _load_rows(ptr, rows, seq_len, row_stride, HEAD_DIM: tl.constexpr):
+    """The (len(rows), HEAD_DIM) block of one head's (N, Dh) matrix, rows ``row_stride`` apart; rows past N read
+    as zeros."""
     dims = tl.arange(0, HEAD_DIM)
-    return tl.load(ptr + rows[:, None] * HEAD_DIM + dims[None, :], mask=(rows < seq_len)[:, None], other=0.0)
+    return tl.load(ptr + rows[:, None] * row_stride + dims[None, :], mask=(rows < seq_len)[:, None], other=0.0)
+
+
+@triton.jit
+def _head_start(ptr, head, heads, stride_b, stride_h):
+    """Where head ``head`` of the flattened B * H heads starts in a strided (B, H, N, Dh) tensor (int64 offsets)."""
+    return ptr + (head // heads) * stride_b + (head % heads) * stride_h
 
 
 @triton.jit
@@ -78,6 +87,16 @@ def _attention_fwd_kernel(
     v_ptr,
     out_ptr,
     lse_ptr,
+    heads,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -89,9 +108,12 @@ def _attention_fwd_kernel(
     # grid: (B * H, query blocks), the heads on the axis without the 65535 limit;
     # int64 offsets since B * H * N * Dh may pass 2**31
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous out
+    q_head = _head_start(q_ptr, head, heads, stride_qb, stride_qh)
+    k_head = _head_start(k_ptr, head, heads, stride_kb, stride_kh)
+    v_head = _head_start(v_ptr, head, heads, stride_vb, stride_vh)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
+    q = _load_rows(q_head, rows, seq_len, stride_qn, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -99,8 +121,8 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-        v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_kn, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_vn, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # every block holds at least one real key, so the running max stays finite
         scores = tl.where((keys < seq_len)[None, :], scores, float("-inf"))
@@ -121,8 +143,8 @@ def _attention_bwd_delta_kernel(
 ):
     # rows of all heads at once: (B * H * N, Dh) matrices
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    out = _load_rows(out_ptr, rows, n_rows, HEAD_DIM).to(tl.float32)
-    grad_out = _load_rows(grad_out_ptr, rows, n_rows, HEAD_DIM).to(tl.float32)
+    out = _load_rows(out_ptr, rows, n_rows, HEAD_DIM, HEAD_DIM).to(tl.float32)
+    grad_out = _load_rows(grad_out_ptr, rows, n_rows, HEAD_DIM, HEAD_DIM).to(tl.float32)
     tl.store(delta_ptr + rows, tl.sum(out * grad_out, 1), mask=rows < n_rows)
 
 
@@ -137,6 +159,16 @@ def _attention_bwd_dkdv_kernel(
     delta_ptr,
     dk_ptr,
     dv_ptr,
+    heads,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -147,10 +179,11 @@ def _attention_bwd_dkdv_kernel(
 ):
     # grid: (B * H, key blocks)
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out, dk and dv
+    q_head = _head_start(q_ptr, head, heads, stride_qb, stride_qh)
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-    v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+    k = _load_rows(_head_start(k_ptr, head, heads, stride_kb, stride_kh), keys, seq_len, stride_kn, HEAD_DIM)
+    v = _load_rows(_head_start(v_ptr, head, heads, stride_vb, stride_vh), keys, seq_len, stride_vn, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -158,8 +191,8 @@ def _attention_bwd_dkdv_kernel(
     for start in range(0, seq_len, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_mask = rows < seq_len
-        q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
-        grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM)
+        q = _load_rows(q_head, rows, seq_len, stride_qn, HEAD_DIM)
+        grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
         lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
         delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
         # transposed scores (keys, queries): dk and dv then come out of plain products
@@ -184,6 +217,16 @@ def _attention_bwd_dq_kernel(
     lse_ptr,
     delta_ptr,
     dq_ptr,
+    heads,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -194,11 +237,13 @@ def _attention_bwd_dq_kernel(
 ):
     # grid: (B * H, query blocks)
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out and dq
+    k_head = _head_start(k_ptr, head, heads, stride_kb, stride_kh)
+    v_head = _head_start(v_ptr, head, heads, stride_vb, stride_vh)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < seq_len
-    q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
-    grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM)
+    q = _load_rows(_head_start(q_ptr, head, heads, stride_qb, stride_qh), rows, seq_len, stride_qn, HEAD_DIM)
+    grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
     lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
     delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
     qk_scale = sm_scale * _LOG2E
@@ -206,8 +251,8 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-        v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_kn, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_vn, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.where((keys < seq_len)[None, :], tl.exp2(scores - lse[:, None] * _LOG2E), 0.0)
         dp = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
@@ -226,10 +271,15 @@ def _grid(heads: int, seq_len: int, blocks_of: str):
     return lambda meta: (heads, triton.cdiv(seq_len, meta[blocks_of]))
 
 
+def _strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[int]:
+    """The batch, head and token strides of q, k and v, in the kernels' argument order."""
+    return [s for t in (q, k, v) for s in t.stride()[:3]]
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, lse)`` of contiguous (B, H, N, Dh) q, k, v: out like q, lse (B, H, N) fp32."""
+    """``(out, lse)`` of (B, H, N, Dh) q, k, v whose last dim is contiguous: out contiguous, lse (B, H, N) fp32."""
     batch, heads, seq_len, head_dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
     _attention_fwd_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
         q,
@@ -237,6 +287,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
         v,
         out,
         lse,
+        heads,
+        *_strides(q, k, v),
         seq_len,
         1.0 / math.sqrt(head_dim),
         size_bucket(batch, _BATCH_BUCKET_CAP),
@@ -249,18 +301,21 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
 def attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of ``attention_forward``'s out, from contiguous tensors of its shapes."""
+    """``(dq, dk, dv)`` of ``attention_forward``'s out, contiguous; q, k, v as ``attention_forward`` takes them,
+    grad_out, out and lse contiguous."""
     batch, heads, seq_len, head_dim = q.shape
     delta = torch.empty_like(lse)
     n_rows = batch * heads * seq_len
     _attention_bwd_delta_kernel[(triton.cdiv(n_rows, 64),)](out, grad_out, delta, n_rows, HEAD_DIM=head_dim, BLOCK_M=64)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
+    strides = _strides(q, k, v)
     scale, precision = 1.0 / math.sqrt(head_dim), _dot_precision(q.dtype)
     bucket = size_bucket(batch, _BATCH_BUCKET_CAP)
+    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=precision)
     _attention_bwd_dkdv_kernel[_grid(batch * heads, seq_len, "BLOCK_N")](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, bucket, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dk, dv, heads, *strides, seq_len, scale, bucket, **constants
     )
     _attention_bwd_dq_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, grad_out, lse, delta, dq, seq_len, scale, bucket, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dq, heads, *strides, seq_len, scale, bucket, **constants
     )
     return dq, dk, dv

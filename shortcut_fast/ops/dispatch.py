@@ -3,8 +3,8 @@
 Each function has the signature and the numbers of its plain PyTorch
 reference in ``reference.py`` and runs on the backend that
 ``shortcut_fast.set_backend`` chose (``backends.py``): the reference, the C++
-extension or the Triton kernels. The kernels take contiguous inputs; the
-wrappers here make them so and fall back to the reference for what the op
+extension or the Triton kernels. The kernels take contiguous inputs (the Triton
+attention also strided q, k, v); the wrappers here make them so and fall back to the reference for what the op
 contract (``contract.py``) says a backend does not run (a dtype, a head size)
 and for gradients through an op that has no backward kernel.
 """
@@ -51,7 +51,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     ops = _kernels("attention_fwd", q, q.shape[-1])
     if ops is None:
         return SF.attention(q, k, v)
-    return ops.attention_fwd.default(q.contiguous(), k.contiguous(), v.contiguous())[0]
+    if backends.namespace(q.device) != backends.TRITON_NAMESPACE:
+        # the native kernels index contiguous tensors; the Triton ones take the strides of qkv's slices as they are
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return ops.attention_fwd.default(q, k, v)[0]
 
 
 def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -113,6 +113,12 @@ def _check_step(op: str, x: Tensor, d: Tensor) -> None:
     check(d.dtype == torch.float32, f"{op}: d must be fp32, got {d.dtype}")
 
 
+def _rows_contiguous(t: Tensor) -> Tensor:
+    """t itself when its last dim is contiguous (the kernels take the other strides, e.g. of qkv slices), else
+    a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 @_op
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     op = "attention_fwd"
@@ -123,7 +129,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     _check_shape(op, "k", k, q.shape)
     _check_shape(op, "v", v, q.shape)
     _check_head_dim(op, q)
-    return attention.attention_forward(q.contiguous(), k.contiguous(), v.contiguous())
+    return attention.attention_forward(*map(_rows_contiguous, (q, k, v)))
 
 
 @_op
@@ -140,7 +146,8 @@ def attention_bwd(
     _check_shape(op, "lse", lse, q.shape[:-1])
     check(lse.dtype == torch.float32, f"{op}: lse must be fp32, got {lse.dtype}")
     _check_head_dim(op, q)
-    return attention.attention_backward(*(t.contiguous() for t in (grad_out, q, k, v, out, lse)))
+    q, k, v = map(_rows_contiguous, (q, k, v))
+    return attention.attention_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse.contiguous())
 
 
 @_op
