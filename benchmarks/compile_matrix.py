@@ -169,8 +169,8 @@ def model_widths() -> list[int]:
     return sorted({preset["hidden_size"] for preset in DIT_PRESETS.values()})
 
 
-# the attention's head count and the batch, head and token strides of q, k and v (kernels/attention.py)
-_STRIDES = {"heads": "i32", **{f"stride_{t}{d}": "i32" for t in "qkv" for d in "bhn"}}
+# the attention's head count and the batch, head and token strides q, k and v share (kernels/attention.py)
+_STRIDES = {"heads": "i32", "stride_b": "i32", "stride_h": "i32", "stride_n": "i32"}
 KERNELS = {
     "attention_fwd": (
         attention._attention_fwd_kernel,

@@ -8,8 +8,10 @@ block's dq (two passes over the scores rather than atomics, so the results are d
 Scores are kept in log2 units (scaled by log2 e) so that the exponentials are ``exp2``.
 Any N works (blocks are masked); Dh must be a power of two (``tl.arange``) of at least 16 (the
 smallest ``tl.dot`` operand); the head sizes the package runs are declared in its op contract.
-q, k and v are read through their batch, head and token strides (the last dim contiguous), so the
-slices of a fused qkv projection go in without copies; the outputs are contiguous.
+q, k and v are read through their batch, head and token strides (shared by the three, the last dim
+contiguous), so the slices of a fused qkv projection go in without copies; the outputs are contiguous.
+(One set of strides: k and v then share their address arithmetic, which keeps the bf16 forward's
+largest tile at sm_90 within its registers.)
 All products accumulate in fp32 whatever the storage dtype.
 """
 
@@ -88,15 +90,9 @@ def _attention_fwd_kernel(
     out_ptr,
     lse_ptr,
     heads,
-    stride_qb,
-    stride_qh,
-    stride_qn,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_vb,
-    stride_vh,
-    stride_vn,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -109,11 +105,11 @@ def _attention_fwd_kernel(
     # int64 offsets since B * H * N * Dh may pass 2**31
     head = tl.program_id(0).to(tl.int64)
     offset = head * seq_len * HEAD_DIM  # of the contiguous out
-    q_head = _head_start(q_ptr, head, heads, stride_qb, stride_qh)
-    k_head = _head_start(k_ptr, head, heads, stride_kb, stride_kh)
-    v_head = _head_start(v_ptr, head, heads, stride_vb, stride_vh)
+    q_head = _head_start(q_ptr, head, heads, stride_b, stride_h)
+    k_head = _head_start(k_ptr, head, heads, stride_b, stride_h)
+    v_head = _head_start(v_ptr, head, heads, stride_b, stride_h)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_head, rows, seq_len, stride_qn, HEAD_DIM)
+    q = _load_rows(q_head, rows, seq_len, stride_n, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -121,8 +117,8 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_head, keys, seq_len, stride_kn, HEAD_DIM)
-        v = _load_rows(v_head, keys, seq_len, stride_vn, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_n, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_n, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # every block holds at least one real key, so the running max stays finite
         scores = tl.where((keys < seq_len)[None, :], scores, float("-inf"))
@@ -160,15 +156,9 @@ def _attention_bwd_dkdv_kernel(
     dk_ptr,
     dv_ptr,
     heads,
-    stride_qb,
-    stride_qh,
-    stride_qn,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_vb,
-    stride_vh,
-    stride_vn,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -180,10 +170,10 @@ def _attention_bwd_dkdv_kernel(
     # grid: (B * H, key blocks)
     head = tl.program_id(0).to(tl.int64)
     offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out, dk and dv
-    q_head = _head_start(q_ptr, head, heads, stride_qb, stride_qh)
+    q_head = _head_start(q_ptr, head, heads, stride_b, stride_h)
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = _load_rows(_head_start(k_ptr, head, heads, stride_kb, stride_kh), keys, seq_len, stride_kn, HEAD_DIM)
-    v = _load_rows(_head_start(v_ptr, head, heads, stride_vb, stride_vh), keys, seq_len, stride_vn, HEAD_DIM)
+    k = _load_rows(_head_start(k_ptr, head, heads, stride_b, stride_h), keys, seq_len, stride_n, HEAD_DIM)
+    v = _load_rows(_head_start(v_ptr, head, heads, stride_b, stride_h), keys, seq_len, stride_n, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -191,7 +181,7 @@ def _attention_bwd_dkdv_kernel(
     for start in range(0, seq_len, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_mask = rows < seq_len
-        q = _load_rows(q_head, rows, seq_len, stride_qn, HEAD_DIM)
+        q = _load_rows(q_head, rows, seq_len, stride_n, HEAD_DIM)
         grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
         lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
         delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
@@ -218,15 +208,9 @@ def _attention_bwd_dq_kernel(
     delta_ptr,
     dq_ptr,
     heads,
-    stride_qb,
-    stride_qh,
-    stride_qn,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_vb,
-    stride_vh,
-    stride_vn,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
     batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
@@ -238,11 +222,11 @@ def _attention_bwd_dq_kernel(
     # grid: (B * H, query blocks)
     head = tl.program_id(0).to(tl.int64)
     offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out and dq
-    k_head = _head_start(k_ptr, head, heads, stride_kb, stride_kh)
-    v_head = _head_start(v_ptr, head, heads, stride_vb, stride_vh)
+    k_head = _head_start(k_ptr, head, heads, stride_b, stride_h)
+    v_head = _head_start(v_ptr, head, heads, stride_b, stride_h)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < seq_len
-    q = _load_rows(_head_start(q_ptr, head, heads, stride_qb, stride_qh), rows, seq_len, stride_qn, HEAD_DIM)
+    q = _load_rows(_head_start(q_ptr, head, heads, stride_b, stride_h), rows, seq_len, stride_n, HEAD_DIM)
     grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
     lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
     delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
@@ -251,8 +235,8 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_head, keys, seq_len, stride_kn, HEAD_DIM)
-        v = _load_rows(v_head, keys, seq_len, stride_vn, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_n, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_n, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.where((keys < seq_len)[None, :], tl.exp2(scores - lse[:, None] * _LOG2E), 0.0)
         dp = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
@@ -272,12 +256,14 @@ def _grid(heads: int, seq_len: int, blocks_of: str):
 
 
 def _strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[int]:
-    """The batch, head and token strides of q, k and v, in the kernels' argument order."""
-    return [s for t in (q, k, v) for s in t.stride()[:3]]
+    """The batch, head and token strides that q, k and v share, in the kernels' argument order."""
+    assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1  # ops/triton.py makes them so
+    return list(q.stride()[:3])
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, lse)`` of (B, H, N, Dh) q, k, v whose last dim is contiguous: out contiguous, lse (B, H, N) fp32."""
+    """``(out, lse)`` of (B, H, N, Dh) q, k, v of one set of strides, the last dim contiguous: out contiguous,
+    lse (B, H, N) fp32."""
     batch, heads, seq_len, head_dim = q.shape
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)

@@ -86,9 +86,9 @@ def test_attention_bwd_on_qkv_slices(op_case, shape):
     torch.library.opcheck(op_case.ops.attention_bwd.default, (grad_out, q, k, v, out, lse))
 
 
-def test_attention_takes_different_strides_for_q_k_v(op_case):
-    """Each of q, k, v has its own strides: a transposed view, a slice of a wider tensor, a contiguous one; and a
-    last dim that is not contiguous is copied."""
+def test_attention_copies_q_k_v_of_different_strides(op_case):
+    """The kernels take one set of strides: q, k, v of different ones (a transposed view, a slice of a wider
+    tensor, a contiguous one) or a last dim that is not contiguous are copied first, and give the same result."""
     _triton_only(op_case)
     q = op_case.randn(2, 5, 3, 32, seed=0).transpose(1, 2)  # (B, H, N, Dh) stored (B, N, H, Dh)
     k = op_case.randn(2, 3, 5, 64, seed=1)[..., 16:48]  # a slice of the feature dim: row stride 64

@@ -113,10 +113,12 @@ def _check_step(op: str, x: Tensor, d: Tensor) -> None:
     check(d.dtype == torch.float32, f"{op}: d must be fp32, got {d.dtype}")
 
 
-def _rows_contiguous(t: Tensor) -> Tensor:
-    """t itself when its last dim is contiguous (the kernels take the other strides, e.g. of qkv slices), else
-    a contiguous copy."""
-    return t if t.stride(-1) == 1 else t.contiguous()
+def _strided_alike(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v themselves when they share strides with a contiguous last dim (the slices of one qkv projection:
+    the kernels take those strides), else contiguous copies."""
+    if q.stride() == k.stride() == v.stride() and q.stride(-1) == 1:
+        return q, k, v
+    return q.contiguous(), k.contiguous(), v.contiguous()
 
 
 @_op
@@ -129,7 +131,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     _check_shape(op, "k", k, q.shape)
     _check_shape(op, "v", v, q.shape)
     _check_head_dim(op, q)
-    return attention.attention_forward(*map(_rows_contiguous, (q, k, v)))
+    return attention.attention_forward(*_strided_alike(q, k, v))
 
 
 @_op
@@ -146,7 +148,7 @@ def attention_bwd(
     _check_shape(op, "lse", lse, q.shape[:-1])
     check(lse.dtype == torch.float32, f"{op}: lse must be fp32, got {lse.dtype}")
     _check_head_dim(op, q)
-    q, k, v = map(_rows_contiguous, (q, k, v))
+    q, k, v = _strided_alike(q, k, v)
     return attention.attention_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse.contiguous())
 
 
