@@ -227,7 +227,13 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
             table.dim() == 2 and table.shape[1] == c.shape[1],
             f"{op}: the table of {name} must be (rows, {c.shape[1]}), got shape {tuple(table.shape)}",
         )
-    return embedding.condition_sum(*(None if t is None else t.contiguous() for t in (c, level, d_table, y, y_table)))
+    return embedding.condition_sum(
+        c.contiguous(),
+        level.contiguous(),
+        d_table.contiguous(),
+        None if y is None else y.contiguous(),
+        None if y_table is None else y_table.contiguous(),
+    )
 
 
 @_op
