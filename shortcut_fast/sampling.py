@@ -76,10 +76,14 @@ def resolve_compute_dtype(
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     """Autocast to ``dtype`` on ``device``, or autocast off when None: sample() sets the precision itself,
-    overriding any enclosing autocast, so that its CUDA-graph key says what the graph ran."""
+    overriding any enclosing autocast, so that its CUDA-graph key says what the graph ran.
+
+    Without autocast's cache of cast weights: under an enclosing autocast the cache lives until the outermost
+    context exits, so weights cast inside a graph capture would be read back, stale, by later calls.
+    """
     if dtype is None and not torch.is_autocast_enabled(device.type):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
 def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[checks.Condition]]:

@@ -430,3 +430,19 @@ def test_resolve_compute_dtype(compute_dtype, weights, device, want):
     from shortcut_fast.sampling import resolve_compute_dtype
 
     assert resolve_compute_dtype(compute_dtype, weights, torch.device(device)) == want
+
+
+def test_compute_dtype_leaves_no_cast_weights_in_an_enclosing_autocast(tiny_dit):
+    """Under a caller's autocast, sample() caches no bf16 copies of the weights: a weight update after it is
+    seen by the next forward (a cached cast made inside a CUDA-graph capture would be stale and freed)."""
+    z, y = _noise(), torch.tensor([0, 4, 10])
+    model = copy.deepcopy(tiny_dit)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sample(model, noise=z, steps=1, y=y, compute_dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+            got = model(z, 0.0, 1.0, y)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = copy.deepcopy(model)(z, 0.0, 1.0, y)  # fresh tensors: nothing cached for them
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
