@@ -62,6 +62,10 @@ _HALF_BACKWARD = (
     "at most a few hundred bytes in the backward's largest tiles, which stay in L1; the autotuner "
     "times these configurations against ones that do not spill"
 )
+_HALF_FORWARD_SM80 = (
+    "a few bytes in the 4-warp 128x32 tile at Dh 128 on sm_80 (255 registers), which stay in L1; the "
+    "autotuner times it against the three configurations that do not spill"
+)
 ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
     **{
         (kernel, "fp32", target): (128 * 1024, _FP32_ATTENTION)
@@ -74,6 +78,7 @@ ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
         for dtype in ("bf16", "fp16")
         for target in TARGETS
     },
+    **{("attention_fwd", dtype, 80): (64, _HALF_FORWARD_SM80) for dtype in ("bf16", "fp16")},
 }
 # wgmma works on 64-row tiles per warpgroup; a kernel's dots whose row block is smaller get mma.sync.
 _DOT_ROWS = {"attention_fwd": "BLOCK_M", "attention_bwd_dq": "BLOCK_M", "attention_bwd_dkdv": "BLOCK_N"}
