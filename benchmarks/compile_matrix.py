@@ -62,6 +62,10 @@ _HALF_BACKWARD = (
     "at most a few hundred bytes in the backward's largest tiles, which stay in L1; the autotuner "
     "times these configurations against ones that do not spill"
 )
+_HALF_FORWARD_SM80 = (
+    "a few bytes in the 4-warp 128x32 tile at Dh 128 on sm_80 (255 registers), which stay in L1; the "
+    "autotuner times it against the three configurations that do not spill"
+)
 ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
     **{
         (kernel, "fp32", target): (128 * 1024, _FP32_ATTENTION)
@@ -74,6 +78,7 @@ ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
         for dtype in ("bf16", "fp16")
         for target in TARGETS
     },
+    **{("attention_fwd", dtype, 80): (64, _HALF_FORWARD_SM80) for dtype in ("bf16", "fp16")},
 }
 # wgmma works on 64-row tiles per warpgroup; a kernel's dots whose row block is smaller get mma.sync.
 _DOT_ROWS = {"attention_fwd": "BLOCK_M", "attention_bwd_dq": "BLOCK_M", "attention_bwd_dkdv": "BLOCK_N"}
@@ -169,16 +174,35 @@ def model_widths() -> list[int]:
     return sorted({preset["hidden_size"] for preset in DIT_PRESETS.values()})
 
 
+# the attention's head count and the batch, head and token strides q, k and v share (kernels/attention.py)
+_STRIDES = {"heads": "i32", "stride_b": "i32", "stride_h": "i32", "stride_n": "i32"}
 KERNELS = {
-    "attention_fwd": (attention._attention_fwd_kernel, {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"}),
+    "attention_fwd": (
+        attention._attention_fwd_kernel,
+        {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32", **_STRIDES},
+    ),
     "attention_bwd_delta": (attention._attention_bwd_delta_kernel, {"delta_ptr": "*fp32", "n_rows": "i32"}),
     "attention_bwd_dkdv": (
         attention._attention_bwd_dkdv_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+        {
+            "lse_ptr": "*fp32",
+            "delta_ptr": "*fp32",
+            "seq_len": "i32",
+            "sm_scale": "fp32",
+            "batch_bucket": "i32",
+            **_STRIDES,
+        },
     ),
     "attention_bwd_dq": (
         attention._attention_bwd_dq_kernel,
-        {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32"},
+        {
+            "lse_ptr": "*fp32",
+            "delta_ptr": "*fp32",
+            "seq_len": "i32",
+            "sm_scale": "fp32",
+            "batch_bucket": "i32",
+            **_STRIDES,
+        },
     ),
     "modulate_layernorm_fwd": (
         layernorm._modulate_layernorm_fwd_kernel,
@@ -196,12 +220,22 @@ KERNELS = {
             "tokens_per_program": "i32",
         },
     ),
-    "gated_residual": (elementwise._gated_residual_kernel, {"numel": "i32", "channels": "i32", "per_sample": "i32"}),
+    "gated_residual": (
+        elementwise._gated_residual_kernel,
+        {"numel": "i32", "numel_bucket": "i32", "channels": "i32", "per_sample": "i32"},
+    ),
     "per_sample_step": (
         elementwise._per_sample_step_kernel,
-        {"d_ptr": "*fp32", "numel": "i32", "per_sample": "i32", "step_factor": "fp32", "clip": "fp32"},
+        {
+            "d_ptr": "*fp32",
+            "numel": "i32",
+            "numel_bucket": "i32",
+            "per_sample": "i32",
+            "step_factor": "fp32",
+            "clip": "fp32",
+        },
     ),
-    "bootstrap_target": (elementwise._bootstrap_target_kernel, {"numel": "i32", "clip": "fp32"}),
+    "bootstrap_target": (elementwise._bootstrap_target_kernel, {"numel": "i32", "numel_bucket": "i32", "clip": "fp32"}),
     "timestep_features": (
         embedding._timestep_features_kernel,
         {"out_ptr": "*fp32", "dim": "i32", "half": "i32", "neg_log_period": "fp32", "t_scale": "fp32"},
@@ -310,8 +344,13 @@ def compile_case(case: Case) -> dict:
     fn, types = _jit(case.kernel), KERNELS[case.kernel][1]
     constexprs = dict(case.constexprs)
     signature = _signature(fn, DTYPES[case.dtype], types, constexprs)
-    # the launcher passes 16-byte aligned pointers, which Triton specialises on at launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
+    # the launcher passes 16-byte aligned pointers, which Triton specialises on at launch, and so are the
+    # attention's strides multiples of 16 at every head size it runs (Dh, 3C, N Dh, N 3C ...)
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if signature[name][0] == "*" or name.startswith("stride_")
+    }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()
     start = time.perf_counter()

@@ -4,7 +4,8 @@
     python benchmarks/throughput.py --preset DiT-S/2 --batch 128 --dtype bf16 --json out.json
 
 Sections: one-step sampling (batch-1 latency, large-batch throughput), the
-training step (images/s; the flow-matching-only step for the cost of
+API's own cost per batch-1 call (``sample()`` minus the engine's op on the CPU,
+minus the graph replay on CUDA), the training step (images/s; the flow-matching-only step for the cost of
 self-consistency), per-op times of the fused kernels against their
 references, and achieved TFLOP/s and GB/s against the peaks measured in the
 same run. Timing: CUDA events (wall clock on the CPU) after warm-up, the
@@ -27,9 +28,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import shortcut_fast as sf
-from shortcut_fast import ops
+from shortcut_fast import ops, sampling
 from shortcut_fast.objective import ShortcutConfig
 from shortcut_fast.ops import reference as SF
+from shortcut_fast.steps import resolve_schedule
 
 DIGITS_DIT = dict(input_size=8, in_channels=1, patch_size=4, hidden_size=192, depth=4, num_heads=4, num_classes=10)
 TINY_DIT = dict(input_size=8, in_channels=1, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=10)
@@ -123,15 +125,18 @@ def one_liner(model):
 def sampling_variants(args, model_net) -> dict:
     """name -> fn(noise, y): the eager one-liner, torch.compile of it, the package's sampler and its engine."""
 
+    # every variant runs the network in the weights' dtype: sample()'s CUDA default would be bf16 autocast
+    precision = next(model_net.parameters()).dtype
+
     def sampler(noise, y):
-        return sf.sample(model_net, noise, steps=args.steps, y=y)
+        return sf.sample(model_net, noise, steps=args.steps, y=y, compute_dtype=precision)
 
     if args.steps == 1:
         eager = one_liner(model_net)
     else:
 
         def eager(noise, y):
-            return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False)
+            return sf.sample(model_net, noise, steps=args.steps, y=y, use_graph=False, compute_dtype=precision)
 
     variants = {"eager": eager}
     if args.compile:
@@ -176,6 +181,62 @@ def sampling_times(args, model, device, net_dtype) -> dict:
                 seconds=statistics.median(times[name]), first_call_s=first[name], batch=batch
             )
     return results
+
+
+def raw_engine_op(model, steps: int) -> Callable:
+    """``fn(x, y)``: the C++ engine's op alone, on the inputs ``engine.run`` hands it for ``model`` (fp32, CPU).
+
+    The floor of a CPU ``sample()`` call: what is left is the API's own work (validation, the
+    engine's checks and weight lookup). The raw op's call lives here alone, so that a change of its
+    signature is one edit.
+    """
+    tensors, config = sf.engine._pack(model)
+    config = [*config, sf.engine.ISAS[sf.engine.active_isa()], sf.engine.ATEN_ROWS]
+    count = len(resolve_schedule(steps, model.min_step))  # equal steps: the engine takes their count
+
+    def call(x, y):
+        return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, None, count)
+
+    return call
+
+
+def captured_replay(model, x, y, steps: int, precision: torch.dtype) -> Callable:
+    """``fn(x, y)``: the replay of the CUDA graph ``sample()`` captured for these inputs, and nothing else."""
+    sf.sample(model, x, steps=steps, y=y, compute_dtype=precision)  # captures (or finds) the graph
+    captured = list(sampling.GRAPH_CACHE._entries.values())[-1]  # the most recently used: this call's
+    return lambda x, y: captured.graph.replay()
+
+
+def api_overhead(args, model, device, net_dtype) -> dict | None:
+    """Seconds per batch-1 ``sample()`` call and per bare call of what it runs (the engine's op on the CPU,
+    the graph replay on CUDA), timed call by call in turn; their difference is the API's own cost per call.
+    None where neither runs (the CPU without the engine)."""
+    model_net = copy.deepcopy(model).to(net_dtype).eval()
+    x = torch.randn(1, model.in_channels, model.input_size, model.input_size, device=device)
+    y = torch.randint(0, model.num_classes, (1,), device=device)
+    if device.type == "cuda":
+        floor, raw = "graph replay", captured_replay(model_net, x, y, args.steps, net_dtype)
+    elif sf.engine.available() and net_dtype == torch.float32:
+        floor, raw = "engine op", raw_engine_op(model_net, args.steps)
+        with sf.engine.mode("on"):  # the same inputs give the same sample: the op is what sample() runs
+            want = sf.sample(model_net, x, steps=args.steps, y=y)
+        torch.testing.assert_close(raw(x, y), want, rtol=0, atol=0)
+    else:
+        return None
+
+    def api(x, y):
+        return sf.sample(model_net, x, steps=args.steps, y=y, compute_dtype=net_dtype)
+
+    times: dict[str, list[float]] = {"sample": [], "raw": []}
+    with sf.engine.mode("on" if device.type == "cpu" else "auto"), torch.no_grad():
+        for fn in (api, raw):
+            for _ in range(args.warmup):
+                fn(x, y)
+        for _ in range(max(args.repeats, 100)):  # microseconds apart: many calls, in turn
+            times["sample"].append(median_time(api, lambda: (x, y), device, 1, 0))
+            times["raw"].append(median_time(raw, lambda: (x, y), device, 1, 0))
+    sample_s, raw_s = statistics.median(times["sample"]), statistics.median(times["raw"])
+    return dict(floor=floor, sample_s=sample_s, raw_s=raw_s, overhead_s=sample_s - raw_s)
 
 
 def training_times(args, model, device) -> dict:
@@ -352,6 +413,16 @@ def report(results: dict) -> str:
             f"{eager / r['seconds']:.2f}x | {flops / 1e12:.3f} | {100 * flops / peak:.1f} | {memory} | "
             f"{r['first_call_s']:.1f} |"
         )
+    api = results.get("api_overhead")
+    if api is not None:
+        lines += [
+            "",
+            f"| API overhead ({results['args']['steps']} step, batch 1) | sample() ms | {api['floor']} ms "
+            "| overhead µs |",
+            "| --- | ---: | ---: | ---: |",
+            f"| sample() − {api['floor']} | {api['sample_s'] * 1e3:.4f} | {api['raw_s'] * 1e3:.4f} | "
+            f"{api['overhead_s'] * 1e6:.1f} |",
+        ]
     lines += [
         "",
         "| training step | ms/step | images/s | vs eager | TFLOP/s | % peak |",
@@ -441,6 +512,7 @@ def main(argv=None) -> dict:
     results["sample_flops_per_image"] = forward_flops(model, 1, device, args.steps)
     results["train_flops_per_step"] = train_flops(model, args.train_batch, device)
     results["sampling"] = sampling_times(args, model, device, dtype)
+    results["api_overhead"] = api_overhead(args, model, device, dtype)
     results["training"] = training_times(args, model, device)
     results["ops"] = op_times(args, model, device, dtype)
     print(report(results))

@@ -92,7 +92,8 @@ class GatedResidual : public torch::autograd::Function<GatedResidual> {
     // The sum over tokens in fp32 or wider, as the kernels sum.
     const auto acc = accumulate_type(grad);
     const Tensor grad_gate = (grad.to(acc) * y.to(acc)).sum(1).to(gate.scalar_type());
-    return {grad, grad_gate, grad * gate.unsqueeze(1)};
+    // y may have its own dtype (gated_residual reads it mixed): its gradient comes back in it
+    return {grad, grad_gate, (grad * gate.unsqueeze(1)).to(y.scalar_type())};
   }
 };
 

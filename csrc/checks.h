@@ -111,10 +111,15 @@ inline RowSizes check_modulate_layernorm_bwd(const at::Tensor& grad_y, const at:
   return sizes;
 }
 
+// y may have another floating dtype than x (autocast: a bf16 branch added to
+// an fp32 residual stream); the kernels read it as it is rather than copy it.
 inline RowSizes check_gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
   const char* op = "gated_residual";
   const RowSizes sizes = check_tokens_and_params(op, x, {{"gate", &gate}});
-  check_like(op, "y", y, "x", x);
+  TORCH_CHECK(y.sizes() == x.sizes(), "shortcut_fast::", op, ": y must have the shape of x ", x.sizes(), ", got ",
+              y.sizes());
+  check_floating(op, "y", y);
+  check_layout(op, "y", y, x);
   return sizes;
 }
 

@@ -8,6 +8,10 @@ block's dq (two passes over the scores rather than atomics, so the results are d
 Scores are kept in log2 units (scaled by log2 e) so that the exponentials are ``exp2``.
 Any N works (blocks are masked); Dh must be a power of two (``tl.arange``) of at least 16 (the
 smallest ``tl.dot`` operand); the head sizes the package runs are declared in its op contract.
+q, k and v are read through their batch, head and token strides (shared by the three, the last dim
+contiguous), so the slices of a fused qkv projection go in without copies; the outputs are contiguous.
+(One set of strides: k and v then share their address arithmetic, which keeps the bf16 forward's
+largest tile at sm_90 within its registers.)
 All products accumulate in fp32 whatever the storage dtype.
 """
 
@@ -19,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import autotune
+from .launch import autotune, size_bucket
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -41,7 +45,10 @@ _BWD_CONFIGS = [
 ]
 # the smallest blocks tl.dot takes, so that the tests' short sequences still span several blocks
 _INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)
-_TUNING_KEY = ["seq_len", "HEAD_DIM"]
+# batch_bucket (size_bucket of B): batch-1 sampling launches B*H programs per query block where training launches
+# hundreds of times more, and the best tile differs; the kernels take it only for the key
+_TUNING_KEY = ["seq_len", "HEAD_DIM", "batch_bucket"]
+_BATCH_BUCKET_CAP = 64
 
 
 def _smallest_for_fp32(configs, named_args, **kwargs):
@@ -53,10 +60,17 @@ def _smallest_for_fp32(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _load_rows(ptr, rows, seq_len, HEAD_DIM: tl.constexpr):
-    """The (len(rows), HEAD_DIM) block of one head's (N, Dh) matrix; rows past N read as zeros."""
+def _load_rows(ptr, rows, seq_len, row_stride, HEAD_DIM: tl.constexpr):
+    """The (len(rows), HEAD_DIM) block of one head's (N, Dh) matrix, rows ``row_stride`` apart; rows past N read
+    as zeros."""
     dims = tl.arange(0, HEAD_DIM)
-    return tl.load(ptr + rows[:, None] * HEAD_DIM + dims[None, :], mask=(rows < seq_len)[:, None], other=0.0)
+    return tl.load(ptr + rows[:, None] * row_stride + dims[None, :], mask=(rows < seq_len)[:, None], other=0.0)
+
+
+@triton.jit
+def _head_start(ptr, head, heads, stride_b, stride_h):
+    """Where head ``head`` of the flattened B * H heads starts in a strided (B, H, N, Dh) tensor (int64 offsets)."""
+    return ptr + (head // heads) * stride_b + (head % heads) * stride_h
 
 
 @triton.jit
@@ -68,15 +82,20 @@ def _store_rows(ptr, rows, seq_len, block, HEAD_DIM: tl.constexpr):
 
 
 @autotune(_FWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_fwd_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
     out_ptr,
     lse_ptr,
+    heads,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -85,9 +104,12 @@ def _attention_fwd_kernel(
     # grid: (B * H, query blocks), the heads on the axis without the 65535 limit;
     # int64 offsets since B * H * N * Dh may pass 2**31
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous out
+    q_head = _head_start(q_ptr, head, heads, stride_b, stride_h)
+    k_head = _head_start(k_ptr, head, heads, stride_b, stride_h)
+    v_head = _head_start(v_ptr, head, heads, stride_b, stride_h)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
+    q = _load_rows(q_head, rows, seq_len, stride_n, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -95,8 +117,8 @@ def _attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-        v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_n, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_n, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         # every block holds at least one real key, so the running max stays finite
         scores = tl.where((keys < seq_len)[None, :], scores, float("-inf"))
@@ -117,13 +139,13 @@ def _attention_bwd_delta_kernel(
 ):
     # rows of all heads at once: (B * H * N, Dh) matrices
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    out = _load_rows(out_ptr, rows, n_rows, HEAD_DIM).to(tl.float32)
-    grad_out = _load_rows(grad_out_ptr, rows, n_rows, HEAD_DIM).to(tl.float32)
+    out = _load_rows(out_ptr, rows, n_rows, HEAD_DIM, HEAD_DIM).to(tl.float32)
+    grad_out = _load_rows(grad_out_ptr, rows, n_rows, HEAD_DIM, HEAD_DIM).to(tl.float32)
     tl.store(delta_ptr + rows, tl.sum(out * grad_out, 1), mask=rows < n_rows)
 
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_bwd_dkdv_kernel(
     q_ptr,
     k_ptr,
@@ -133,8 +155,13 @@ def _attention_bwd_dkdv_kernel(
     delta_ptr,
     dk_ptr,
     dv_ptr,
+    heads,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -142,10 +169,11 @@ def _attention_bwd_dkdv_kernel(
 ):
     # grid: (B * H, key blocks)
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out, dk and dv
+    q_head = _head_start(q_ptr, head, heads, stride_b, stride_h)
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-    v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+    k = _load_rows(_head_start(k_ptr, head, heads, stride_b, stride_h), keys, seq_len, stride_n, HEAD_DIM)
+    v = _load_rows(_head_start(v_ptr, head, heads, stride_b, stride_h), keys, seq_len, stride_n, HEAD_DIM)
     qk_scale = sm_scale * _LOG2E
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -153,8 +181,8 @@ def _attention_bwd_dkdv_kernel(
     for start in range(0, seq_len, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_mask = rows < seq_len
-        q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
-        grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM)
+        q = _load_rows(q_head, rows, seq_len, stride_n, HEAD_DIM)
+        grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
         lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
         delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
         # transposed scores (keys, queries): dk and dv then come out of plain products
@@ -170,7 +198,7 @@ def _attention_bwd_dkdv_kernel(
 
 
 @autotune(_BWD_CONFIGS, _INTERPRET_CONFIG, _TUNING_KEY, _smallest_for_fp32)
-@triton.jit
+@triton.jit(do_not_specialize=["batch_bucket"])
 def _attention_bwd_dq_kernel(
     q_ptr,
     k_ptr,
@@ -179,8 +207,13 @@ def _attention_bwd_dq_kernel(
     lse_ptr,
     delta_ptr,
     dq_ptr,
+    heads,
+    stride_b,
+    stride_h,
+    stride_n,
     seq_len,
     sm_scale,
+    batch_bucket,  # the autotune key only (not specialised: one compile serves every bucket)
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -188,11 +221,13 @@ def _attention_bwd_dq_kernel(
 ):
     # grid: (B * H, query blocks)
     head = tl.program_id(0).to(tl.int64)
-    offset = head * seq_len * HEAD_DIM
+    offset = head * seq_len * HEAD_DIM  # of the contiguous grad_out and dq
+    k_head = _head_start(k_ptr, head, heads, stride_b, stride_h)
+    v_head = _head_start(v_ptr, head, heads, stride_b, stride_h)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < seq_len
-    q = _load_rows(q_ptr + offset, rows, seq_len, HEAD_DIM)
-    grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM)
+    q = _load_rows(_head_start(q_ptr, head, heads, stride_b, stride_h), rows, seq_len, stride_n, HEAD_DIM)
+    grad_out = _load_rows(grad_out_ptr + offset, rows, seq_len, HEAD_DIM, HEAD_DIM)
     lse = tl.load(lse_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
     delta = tl.load(delta_ptr + head * seq_len + rows, mask=row_mask, other=0.0)
     qk_scale = sm_scale * _LOG2E
@@ -200,8 +235,8 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, seq_len, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_ptr + offset, keys, seq_len, HEAD_DIM)
-        v = _load_rows(v_ptr + offset, keys, seq_len, HEAD_DIM)
+        k = _load_rows(k_head, keys, seq_len, stride_n, HEAD_DIM)
+        v = _load_rows(v_head, keys, seq_len, stride_n, HEAD_DIM)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         p = tl.where((keys < seq_len)[None, :], tl.exp2(scores - lse[:, None] * _LOG2E), 0.0)
         dp = tl.dot(grad_out, tl.trans(v), input_precision=DOT_PRECISION)
@@ -220,13 +255,31 @@ def _grid(heads: int, seq_len: int, blocks_of: str):
     return lambda meta: (heads, triton.cdiv(seq_len, meta[blocks_of]))
 
 
+def _strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[int]:
+    """The batch, head and token strides that q, k and v share, in the kernels' argument order."""
+    assert q.stride() == k.stride() == v.stride() and q.stride(-1) == 1  # ops/triton.py makes them so
+    return list(q.stride()[:3])
+
+
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, lse)`` of contiguous (B, H, N, Dh) q, k, v: out like q, lse (B, H, N) fp32."""
+    """``(out, lse)`` of (B, H, N, Dh) q, k, v of one set of strides, the last dim contiguous: out contiguous,
+    lse (B, H, N) fp32."""
     batch, heads, seq_len, head_dim = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
     _attention_fwd_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, out, lse, seq_len, 1.0 / math.sqrt(head_dim), HEAD_DIM=head_dim, DOT_PRECISION=_dot_precision(q.dtype)
+        q,
+        k,
+        v,
+        out,
+        lse,
+        heads,
+        *_strides(q, k, v),
+        seq_len,
+        1.0 / math.sqrt(head_dim),
+        size_bucket(batch, _BATCH_BUCKET_CAP),
+        HEAD_DIM=head_dim,
+        DOT_PRECISION=_dot_precision(q.dtype),
     )
     return out, lse
 
@@ -234,17 +287,21 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
 def attention_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)`` of ``attention_forward``'s out, from contiguous tensors of its shapes."""
+    """``(dq, dk, dv)`` of ``attention_forward``'s out, contiguous; q, k, v as ``attention_forward`` takes them,
+    grad_out, out and lse contiguous."""
     batch, heads, seq_len, head_dim = q.shape
     delta = torch.empty_like(lse)
     n_rows = batch * heads * seq_len
     _attention_bwd_delta_kernel[(triton.cdiv(n_rows, 64),)](out, grad_out, delta, n_rows, HEAD_DIM=head_dim, BLOCK_M=64)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
+    strides = _strides(q, k, v)
     scale, precision = 1.0 / math.sqrt(head_dim), _dot_precision(q.dtype)
+    bucket = size_bucket(batch, _BATCH_BUCKET_CAP)
+    constants = dict(HEAD_DIM=head_dim, DOT_PRECISION=precision)
     _attention_bwd_dkdv_kernel[_grid(batch * heads, seq_len, "BLOCK_N")](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dk, dv, heads, *strides, seq_len, scale, bucket, **constants
     )
     _attention_bwd_dq_kernel[_grid(batch * heads, seq_len, "BLOCK_M")](
-        q, k, v, grad_out, lse, delta, dq, seq_len, scale, HEAD_DIM=head_dim, DOT_PRECISION=precision
+        q, k, v, grad_out, lse, delta, dq, heads, *strides, seq_len, scale, bucket, **constants
     )
     return dq, dk, dv

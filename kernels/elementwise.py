@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import autotune
+from .launch import autotune, size_bucket
 
 _CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=4),
@@ -25,10 +25,17 @@ _CONFIGS = [
     triton.Config({"BLOCK": 4096}, num_warps=8),
 ]
 _INTERPRET_CONFIG = triton.Config({"BLOCK": 256}, num_warps=4)
+# past 4M elements every config streams at the memory bandwidth: one timing serves them all
+_NUMEL_BUCKET_CAP = 1 << 22
 
 
 def _tuned(kernel):
-    return autotune(_CONFIGS, _INTERPRET_CONFIG, key=["numel"])(kernel)
+    """Autotuned on ``numel_bucket`` (``size_bucket`` of numel), an argument the kernels take for the key alone:
+    keyed on numel itself they were timed again for every new tensor size. Not specialised, so one compile
+    serves every bucket."""
+    return autotune(_CONFIGS, _INTERPRET_CONFIG, key=["numel_bucket"])(
+        triton.jit(kernel, do_not_specialize=["numel_bucket"])
+    )
 
 
 @triton.jit
@@ -46,8 +53,9 @@ def _clip(x, clip, HAS_CLIP: tl.constexpr):
 
 
 @_tuned
-@triton.jit
-def _gated_residual_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, numel, channels, per_sample, BLOCK: tl.constexpr):
+def _gated_residual_kernel(
+    x_ptr, gate_ptr, y_ptr, out_ptr, numel, numel_bucket, channels, per_sample, BLOCK: tl.constexpr
+):
     offsets, mask = _flat_offsets(numel, BLOCK)
     gate_offsets = offsets // per_sample * channels + offsets % channels
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
@@ -57,9 +65,18 @@ def _gated_residual_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, numel, channels, per
 
 
 @_tuned
-@triton.jit
 def _per_sample_step_kernel(
-    x_ptr, v_ptr, d_ptr, out_ptr, numel, per_sample, step_factor, clip, HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr,
+    v_ptr,
+    d_ptr,
+    out_ptr,
+    numel,
+    numel_bucket,
+    per_sample,
+    step_factor,
+    clip,
+    HAS_CLIP: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offsets, mask = _flat_offsets(numel, BLOCK)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
@@ -70,13 +87,18 @@ def _per_sample_step_kernel(
 
 
 @_tuned
-@triton.jit
-def _bootstrap_target_kernel(v1_ptr, v2_ptr, out_ptr, numel, clip, HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr):
+def _bootstrap_target_kernel(
+    v1_ptr, v2_ptr, out_ptr, numel, numel_bucket, clip, HAS_CLIP: tl.constexpr, BLOCK: tl.constexpr
+):
     offsets, mask = _flat_offsets(numel, BLOCK)
     v1 = tl.load(v1_ptr + offsets, mask=mask).to(tl.float32)
     v2 = tl.load(v2_ptr + offsets, mask=mask).to(tl.float32)
     out = _clip((v1 + v2) * 0.5, clip, HAS_CLIP)
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _bucket(numel: int) -> int:
+    return size_bucket(numel, _NUMEL_BUCKET_CAP)
 
 
 def _grid(numel: int):
@@ -92,7 +114,7 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     """``x + gate[:, None, :] * y`` of contiguous x, y (B, N, C) and gate (B, C), in x's dtype."""
     out = torch.empty_like(x)
     numel = x.numel()
-    _gated_residual_kernel[_grid(numel)](x, gate, y, out, numel, x.shape[-1], _per_sample_size(x))
+    _gated_residual_kernel[_grid(numel)](x, gate, y, out, numel, _bucket(numel), x.shape[-1], _per_sample_size(x))
     return out
 
 
@@ -103,7 +125,16 @@ def per_sample_step(
     out = torch.empty_like(x)
     numel = x.numel()
     _per_sample_step_kernel[_grid(numel)](
-        x, v, d, out, numel, _per_sample_size(x), step_factor, 0.0 if clip is None else clip, HAS_CLIP=clip is not None
+        x,
+        v,
+        d,
+        out,
+        numel,
+        _bucket(numel),
+        _per_sample_size(x),
+        step_factor,
+        0.0 if clip is None else clip,
+        HAS_CLIP=clip is not None,
     )
     return out
 
@@ -112,5 +143,7 @@ def bootstrap_target(v1: torch.Tensor, v2: torch.Tensor, clip: float | None) -> 
     """``clip((v1 + v2) / 2)`` of contiguous v1 and v2, in v1's dtype."""
     out = torch.empty_like(v1)
     numel = v1.numel()
-    _bootstrap_target_kernel[_grid(numel)](v1, v2, out, numel, 0.0 if clip is None else clip, HAS_CLIP=clip is not None)
+    _bootstrap_target_kernel[_grid(numel)](
+        v1, v2, out, numel, _bucket(numel), 0.0 if clip is None else clip, HAS_CLIP=clip is not None
+    )
     return out

@@ -24,6 +24,16 @@ def autotune(gpu_configs: list[triton.Config], interpret_config: triton.Config, 
     return triton.autotune(configs=gpu_configs, key=key, prune_configs_by=prune_configs_by)
 
 
+def size_bucket(size: int, cap: int) -> int:
+    """The autotuning bucket of a size: the next power of two, at most ``cap``.
+
+    Autotune keys take it instead of the size itself, so that a kernel is timed once per bucket
+    rather than for every new size, while sizes far apart (batch 1 against batch 256) get their own
+    configuration; past ``cap`` every size fills the GPU alike.
+    """
+    return min(triton.next_power_of_2(max(1, size)), cap)
+
+
 def programs_to_fill(device: torch.device) -> int:
     """A grid size that keeps every SM busy: two programs per SM (a small fixed count under the interpreter)."""
     if device.type != "cuda":

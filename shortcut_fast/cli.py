@@ -242,6 +242,10 @@ def _cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------- sample
+# --dtype: the network's precision (sample's compute_dtype); "auto" is bf16 autocast on CUDA, fp32 on the CPU
+SAMPLE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _cmd_sample(args) -> int:
     model = load_model(args.model, ema=None if args.weights == "auto" else args.weights == "ema", device=args.device)
     num_classes = getattr(model, "num_classes", 0)
@@ -277,7 +281,15 @@ def _cmd_sample(args) -> int:
     for start in range(0, count, args.batch_size):
         size = min(args.batch_size, count - start)
         y = None if labels is None else labels[start : start + size]
-        x = sample(model, shape=(size, *shape), steps=args.steps, y=y, cfg_scale=args.cfg_scale, generator=gen)
+        x = sample(
+            model,
+            shape=(size, *shape),
+            steps=args.steps,
+            y=y,
+            cfg_scale=args.cfg_scale,
+            generator=gen,
+            compute_dtype=SAMPLE_DTYPES[args.dtype],
+        )
         chunks.append((x if vae is None else decode(x, vae)).cpu())
     x = torch.cat(chunks)
     shape = tuple(x.shape[1:])
@@ -454,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--batch-size", type=int, default=256, help="samples per sampling call (default 256)")
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--device", default="cpu")
+    smp.add_argument(
+        "--dtype",
+        choices=list(SAMPLE_DTYPES),
+        default="auto",
+        help="precision of the network: auto (default) is bfloat16 autocast on CUDA and float32 on the CPU; "
+        "the samples are float32 whatever it is",
+    )
     smp.set_defaults(func=_cmd_sample)
 
     doc = sub.add_parser("doctor", help="versions, hardware, backend per op, parity with the reference, a timing")

@@ -25,6 +25,11 @@ from torch.nn.modules.module import (
 from .checks import check_int
 
 WARMUP_RUNS = 2  # eager runs before capture: lazy initialisation, cuBLAS workspaces, Triton autotuning
+# "thread_local": only a capture-unsafe CUDA call (cudaMalloc, a sync) on the capturing thread fails the capture. The
+# default "global" also fails it for such calls on any other thread, e.g. the pin-memory thread of a DataLoader with
+# num_workers > 0 allocating pinned host memory while the trainer captures its targets' graph. Work on other threads
+# never enters the graph (it records the capturing stream only), so this thread's own calls are all it must check.
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 class _Layout:
@@ -108,7 +113,7 @@ class CapturedCall:
                 fn(*self.inputs)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
             self.outputs = fn(*self.inputs)
 
     def replay(self, *inputs):

@@ -6,6 +6,7 @@ that sum to 1 (``steps.step_schedule``), all equal when ``N`` is a power of two.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -22,6 +23,7 @@ from .steps import DEFAULT_MIN_STEP, resolve_schedule
 
 MAX_NOISE_ELEMENTS = 2**31  # per call (8 GiB of fp32 noise); draw larger sets in several calls
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what compute_dtype may name
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -42,6 +44,46 @@ def _check_fits_model(model: nn.Module, what: str, x: torch.Tensor) -> None:
 def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
     param = next(model.parameters(), None)
     return param.dtype if param is not None and param.is_floating_point() else fallback
+
+
+def resolve_compute_dtype(
+    compute_dtype: torch.dtype | None, weights_dtype: torch.dtype, device: torch.device
+) -> torch.dtype | None:
+    """The autocast dtype the network runs under for ``sample(compute_dtype=...)``, or None: no autocast, the
+    network runs in its weights' dtype.
+
+    ``None`` picks bf16 autocast for fp32 weights on CUDA (the tensor-core path of the
+    kernels; fp32 there takes the ``ieee`` dot path of the attention) and the weights'
+    own dtype everywhere else (fp32 on the CPU, where the C++ engine runs it). An
+    explicit dtype is the weights' own, or bf16/fp16 autocast over fp32 weights.
+    """
+    if compute_dtype is not None and compute_dtype not in COMPUTE_DTYPES:
+        raise TypeError(
+            f"compute_dtype must be None (automatic) or one of {[str(t) for t in COMPUTE_DTYPES]}, "
+            f"got {compute_dtype!r}"
+        )
+    if compute_dtype is None:
+        return torch.bfloat16 if device.type == "cuda" and weights_dtype == torch.float32 else None
+    if compute_dtype == weights_dtype:
+        return None
+    if weights_dtype == torch.float32 and compute_dtype != torch.float32:
+        return compute_dtype
+    raise ValueError(
+        f"compute_dtype={compute_dtype} cannot run a model whose weights are {weights_dtype}: give the "
+        "weights' dtype, or bfloat16/float16 (autocast) for fp32 weights"
+    )
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``, or autocast off when None: sample() sets the precision itself,
+    overriding any enclosing autocast, so that its CUDA-graph key says what the graph ran.
+
+    Without autocast's cache of cast weights: under an enclosing autocast the cache lives until the outermost
+    context exits, so weights cast inside a graph capture would be read back, stale, by later calls.
+    """
+    if dtype is None and not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
 def _noise(model, noise, shape, generator, dtype) -> tuple[torch.Tensor, list[checks.Condition]]:
@@ -91,13 +133,22 @@ def _euler_loop(
     net_dtype: torch.dtype,
     progress: bool = False,
     intrinsic: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Euler steps of the sizes in ``schedule`` from ``x`` at t = 0; guided by ``scale`` (a 0-d tensor) when given.
 
     ``intrinsic``: the model takes the guidance scale as its input ``w``, so one
-    forward per step gives the guided velocity. Reads nothing back to the host,
-    so a CUDA graph can capture it whole, ``scale`` being one of its inputs.
+    forward per step gives the guided velocity. ``autocast``: the dtype the network
+    runs under (``resolve_compute_dtype``); the Euler updates stay in x's dtype.
+    Reads nothing back to the host, so a CUDA graph can capture it whole, ``scale``
+    being one of its inputs.
     """
+    with _autocast(x.device, autocast):
+        return _euler_steps(model, x, y, scale, schedule, null_class, net_dtype, progress, intrinsic)
+
+
+def _euler_steps(model, x, y, scale, schedule, null_class, net_dtype, progress, intrinsic) -> torch.Tensor:
+    """The body of ``_euler_loop``, under its autocast setting."""
     batch = x.shape[0]
     t_start = 0.0
     for d in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
@@ -136,13 +187,14 @@ def clear_graph_cache() -> None:
     GRAPH_CACHE.clear()
 
 
-def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
-    """The Euler loop through a cached CUDA graph, one graph per (weights, batch, schedule, guidance on/off, dtypes).
+def _graph_run(model, x, y, scale, steps, null_class, net_dtype, autocast) -> torch.Tensor:
+    """The Euler loop through a cached CUDA graph, one graph per (weights, batch, schedule, guidance on/off, dtypes,
+    autocast dtype).
 
     ``steps`` is the schedule (a tuple of step sizes); the guidance scale is an
     input of the graph, so a new scale replays the same graph.
     """
-    key = (weights_key(model), tuple(x.shape), x.dtype, x.device, net_dtype, steps, y is None, scale is None)
+    key = (weights_key(model), tuple(x.shape), x.dtype, x.device, net_dtype, autocast, steps, y is None, scale is None)
 
     def capture():
         loop = functools.partial(
@@ -152,6 +204,7 @@ def _graph_run(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor
             null_class=null_class,
             net_dtype=net_dtype,
             intrinsic=getattr(model, "guidance_input", False),
+            autocast=autocast,
         )
         return CapturedCall(loop, (x, y, scale), pool=GRAPH_CACHE.shared_pool())
 
@@ -166,7 +219,7 @@ def graph_batch(rows: int) -> int:
     return min(1 << (rows - 1).bit_length(), GRAPH_MAX_BATCH)
 
 
-def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype) -> torch.Tensor:
+def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype, autocast) -> torch.Tensor:
     """Chunks of at most ``GRAPH_MAX_BATCH`` rows, each padded to ``graph_batch`` rows with zero noise (and the
     null class); rows are independent, so padding rows change nothing in the others."""
     out = []
@@ -178,7 +231,7 @@ def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype) -> torc
         if pad:
             xc = torch.cat([xc, xc.new_zeros((pad, *xc.shape[1:]))])
             yc = None if yc is None else torch.cat([yc, yc.new_full((pad,), null_class)])
-        out.append(_graph_run(model, xc, yc, scale, steps, null_class, net_dtype)[:rows])
+        out.append(_graph_run(model, xc, yc, scale, steps, null_class, net_dtype, autocast)[:rows])
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
@@ -193,6 +246,7 @@ def sample(
     cfg_scale: float | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype | None = None,
     progress: bool = False,
     use_graph: bool | None = None,
 ) -> torch.Tensor:
@@ -200,7 +254,8 @@ def sample(
 
     ``model`` is any module called as ``model(x, t, d, y)``. Give either
     ``noise`` (the result is a deterministic function of it) or ``shape``
-    (noise drawn from ``generator`` on the model's device, in ``dtype``).
+    (noise drawn from ``generator`` on the model's device, in ``dtype``: the dtype of the noise and the result,
+    not of the network, see ``compute_dtype``).
     ``steps`` is an int in ``[1, 1/min_step]`` (``min_step`` of the model,
     1/128 when it has none), run as ``step_schedule(steps)`` (large steps first,
     e.g. 3 steps as 1/2, 1/4, 1/4), or an explicit schedule: a sequence of step
@@ -212,8 +267,12 @@ def sample(
 
     ``sample(model, noise=z, steps=1, y=y)`` equals ``z + model(z, 0, 1, y)`` (bit for bit on the
     eager loop, to fp32 rounding, 1e-5 relative, on the C++ engine).
-    The network runs in the dtype of its weights, the Euler updates in the
-    dtype of the noise. Returns a new tensor of the shape and dtype of the noise.
+    ``compute_dtype`` is the precision of the network (``resolve_compute_dtype``): None (the default)
+    runs fp32 weights under bf16 autocast on CUDA, where fp32 attention has no tensor cores, and
+    in the weights' dtype elsewhere (fp32 on the CPU); ``torch.float32`` asks for full precision
+    on CUDA too; ``torch.bfloat16`` / ``torch.float16`` run fp32 weights under autocast. sample()
+    sets autocast itself, overriding an enclosing one. The Euler updates run in the dtype of the
+    noise, and the result is a new tensor of the shape and dtype of the noise, whatever ``compute_dtype``.
     A ``shape`` of more than ``MAX_NOISE_ELEMENTS`` values is refused: draw it in several calls.
 
     On a CUDA device the whole loop (every forward, the guidance and the Euler
@@ -223,7 +282,7 @@ def sample(
     graphs are kept in an LRU cache (``set_graph_cache_size``,
     ``clear_graph_cache``); batches above ``GRAPH_MAX_BATCH`` run in chunks of
     that size. In-place weight updates are seen by the graphs. On the CPU the
-    package's fp32 models run the loop in the C++ engine (``shortcut_fast.engine``:
+    package's fp32 models run the loop in fp32 in the C++ engine (``shortcut_fast.engine``:
     its switch and what it covers); other modules and calls run it eagerly.
     """
     if not isinstance(model, nn.Module):
@@ -261,12 +320,15 @@ def sample(
         use_graph = x.device.type == "cuda" and isinstance(base, ShortcutModule)
     checks.require(*conditions)
 
-    # the network runs in its weights' dtype; the Euler sum stays in the noise's dtype
+    # the network runs in its weights' dtype (or under autocast); the Euler sum stays in the noise's dtype
     net_dtype = _model_dtype(model, x.dtype)
+    autocast = resolve_compute_dtype(compute_dtype, net_dtype, x.device)
     scale = None if cfg_scale is None else torch.tensor(float(cfg_scale), device=x.device)
     with checks.trusted_inputs():
         if not use_graph:
-            out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
+            # the engine computes in fp32 and refuses a call under autocast (as engine mode "on" says)
+            with _autocast(x.device, autocast):
+                out = engine.run(model, x, y, cfg_scale, steps, progress)  # None: not an engine call
             if out is not None:
                 return out
             return _euler_loop(
@@ -279,5 +341,6 @@ def sample(
                 net_dtype,
                 progress,
                 intrinsic=getattr(base, "guidance_input", False),
+                autocast=autocast,
             )
-        return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype)
+        return _graph_run_chunked(base, x, y, scale, steps, null_class, net_dtype, autocast)

@@ -72,6 +72,7 @@ def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
         "| shortcut_fast:flow |",
         "| attention |",
         "self-consistency cost over a flow-matching step",
+        *(["| sample() − engine op |"] if sf.engine.available() else []),
     ):
         assert row in table
 
@@ -84,3 +85,18 @@ def test_throughput_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         _load_script().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_api_overhead_times_sample_against_the_engine_op_it_runs():
+    if not sf.engine.available():
+        pytest.skip("the native extension with the engine is not built")
+    import torch
+
+    throughput = _load_script()
+    args = throughput.parse_args(["--preset", "tiny", "--repeats", "3", "--warmup", "1", "--steps", "2"])
+    model = throughput.build_model(args, torch.device("cpu"))
+    # api_overhead itself checks that the bare op, on the same inputs, gives sample()'s result bit for bit
+    result = throughput.api_overhead(args, model, torch.device("cpu"), torch.float32)
+    assert result["floor"] == "engine op"
+    assert 0 < result["raw_s"] and 0 < result["sample_s"]
+    assert result["overhead_s"] == pytest.approx(result["sample_s"] - result["raw_s"])

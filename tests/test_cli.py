@@ -128,3 +128,29 @@ def test_sample_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--model", str(tmp_path / "m"), "--steps", "129", "--out", str(tmp_path / "g.png")])
     assert "steps must be an int in [1, 128]" in capsys.readouterr().err
+
+
+def test_sample_dtype_sets_the_networks_precision(tmp_path, capsys):
+    model = sf.ShortcutDiT(
+        input_size=8, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=0
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)  # off the zero init, so that the precision shows
+    sf.save_model(model, tmp_path / "m")
+    got = {}
+    for dtype in ("auto", "float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.npy"
+        assert main(["sample", "--model", str(tmp_path / "m"), "--n", "3", "--dtype", dtype, "--out", str(out)]) == 0
+        got[dtype] = np.load(out)
+        assert got[dtype].dtype == np.float32
+    loaded = sf.load_model(tmp_path / "m")
+    want = sf.sample(
+        loaded, shape=(3, 1, 8, 8), generator=torch.Generator().manual_seed(0), compute_dtype=torch.bfloat16
+    )
+    np.testing.assert_array_equal(got["bfloat16"], want.numpy())
+    np.testing.assert_array_equal(got["auto"], got["float32"])  # the CPU default is fp32
+    assert not np.array_equal(got["bfloat16"], got["float32"])
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", str(tmp_path / "m"), "--dtype", "float64", "--out", str(tmp_path / "x.npy")])
+    assert "invalid choice: 'float64'" in capsys.readouterr().err

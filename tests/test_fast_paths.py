@@ -6,7 +6,10 @@ skipped without one (the GPU check script runs them).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+from unittest import mock
 
 import pytest
 import torch
@@ -14,7 +17,7 @@ from helpers import perturb_
 
 import shortcut_fast as sf
 from shortcut_fast import sampling
-from shortcut_fast.graphs import CapturedCall, GraphCache, weights_key
+from shortcut_fast.graphs import WARMUP_RUNS, CapturedCall, GraphCache, weights_key
 from shortcut_fast.objective import ShortcutConfig, self_consistency_targets, shortcut_loss
 from shortcut_fast.train.step import TARGET_GRAPHS, graph_targets
 
@@ -58,6 +61,30 @@ def test_weights_key_follows_where_the_weights_live(tiny_dit):
 def test_captured_call_refuses_cpu_tensors():
     with pytest.raises(ValueError, match="CUDA"):
         CapturedCall(lambda x: x + 1, (torch.zeros(3),))
+
+
+def test_capture_is_thread_local_so_other_threads_may_allocate(monkeypatch):
+    """CapturedCall captures in "thread_local" mode, so that a DataLoader's pin-memory thread allocating during the
+    capture does not fail it. The CUDA calls are stood in for, so this runs on the CPU."""
+    assert "capture_error_mode" in inspect.signature(torch.cuda.graph.__init__).parameters  # this torch takes it
+    seen = []
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+        seen.append((pool, capture_error_mode))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", mock.MagicMock)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: mock.MagicMock())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: mock.MagicMock())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    calls = []
+    call = CapturedCall(lambda x: calls.append(1) or x + 1, (torch.zeros(3),), pool="the pool")
+    assert seen == [("the pool", "thread_local")]
+    assert len(calls) == WARMUP_RUNS + 1  # the warm-up runs, then the captured one
+    assert torch.equal(call.outputs, torch.ones(3))
 
 
 def test_use_graph_needs_cuda_and_a_bool(tiny_dit):

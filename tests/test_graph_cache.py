@@ -134,16 +134,49 @@ def test_padded_graph_batches_give_the_unpadded_samples(tiny_dit, monkeypatch, b
     """The graph runner's chunking and padding, with the eager loop standing in for the graph replay."""
     seen = []
 
-    def eager_graph(model, x, y, scale, steps, null_class, net_dtype):
+    def eager_graph(model, x, y, scale, steps, null_class, net_dtype, autocast):
         seen.append(x.shape[0])
-        return sampling._euler_loop(model, x, y, scale, steps, null_class, net_dtype)
+        return sampling._euler_loop(model, x, y, scale, steps, null_class, net_dtype, autocast=autocast)
 
     monkeypatch.setattr(sampling, "_graph_run", eager_graph)
     noise = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
     y = torch.arange(batch) % 10
-    args = (tiny_dit, noise, y, torch.tensor(1.5), (0.5, 0.5), 10, torch.float32)  # two steps of 1/2
+    args = (tiny_dit, noise, y, torch.tensor(1.5), (0.5, 0.5), 10, torch.float32, None)  # two steps of 1/2
     got = sampling._graph_run_chunked(*args)
     assert seen == [
         sampling.graph_batch(min(r, sampling.GRAPH_MAX_BATCH)) for r in range(batch, 0, -sampling.GRAPH_MAX_BATCH)
     ]
     torch.testing.assert_close(got, sampling._euler_loop(*args), rtol=1e-5, atol=1e-5)
+
+
+class _EagerCall:
+    """Stands in for CapturedCall on the CPU: records what was captured and runs it eagerly."""
+
+    built: list = []
+
+    def __init__(self, fn, inputs, pool=None):
+        self.fn = fn
+        _EagerCall.built.append(fn)
+
+    def replay(self, *inputs):
+        return self.fn(*inputs)
+
+
+def test_graph_key_holds_the_autocast_dtype(tiny_dit, monkeypatch):
+    """A graph captured under one precision is never replayed for another."""
+    monkeypatch.setattr(sampling, "CapturedCall", _EagerCall)
+    monkeypatch.setattr(sampling.GRAPH_CACHE, "shared_pool", lambda: None)
+    monkeypatch.setattr(_EagerCall, "built", [])
+    sampling.clear_graph_cache()
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 2])
+    runs = {}
+    for autocast in (None, torch.bfloat16, torch.float16, torch.bfloat16):
+        runs[autocast] = sampling._graph_run(tiny_dit, noise, y, None, (0.5, 0.5), 10, torch.float32, autocast)
+    try:
+        assert [fn.keywords["autocast"] for fn in _EagerCall.built] == [None, torch.bfloat16, torch.float16]
+        assert len(sampling.GRAPH_CACHE) == 3
+    finally:
+        sampling.clear_graph_cache()
+    want = sampling._euler_loop(tiny_dit, noise, y, None, (0.5, 0.5), 10, torch.float32, autocast=torch.float16)
+    torch.testing.assert_close(runs[torch.float16], want, rtol=0, atol=0)

@@ -59,6 +59,66 @@ def test_attention_fwd_on_strided_views(op_case):
     op_close(out, SF.attention(*qkv.float()), op_case.dtype)
 
 
+def _triton_only(case):
+    if case.name.startswith("native"):
+        pytest.skip("the native kernels take contiguous tensors (the public op copies for them)")
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 7, 32), (1, 3, 40, 64), (3, 1, 1, 32)])
+def test_attention_bwd_on_qkv_slices(op_case, shape):
+    """The forward and backward read q, k, v through their strides: slices of one fused projection, as a
+    DiT block makes them, give the gradients of contiguous copies."""
+    _triton_only(op_case)
+    B, H, N, Dh = shape
+    qkv = op_case.randn(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh), token stride 3 H Dh
+    q, k, v = qkv.unbind(0)
+    assert not q.is_contiguous() and q.stride(-1) == 1
+    grad_out = op_case.randn(*shape, seed=4)
+    out, lse = op_case.ops.attention_fwd(q, k, v)
+    assert out.is_contiguous()
+    want_out, want_grads = reference_grads(SF.attention, [t.contiguous() for t in (q, k, v)], grad_out)
+    op_close(out, want_out, op_case.dtype)
+    for got, want in zip(op_case.ops.attention_bwd(grad_out, q, k, v, out, lse), want_grads, strict=True):
+        assert got.is_contiguous()
+        op_close(got, want, op_case.dtype, grad=True)
+    # the fake (meta) functions give the strides the kernels give, so torch.compile traces these views alike
+    torch.library.opcheck(op_case.ops.attention_fwd.default, (q, k, v))
+    torch.library.opcheck(op_case.ops.attention_bwd.default, (grad_out, q, k, v, out, lse))
+
+
+def test_attention_copies_q_k_v_of_different_strides(op_case):
+    """The kernels take one set of strides: q, k, v of different ones (a transposed view, a slice of a wider
+    tensor, a contiguous one) or a last dim that is not contiguous are copied first, and give the same result."""
+    _triton_only(op_case)
+    q = op_case.randn(2, 5, 3, 32, seed=0).transpose(1, 2)  # (B, H, N, Dh) stored (B, N, H, Dh)
+    k = op_case.randn(2, 3, 5, 64, seed=1)[..., 16:48]  # a slice of the feature dim: row stride 64
+    v = op_case.randn(2, 3, 5, 32, seed=2)
+    out, _ = op_case.ops.attention_fwd(q, k, v)
+    op_close(out, SF.attention(q.float(), k.float(), v.float()), op_case.dtype)
+    v_cols = op_case.randn(2, 3, 32, 5, seed=3).transpose(-1, -2)  # last-dim stride 5
+    out, _ = op_case.ops.attention_fwd(q, k, v_cols)
+    op_close(out, SF.attention(q.float(), k.float(), v_cols.float()), op_case.dtype)
+
+
+def test_public_attention_hands_triton_the_slices_without_copies(op_backend):
+    """ops.attention makes no copies of q, k, v for the Triton kernels (three per call before)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    qkv = op_backend.randn(2, 7, 3, 2, 32).permute(2, 0, 3, 1, 4)
+    copies = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default):
+                copies.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = ops.attention(qkv[0], qkv[1], qkv[2])
+    op_close(out, SF.attention(*qkv), torch.float32)
+    assert len(copies) == (3 if op_backend.name.startswith("native") else 0), copies
+
+
 def test_autograd_through_the_raw_op(op_case):
     inputs = _qkv(op_case, (3, 2, 13, 32))
     grad_out = op_case.randn(3, 2, 13, 32, seed=3)

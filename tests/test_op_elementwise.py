@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import op_close, op_grads, reference_grads
 
+import shortcut_fast as sf
 from shortcut_fast import ops
 from shortcut_fast.ops import reference as SF
 
@@ -105,3 +106,62 @@ def test_opcheck(op_backend):
     torch.library.opcheck(op_backend.ops.euler_step.default, (*plain, d))
     torch.library.opcheck(op_backend.ops.bootstrap_midpoint.default, (*plain, d, 4.0))
     torch.library.opcheck(op_backend.ops.bootstrap_target.default, (*plain, None))
+
+
+# ---------------------------------------------------------------- mixed dtypes (autocast)
+@pytest.mark.parametrize("y_dtype", [torch.bfloat16, torch.float16])
+def test_gated_residual_reads_y_in_its_own_dtype(op_backend, y_dtype, monkeypatch):
+    """The raw op takes a 16-bit y into an fp32 x (what autocast hands it), and its gradient returns in y's dtype."""
+    if op_backend.contract == "triton-interpret":
+        registered = pytest.importorskip("shortcut_fast.ops.triton")
+        monkeypatch.setattr(registered, "BACKEND", "triton")  # the dtypes a GPU runs: the interpreter runs them too
+    x = op_backend.randn(3, 7, 37, seed=0).requires_grad_()
+    gate = op_backend.randn(3, 37, seed=1).requires_grad_()
+    y = op_backend.randn(3, 7, 37, seed=2, dtype=y_dtype).requires_grad_()
+    out = op_backend.ops.gated_residual(x, gate, y)
+    ref = SF.gated_residual(x, gate, y)  # type promotion: fp32
+    assert out.dtype == torch.float32
+    op_close(out, ref, torch.float32)
+    cot = op_backend.randn(3, 7, 37, seed=3)
+    got, want = torch.autograd.grad(out, (x, gate, y), cot), torch.autograd.grad(ref, (x, gate, y), cot)
+    assert got[2].dtype == y_dtype
+    for g, w in zip(got, want, strict=True):
+        # the gradient of y is rounded to y's dtype: held to the 16-bit tolerance
+        op_close(g.float(), w.float(), torch.bfloat16 if g.dtype == y_dtype else torch.float32, grad=True)
+
+
+def _fp32_copies(fn) -> list[tuple[int, ...]]:
+    """The shapes of the tensors ``fn()`` casts up to fp32 (aten._to_copy), seen below the Python API."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.dtype == torch.float32 and args[0].dtype != out.dtype:
+                shapes.append(tuple(out.shape))
+            return out
+
+    with Record():
+        fn()
+    return shapes
+
+
+def test_autocast_forward_copies_neither_the_branches_nor_the_label_table(op_backend):
+    """Under bf16 autocast a DiT forward upcasts no (B, N, C) branch for the residual and no table."""
+    if op_backend.contract == "triton-interpret":
+        pytest.skip("the interpreter's contract runs fp32 only: bf16 branches take the reference")
+    model = sf.ShortcutDiT(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=2, num_heads=2)
+    model = model.to(op_backend.device).eval()
+    x = op_backend.randn(2, 1, 8, 8)
+    t = torch.zeros(2, device=x.device)
+    y = torch.tensor([3, 7], device=x.device)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16):
+        copies = _fp32_copies(lambda: model(x, t, torch.ones_like(t), y))
+        out = model(x, t, torch.ones_like(t), y)
+    tokens, table = (2, 16, 32), tuple(model.cond.y_table.weight.shape)
+    assert tokens not in copies and table not in copies, copies
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16), sf.backend("reference"):
+        want = model(x, t, torch.ones_like(t), y)
+    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)

@@ -357,3 +357,92 @@ def test_numpy_integers_are_accepted(tiny_mlp):
     z = torch.randn(3, 3)
     torch.testing.assert_close(sample(tiny_mlp, noise=z, steps=np.int64(4)), sample(tiny_mlp, noise=z, steps=4))
     assert sample(tiny_mlp, shape=(np.int64(2), 3), steps=1).shape == (2, 3)
+
+
+#################################################################################
+#                     compute_dtype: the precision of the network               #
+#################################################################################
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compute_dtype_runs_the_network_under_autocast(tiny_dit, dtype):
+    z, y = _noise(), torch.tensor([0, 4, 10])
+    got = sample(tiny_dit, noise=z, steps=2, y=y, compute_dtype=dtype)
+    assert got.dtype == torch.float32  # the noise's dtype
+    # written out: the network under CPU autocast, the Euler sum in fp32
+    x = z.clone()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        for i in range(2):
+            x = x + 0.5 * tiny_dit(x, i / 2, 0.5, y).float()
+    torch.testing.assert_close(got, x)
+    full = sample(tiny_dit, noise=z, steps=2, y=y)
+    assert not torch.equal(got, full)  # the precision really changed
+    torch.testing.assert_close(got, full, rtol=0.05, atol=0.05)
+
+
+def test_compute_dtype_default_and_float32_are_the_fp32_engine_call(tiny_dit):
+    z, y = _noise(), torch.tensor([0, 4, 10])
+    with engine.mode("on"):  # raises where the engine cannot serve the call
+        auto = sample(tiny_dit, noise=z, steps=2, y=y)
+        full = sample(tiny_dit, noise=z, steps=2, y=y, compute_dtype=torch.float32)
+        # an enclosing autocast does not reach the network: sample() sets the precision itself
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = sample(tiny_dit, noise=z, steps=2, y=y)
+        with pytest.raises(ValueError, match="engine cannot serve"):
+            sample(tiny_dit, noise=z, steps=2, y=y, compute_dtype=torch.bfloat16)
+    assert torch.equal(auto, full) and torch.equal(auto, inside)
+
+
+def test_compute_dtype_keeps_fp64_noise(tiny_mlp):
+    z = torch.randn(3, 3, dtype=torch.float64)
+    assert sample(tiny_mlp, noise=z, steps=2, compute_dtype=torch.bfloat16).dtype == torch.float64
+
+
+@pytest.mark.parametrize("bad", [torch.float64, torch.int32, "bfloat16", float, np.float32, 16])
+def test_bad_compute_dtype_raises_type_error(tiny_dit, bad):
+    with pytest.raises(TypeError, match="compute_dtype must be None .automatic. or one of"):
+        sample(tiny_dit, noise=_noise(), steps=1, y=torch.tensor([0, 1, 2]), compute_dtype=bad)
+
+
+def test_compute_dtype_that_cannot_run_the_weights_raises(tiny_dit):
+    half = copy.deepcopy(tiny_dit).to(torch.bfloat16)
+    for dtype in (torch.float32, torch.float16):
+        with pytest.raises(ValueError, match=f"compute_dtype={dtype} cannot run a model whose weights are"):
+            sample(half, noise=_noise(), steps=1, y=torch.tensor([0, 1, 2]), compute_dtype=dtype)
+    # the weights' own dtype is always allowed
+    got = sample(half, noise=_noise(), steps=1, y=torch.tensor([0, 1, 2]), compute_dtype=torch.bfloat16)
+    torch.testing.assert_close(got, sample(half, noise=_noise(), steps=1, y=torch.tensor([0, 1, 2])))
+
+
+@pytest.mark.parametrize(
+    "compute_dtype, weights, device, want",
+    [
+        (None, torch.float32, "cuda", torch.bfloat16),
+        (None, torch.float32, "cpu", None),
+        (None, torch.bfloat16, "cuda", None),
+        (torch.float32, torch.float32, "cuda", None),
+        (torch.float16, torch.float32, "cuda", torch.float16),
+        (torch.bfloat16, torch.float32, "cpu", torch.bfloat16),
+        (torch.float16, torch.float16, "cpu", None),
+    ],
+)
+def test_resolve_compute_dtype(compute_dtype, weights, device, want):
+    from shortcut_fast.sampling import resolve_compute_dtype
+
+    assert resolve_compute_dtype(compute_dtype, weights, torch.device(device)) == want
+
+
+def test_compute_dtype_leaves_no_cast_weights_in_an_enclosing_autocast(tiny_dit):
+    """Under a caller's autocast, sample() caches no bf16 copies of the weights: a weight update after it is
+    seen by the next forward (a cached cast made inside a CUDA-graph capture would be stale and freed)."""
+    z, y = _noise(), torch.tensor([0, 4, 10])
+    model = copy.deepcopy(tiny_dit)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sample(model, noise=z, steps=1, y=y, compute_dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+            got = model(z, 0.0, 1.0, y)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = copy.deepcopy(model)(z, 0.0, 1.0, y)  # fresh tensors: nothing cached for them
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

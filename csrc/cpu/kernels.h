@@ -263,10 +263,10 @@ void modulate_layernorm_bwd(const T* grad_y, const T* x, const T* scale, const f
 }
 
 // ------------------------------------------------------------ gated_residual
-// x, y, out: (batch, tokens, channels); gate: (batch, channels).
+// x, y, out: (batch, tokens, channels); gate: (batch, channels); y in its own dtype U.
 
-template <typename T>
-void gated_residual(const T* x, const T* gate, const T* y, T* out, int64_t batch, int64_t tokens, int64_t channels) {
+template <typename T, typename U>
+void gated_residual(const T* x, const T* gate, const U* y, T* out, int64_t batch, int64_t tokens, int64_t channels) {
   using A = acc_t<T>;
 #pragma omp parallel for schedule(static) if (batch * tokens * channels > kMinParallelWork)
   for (int64_t row = 0; row < batch * tokens; ++row) {

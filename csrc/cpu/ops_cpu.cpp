@@ -72,8 +72,11 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
   const RowSizes s = check_gated_residual(x, gate, y);
   at::Tensor out = at::empty_like(x);
   SHORTCUT_FAST_DISPATCH(x.scalar_type(), "gated_residual", [&] {
-    cpu::gated_residual(x.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                        out.data_ptr<scalar_t>(), s.batch, s.tokens, s.channels);
+    using x_t = scalar_t;
+    SHORTCUT_FAST_DISPATCH(y.scalar_type(), "gated_residual", [&] {
+      cpu::gated_residual(x.data_ptr<x_t>(), gate.data_ptr<x_t>(), y.data_ptr<scalar_t>(), out.data_ptr<x_t>(), s.batch,
+                          s.tokens, s.channels);
+    });
   });
   return out;
 }

@@ -187,8 +187,8 @@ unsigned elementwise_blocks(int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-template <typename T>
-__global__ void gated_residual_kernel(const T* x, const T* gate, const T* y, T* out, int64_t numel, int64_t tokens,
+template <typename T, typename U>
+__global__ void gated_residual_kernel(const T* x, const T* gate, const U* y, T* out, int64_t numel, int64_t tokens,
                                       int64_t channels) {
   SHORTCUT_FAST_GRID_STRIDE(i, numel) {
     const int64_t b = i / (tokens * channels);
@@ -268,10 +268,14 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& gate, const at:
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
   SHORTCUT_FAST_DISPATCH(x.scalar_type(), "gated_residual", [&] {
-    gated_residual_kernel<scalar_t><<<elementwise_blocks(x.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.numel(),
-        s.tokens, s.channels);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using x_t = scalar_t;
+    SHORTCUT_FAST_DISPATCH(y.scalar_type(), "gated_residual", [&] {
+      gated_residual_kernel<x_t, scalar_t>
+          <<<elementwise_blocks(x.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              x.data_ptr<x_t>(), gate.data_ptr<x_t>(), y.data_ptr<scalar_t>(), out.data_ptr<x_t>(), x.numel(), s.tokens,
+              s.channels);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }

@@ -118,7 +118,8 @@ OPS: tuple[RawOp, ...] = (
         "(Tensor x, Tensor gate, Tensor y) -> Tensor",
         "gated_residual",
         True,
-        "`x + gate[:, None, :] * y`; x, y: (B, N, C), gate: (B, C)",
+        "`x + gate[:, None, :] * y`; x, y: (B, N, C), gate: (B, C) of x's dtype; y may have another of the "
+        "op's dtypes (read as it is, not copied); result dtype of x",
         _ELEMENTWISE,
     ),
     RawOp(

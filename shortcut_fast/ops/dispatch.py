@@ -3,8 +3,8 @@
 Each function has the signature and the numbers of its plain PyTorch
 reference in ``reference.py`` and runs on the backend that
 ``shortcut_fast.set_backend`` chose (``backends.py``): the reference, the C++
-extension or the Triton kernels. The kernels take contiguous inputs; the
-wrappers here make them so and fall back to the reference for what the op
+extension or the Triton kernels. The kernels take contiguous inputs (the Triton
+attention also strided q, k, v); the wrappers here make them so and fall back to the reference for what the op
 contract (``contract.py``) says a backend does not run (a dtype, a head size)
 and for gradients through an op that has no backward kernel.
 """
@@ -24,11 +24,13 @@ def contract_backend(namespace: str, device_type: str) -> str:
     return "triton-interpret" if device_type == "cpu" else "triton"
 
 
-def _kernels(op: str, x: torch.Tensor, head_dim: int | None = None):
+def _kernels(op: str, x: torch.Tensor, head_dim: int | None = None, dtype: torch.dtype | None = None):
     """The op namespace that runs the raw op ``op`` on x now, or None for the reference: when no backend
-    is chosen for x's device, or the contract says that backend does not run x's dtype (or head size)."""
+    is chosen for x's device, or the contract says that backend does not run ``dtype`` (x's by default) or
+    the head size."""
     name = backends.namespace(x.device)
-    if not name or not contract.support(op, contract_backend(name, x.device.type)).runs(x.dtype, head_dim):
+    support = contract.support(op, contract_backend(name, x.device.type)) if name else None
+    if support is None or not support.runs(x.dtype if dtype is None else dtype, head_dim):
         return None
     return getattr(torch.ops, name)
 
@@ -49,7 +51,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     ops = _kernels("attention_fwd", q, q.shape[-1])
     if ops is None:
         return SF.attention(q, k, v)
-    return ops.attention_fwd.default(q.contiguous(), k.contiguous(), v.contiguous())[0]
+    if backends.namespace(q.device) != backends.TRITON_NAMESPACE:
+        # the native kernels index contiguous tensors; the Triton ones take the strides of qkv's slices as they are
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return ops.attention_fwd.default(q, k, v)[0]
 
 
 def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -67,14 +72,16 @@ def modulate_layernorm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The adaLN-Zero residual ``x + gate * y``; x, y: (B, N, C) or (B, C), gate: (B, C)."""
+    """The adaLN-Zero residual ``x + gate * y``; x, y: (B, N, C) or (B, C), gate: (B, C).
+
+    Under autocast y (a bf16 branch) joins an fp32 stream x: the kernels read y in its own dtype
+    (no B x N x C copy) and return x's dtype; only the small gate is cast.
+    """
     ops = _kernels("gated_residual", x)
-    if ops is None:
+    if ops is None or _kernels("gated_residual", x, dtype=y.dtype) is None:
         return SF.gated_residual(x, gate, y)
     tokens = (x, y) if x.dim() == 3 else (x[:, None], y[:, None])
-    out = ops.gated_residual.default(
-        tokens[0].contiguous(), gate.to(x.dtype).contiguous(), tokens[1].to(x.dtype).contiguous()
-    )
+    out = ops.gated_residual.default(tokens[0].contiguous(), gate.to(x.dtype).contiguous(), tokens[1].contiguous())
     return out.view_as(x)
 
 
@@ -90,16 +97,21 @@ def condition_sum(
     c: torch.Tensor, level: torch.Tensor, d_table: torch.Tensor, y: torch.Tensor | None, y_table: torch.Tensor | None
 ) -> torch.Tensor:
     """``c + d_table[level] (+ y_table[y])``: the t embedding plus the step-size and label rows."""
-    ops = _kernels("condition_sum", c)
+    # mixed only under autocast (a bf16 c from the t MLP, fp32 tables): the result has the promoted dtype, as in the
+    # reference, and what is cast is the (B, C) c, not the tables (a 1001-row label table on every forward)
+    dtype = torch.promote_types(c.dtype, d_table.dtype)
+    if y_table is not None:
+        dtype = torch.promote_types(dtype, y_table.dtype)
+    ops = _kernels("condition_sum", c, dtype=dtype)
     if ops is None:
         return SF.condition_sum(c, level, d_table, y, y_table)
     labels: torch.Tensor | None = None
     y_rows: torch.Tensor | None = None
     if y_table is not None:
         assert y is not None  # y comes with y_table
-        labels, y_rows = y.long().contiguous(), y_table.to(c.dtype).contiguous()
+        labels, y_rows = y.long().contiguous(), y_table.to(dtype).contiguous()
     return ops.condition_sum.default(
-        c.contiguous(), level.long().contiguous(), d_table.to(c.dtype).contiguous(), labels, y_rows
+        c.to(dtype).contiguous(), level.long().contiguous(), d_table.to(dtype).contiguous(), labels, y_rows
     )
 
 

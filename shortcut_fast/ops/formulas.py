@@ -17,12 +17,13 @@ import torch
 from . import contract
 
 
+# the attention's outputs are contiguous whatever the strides of q, k and v (the Triton kernels read strided ones)
 def _fake_attention_fwd(q, k, v):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def _fake_attention_bwd(grad_out, q, k, v, out, lse):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _fake_modulate_layernorm_fwd(x, shift, scale, eps):
@@ -111,7 +112,7 @@ def _condition_sum_backward(ctx, grad):
 def _gated_residual_backward(ctx, grad):
     gate, y = ctx.saved_tensors
     grad_gate = (grad.float() * y.float()).sum(dim=1).to(gate.dtype)
-    return grad, grad_gate, grad * gate[:, None, :]
+    return grad, grad_gate, (grad * gate[:, None, :]).to(y.dtype)  # y may have its own dtype (autocast)
 
 
 def _check_covers(what: str, have: set[str], want: set[str]) -> None:

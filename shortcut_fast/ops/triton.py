@@ -113,6 +113,14 @@ def _check_step(op: str, x: Tensor, d: Tensor) -> None:
     check(d.dtype == torch.float32, f"{op}: d must be fp32, got {d.dtype}")
 
 
+def _strided_alike(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v themselves when they share strides with a contiguous last dim (the slices of one qkv projection:
+    the kernels take those strides), else contiguous copies."""
+    if q.stride() == k.stride() == v.stride() and q.stride(-1) == 1:
+        return q, k, v
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
 @_op
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     op = "attention_fwd"
@@ -123,7 +131,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     _check_shape(op, "k", k, q.shape)
     _check_shape(op, "v", v, q.shape)
     _check_head_dim(op, q)
-    return attention.attention_forward(q.contiguous(), k.contiguous(), v.contiguous())
+    return attention.attention_forward(*_strided_alike(q, k, v))
 
 
 @_op
@@ -140,7 +148,8 @@ def attention_bwd(
     _check_shape(op, "lse", lse, q.shape[:-1])
     check(lse.dtype == torch.float32, f"{op}: lse must be fp32, got {lse.dtype}")
     _check_head_dim(op, q)
-    return attention.attention_backward(*(t.contiguous() for t in (grad_out, q, k, v, out, lse)))
+    q, k, v = _strided_alike(q, k, v)
+    return attention.attention_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse.contiguous())
 
 
 @_op
@@ -176,7 +185,10 @@ def modulate_layernorm_bwd(
 @_op
 def gated_residual(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     op = "gated_residual"
-    _check_alike(op, x, y)
+    # y may have its own dtype, as in the native ops: the kernel reads it as it is
+    check_device(op, x, y)
+    check_float(op, x, y)
+    _check_shape(op, "y", y, x.shape)
     check(x.dim() == 3, f"{op}: x must be (B, N, C), got shape {tuple(x.shape)}")
     check_device(op, x, gate)
     check_float(op, gate)
@@ -215,7 +227,13 @@ def condition_sum(c: Tensor, level: Tensor, d_table: Tensor, y: Tensor | None, y
             table.dim() == 2 and table.shape[1] == c.shape[1],
             f"{op}: the table of {name} must be (rows, {c.shape[1]}), got shape {tuple(table.shape)}",
         )
-    return embedding.condition_sum(*(None if t is None else t.contiguous() for t in (c, level, d_table, y, y_table)))
+    return embedding.condition_sum(
+        c.contiguous(),
+        level.contiguous(),
+        d_table.contiguous(),
+        None if y is None else y.contiguous(),
+        None if y_table is None else y_table.contiguous(),
+    )
 
 
 @_op
