@@ -192,10 +192,10 @@ def raw_engine_op(model, steps: int) -> Callable:
     """
     tensors, config = sf.engine._pack(model)
     config = [*config, sf.engine.ISAS[sf.engine.active_isa()], sf.engine.ATEN_ROWS]
-    count = len(resolve_schedule(steps, model.min_step))  # equal steps: the engine takes their count
+    schedule = list(resolve_schedule(steps, model.min_step))  # the engine takes the step sizes in order
 
     def call(x, y):
-        return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, None, count)
+        return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, None, schedule)
 
     return call
 
