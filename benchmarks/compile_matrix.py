@@ -66,6 +66,10 @@ _HALF_FORWARD_SM80 = (
     "a few bytes in the 4-warp 128x32 tile at Dh 128 on sm_80 (255 registers), which stay in L1; the "
     "autotuner times it against the three configurations that do not spill"
 )
+_FP32_LAYERNORM_BWD_SM80 = (
+    "8 B stores and 8 B loads in the fp32 backward's 8x512 tile (C=384 padded to 512 channels) on sm_80, "
+    "which stay in L1; bf16/fp16 and sm_90 do not spill, nor does any other width"
+)
 ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
     **{
         (kernel, "fp32", target): (128 * 1024, _FP32_ATTENTION)
@@ -79,6 +83,7 @@ ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
         for target in TARGETS
     },
     **{("attention_fwd", dtype, 80): (64, _HALF_FORWARD_SM80) for dtype in ("bf16", "fp16")},
+    ("modulate_layernorm_bwd", "fp32", 80): (16, _FP32_LAYERNORM_BWD_SM80),
 }
 # wgmma works on 64-row tiles per warpgroup; a kernel's dots whose row block is smaller get mma.sync.
 _DOT_ROWS = {"attention_fwd": "BLOCK_M", "attention_bwd_dq": "BLOCK_M", "attention_bwd_dkdv": "BLOCK_N"}

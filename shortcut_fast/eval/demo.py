@@ -46,6 +46,10 @@ class DemoConfig:
     # half of each batch trains self-consistency: the 1-step level sees twice the rows
     # of the default split, which lowered the 1-step FD in the time budget (measured)
     bootstrap_fraction: float = 0.5
+    # minibatch OT pairing of noise and data within each class (iSM Sec. 3.3; techniques.pairing)
+    ot_pairing: bool = False
+    # guided self-consistency targets at the smallest bootstrap level; None = unguided
+    bootstrap_cfg_scale: float | None = None
     hidden_size: int = 192
     depth: int = 4
     num_heads: int = 4
@@ -119,7 +123,12 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", config: DemoConfig | None 
         seed=cfg.seed,
         progress=progress,
         log_every=max(1, cfg.train_steps // 20),
-        shortcut=ShortcutConfig(ema_targets=cfg.ema_targets, bootstrap_fraction=cfg.bootstrap_fraction),
+        shortcut=ShortcutConfig(
+            ema_targets=cfg.ema_targets,
+            bootstrap_fraction=cfg.bootstrap_fraction,
+            ot_pairing=cfg.ot_pairing,
+            bootstrap_cfg_scale=cfg.bootstrap_cfg_scale,
+        ),
     )
     trainer = Trainer(model, (x, y), train_cfg)
     start = time.perf_counter()
