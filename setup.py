@@ -84,6 +84,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=[
         "torch>=2.4",
+        "filelock",  # the lock of auto's decision cache (torch itself depends on it)
         "numpy",
         "safetensors",
         "tqdm",

@@ -91,6 +91,9 @@ print(f"{r['device']} | {r['model']} {r['dtype']} | peak {r['matmul_peak_flops']
 print(f"batch-1 sample: {ratio(s['shortcut_fast@1'], s['eager@1'])} vs eager; "
       f"batch-{b}: {ratio(s[f'shortcut_fast@{b}'], s.get(f'eager@{b}'))} vs eager; "
       f"training: {ratio(t['shortcut_fast'], t['eager'])} vs eager")
+first = r["auto_first_use"]
+print(f"auto's first use: {first['cold_s']:.1f} s (empty cache), {first['warm_s']:.1f} s (filled); which kernels won:")
+print(r["auto_decisions"])
 EOF
     fi
 }

@@ -3,11 +3,13 @@
     python benchmarks/throughput.py                  # DiT-B/2 on 32x32x4 latents (GPU), the digits DiT (CPU)
     python benchmarks/throughput.py --preset DiT-S/2 --batch 128 --dtype bf16 --json out.json
 
-Sections: one-step sampling (batch-1 latency, large-batch throughput), the
+Sections: what ``auto``'s decisions cost at first use (``sf.tune`` with an empty and a filled decision
+cache), one-step sampling (batch-1 latency, large-batch throughput), the
 API's own cost per batch-1 call (``sample()`` minus the engine's op on the CPU,
 minus the graph replay on CUDA), the training step (images/s; the flow-matching-only step for the cost of
-self-consistency), per-op times of the fused kernels against their
-references, and achieved TFLOP/s and GB/s against the peaks measured in the
+self-consistency), per-op times of the fused kernels (forced), of ``auto`` and of their
+references, forward and (for the ops that train) forward and backward, the table of what ``auto``
+decided on this machine, and achieved TFLOP/s and GB/s against the peaks measured in the
 same run. Timing: CUDA events (wall clock on the CPU) after warm-up, the
 median of many repeats, fresh random inputs for every repeat.
 """
@@ -21,8 +23,10 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import shortcut_fast as sf
 from shortcut_fast import ops, sampling
 from shortcut_fast.objective import ShortcutConfig
+from shortcut_fast.ops import autotune
 from shortcut_fast.ops import reference as SF
+from shortcut_fast.ops.decision_cache import DecisionCache
 from shortcut_fast.steps import resolve_schedule
 
 DIGITS_DIT = dict(input_size=8, in_channels=1, patch_size=4, hidden_size=192, depth=4, num_heads=4, num_classes=10)
@@ -101,14 +107,22 @@ def build_model(args, device: torch.device) -> sf.ShortcutDiT:
     return model.to(device)
 
 
+def kernel_backend(device: torch.device) -> str:
+    """The backend of the fused kernels on ``device``: Triton on a GPU, the C++ extension on the CPU."""
+    return "triton" if device.type == "cuda" else "native"
+
+
 @contextlib.contextmanager
-def variant(name: str):
+def variant(name: str, device: torch.device):
     """The backend of a variant: the reference ops for eager and compiled PyTorch, ``auto`` for shortcut_fast.
 
-    ``shortcut_fast`` is today's loop on the fused ops (the engine off), ``shortcut_fast:engine`` the C++ engine.
+    ``shortcut_fast`` is the loop on the fused ops under ``auto`` (the engine off), ``shortcut_fast:kernels`` the
+    same with every kernel forced (what ``auto`` would run without its decisions), ``shortcut_fast:engine`` the
+    C++ engine.
     """
     engine_mode = "on" if name == "shortcut_fast:engine" else "off"
-    with sf.backend("auto" if name.startswith("shortcut_fast") else "reference"), sf.engine.mode(engine_mode):
+    chosen = kernel_backend(device) if name.endswith(":kernels") else "auto"
+    with sf.backend(chosen if name.startswith("shortcut_fast") else "reference"), sf.engine.mode(engine_mode):
         yield
 
 
@@ -143,6 +157,7 @@ def sampling_variants(args, model_net) -> dict:
         for mode in ("reduce-overhead", "max-autotune"):
             variants[f"compile:{mode}"] = torch.compile(eager, mode=mode, dynamic=False)
     variants["shortcut_fast"] = sampler
+    variants["shortcut_fast:kernels"] = sampler
     if next(model_net.parameters()).device.type == "cpu" and sf.engine.available():
         variants["shortcut_fast:engine"] = sampler
     return variants
@@ -164,7 +179,7 @@ def sampling_times(args, model, device, net_dtype) -> dict:
 
         first = {}
         for name, fn in variants.items():
-            with variant(name), torch.no_grad():
+            with variant(name, device), torch.no_grad():
                 start = time.perf_counter()
                 fn(*make())  # first call: compilation or graph capture, reported apart
                 _sync(device)
@@ -174,7 +189,7 @@ def sampling_times(args, model, device, net_dtype) -> dict:
         times = {name: [] for name in variants}
         for _ in range(args.repeats):  # one call of each variant in turn, so that load drifts hit all alike
             for name, fn in variants.items():
-                with variant(name), torch.no_grad():
+                with variant(name, device), torch.no_grad():
                     times[name].append(median_time(fn, make, device, 1, 0))
         for name in variants:
             results[f"{name}@{batch}"] = dict(
@@ -246,6 +261,7 @@ def training_times(args, model, device) -> dict:
     variants = {
         "eager": ("shortcut", False, False),
         "shortcut_fast": ("shortcut", None, False),
+        "shortcut_fast:kernels": ("shortcut", None, False),
         "shortcut_fast:flow": ("flow", None, False),
     }
     if args.compile:
@@ -268,7 +284,7 @@ def training_times(args, model, device) -> dict:
         def step(x1, y, net=net, opt=opt, ema=ema, config=config, use_graph=use_graph, gen=gen):
             sf.train_step(net, opt, x1, y, config=config, ema_model=ema, generator=gen, bf16=bf16, use_graph=use_graph)
 
-        with variant(name):
+        with variant(name, device):
             start = time.perf_counter()
             step(*make())
             _sync(device)
@@ -340,23 +356,63 @@ def op_times(args, model, device, dtype) -> dict:
             3 * math.prod(latent),
         ),
     }
-    # on a GPU `auto` runs Triton; the hand-written CUDA kernels of the extension are timed beside it
+    # on a GPU the kernels are Triton's; the hand-written CUDA kernels of the extension are timed beside them
     native_too = device.type == "cuda" and sf.backends.native_available() and sf.backends._native_cuda
+    kernels = kernel_backend(device)
     results = {}
-    with torch.no_grad():
-        for name, (fused, reference, make, elements) in cases.items():
-            with sf.backend("auto"):
-                t_fused = median_time(fused, make, device, args.repeats, args.warmup)
-            with sf.backend("reference"):
-                t_ref = median_time(reference, make, device, args.repeats, args.warmup)
-            entry = dict(fused_s=t_fused, reference_s=t_ref)
-            if native_too:
-                with sf.backend("native"):
-                    entry["native_cuda_s"] = median_time(fused, make, device, args.repeats, args.warmup)
-            if elements is not None:
-                entry["fused_bytes_per_s"] = elements * dtype.itemsize / t_fused
-            results[name] = entry
+    for name, (fused, reference, make, elements) in cases.items():
+        for grad in (False, True) if name in TRAINED_OPS else (False,):
+            run_fused, run_reference = (with_backward(f) if grad else f for f in (fused, reference))
+            make_leaves = with_grad(make) if grad else make
+            times = {}
+            with torch.set_grad_enabled(grad):
+                for backend_name, fn in (("kernel", run_fused), ("auto", run_fused), ("reference", run_reference)):
+                    with sf.backend(kernels if backend_name == "kernel" else backend_name):
+                        times[backend_name] = median_time(fn, make_leaves, device, args.repeats, args.warmup)
+                if native_too:
+                    with sf.backend("native"):
+                        times["native_cuda"] = median_time(run_fused, make_leaves, device, args.repeats, args.warmup)
+            entry = {f"{k}_s": v for k, v in times.items()}
+            if elements is not None and not grad:
+                entry["kernel_bytes_per_s"] = elements * dtype.itemsize / times["kernel"]
+            results[f"{name} fwd+bwd" if grad else name] = entry
     return results
+
+
+TRAINED_OPS = ("attention", "modulate_layernorm", "gated_residual")
+
+
+def with_grad(make: Callable[[], tuple]) -> Callable[[], tuple]:
+    """Inputs that require gradients."""
+    return lambda: tuple(a.requires_grad_() for a in make())
+
+
+def with_backward(fn: Callable) -> Callable:
+    """``fn`` then its backward (a ones gradient), as a training step runs an op."""
+
+    def run(*args):
+        out = fn(*args)
+        out.backward(torch.ones_like(out))
+
+    return run
+
+
+def auto_first_use(args, model, device) -> dict:
+    """Seconds of ``sf.tune`` for this benchmark's shapes (sampling at batch 1 and ``--batch`` on the fused ops,
+    a training step at ``--train-batch``), first with an empty decision cache and then, in a fresh decision
+    state, with the cache it filled: their difference is what the self-checks and the timing cost."""
+    folder = tempfile.mkdtemp(prefix="shortcut_fast_bench_cache_")
+    seconds = []
+    for _ in range(2):
+        autotune.reset(DecisionCache(folder=Path(folder)))
+        start = time.perf_counter()
+        with sf.engine.mode("off"):
+            sf.tune(model, batch_sizes=sorted({1, args.batch}))
+            sf.tune(model, batch_sizes=[args.train_batch], train=True)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    what = f"sampling at batch 1 and {args.batch}, training at {args.train_batch}; mode {autotune.get_mode()!r}"
+    return dict(cold_s=seconds[0], warm_s=seconds[1], what=what)
 
 
 def forward_flops(model, batch: int, device, steps: int) -> int:
@@ -438,17 +494,28 @@ def report(results: dict) -> str:
     lines += [
         f"self-consistency cost over a flow-matching step: {100 * overhead:+.1f}%",
         "",
-        "| op | fused ms | reference ms | speed-up | fused GB/s | % copy bw | native CUDA ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| op | kernel ms | auto ms | reference ms | auto vs reference | kernel vs reference | kernel GB/s "
+        "| % copy bw | native CUDA ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in o.items():
-        gbs = r.get("fused_bytes_per_s")
+        gbs = r.get("kernel_bytes_per_s")
         bw_cols = f"{gbs / 1e9:.1f} | {100 * gbs / bw:.1f}" if gbs else "- | -"
         native = f"{r['native_cuda_s'] * 1e3:.4f}" if "native_cuda_s" in r else "-"
         lines.append(
-            f"| {name} | {r['fused_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
-            f"{r['reference_s'] / r['fused_s']:.2f}x | {bw_cols} | {native} |"
+            f"| {name} | {r['kernel_s'] * 1e3:.4f} | {r['auto_s'] * 1e3:.4f} | {r['reference_s'] * 1e3:.4f} | "
+            f"{r['reference_s'] / r['auto_s']:.2f}x | {r['reference_s'] / r['kernel_s']:.2f}x | {bw_cols} | {native} |"
         )
+    first = results["auto_first_use"]
+    lines += [
+        "",
+        f"auto's first use for this model ({first['what']}): {first['cold_s']:.2f} s with an empty decision cache, "
+        f"{first['warm_s']:.2f} s with it filled; decision cost {first['cold_s'] - first['warm_s']:.2f} s",
+        "",
+        "## what auto runs here",
+        "",
+        results["auto_decisions"],
+    ]
     return "\n".join(lines)
 
 
@@ -511,10 +578,12 @@ def main(argv=None) -> dict:
     results["engine_isa"] = sf.engine.active_isa()
     results["sample_flops_per_image"] = forward_flops(model, 1, device, args.steps)
     results["train_flops_per_step"] = train_flops(model, args.train_batch, device)
+    results["auto_first_use"] = auto_first_use(args, model, device)
     results["sampling"] = sampling_times(args, model, device, dtype)
     results["api_overhead"] = api_overhead(args, model, device, dtype)
     results["training"] = training_times(args, model, device)
     results["ops"] = op_times(args, model, device, dtype)
+    results["auto_decisions"] = autotune.markdown_table()
     print(report(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -15,14 +15,16 @@ from .checkpoint import load_model, save_model
 from .finetune import from_flow_model
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP, ShortcutModule
 from .objective import ShortcutConfig, shortcut_loss
-from .ops import backends
+from .ops import autotune, backends
 from .ops.backends import backend, get_backend, set_backend
 from .sampling import clear_graph_cache, sample, set_graph_cache_size
 from .steps import allowed_steps, step_sizes
 from .train.step import train_step
 from .train.trainer import TrainConfig, Trainer
+from .warmup import tune
 
 backends.preload()
+autotune.preload()
 
 __version__ = "0.1.0"
 
@@ -59,4 +61,5 @@ __all__ = [
     "shortcut_loss",
     "step_sizes",
     "train_step",
+    "tune",
 ]

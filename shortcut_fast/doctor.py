@@ -2,9 +2,11 @@
 
 Run it first, and paste its output into a bug report. It prints the versions (torch, CUDA, Triton, and
 on a GPU the ptxas and driver a launch uses), the card and the CPU's instruction set, the backend each
-op picks on the current device and why, each op's parity with ``shortcut_fast.ops.reference`` at small
-shapes in every dtype the device supports, and a one-second timing of 1-step sampling. The exit
-status is 1 when any parity check fails.
+op's kernel on the current device, each kernel's parity with ``shortcut_fast.ops.reference`` at small
+shapes in every dtype the device supports (forward and gradients: the self-check of ``auto``), what
+``auto`` decided per op and shape (in this process and in the decision cache: kernel or reference, the
+measured times and why), and a one-second timing of 1-step sampling. The exit status is 1 when any
+parity check fails.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from collections.abc import Callable
 import torch
 
 from . import ops
-from .ops import backends, contract, dispatch
+from .ops import autotune, backends, contract, dispatch, selfcheck
 from .ops import reference as SF
 
-# Largest |kernel - reference| allowed, relative to the reference's largest magnitude (at least 1).
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 OPS = (
     "attention",
     "modulate_layernorm",
@@ -71,19 +71,11 @@ def versions() -> dict[str, str]:
     return info
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
-    except OSError:  # not Linux
-        return platform.processor()
-
-
 def hardware(device: torch.device) -> dict[str, str]:
     """The card (name, compute capability, memory) and the CPU with the vector ISA torch's kernels use."""
     info = {
         "device": str(device),
-        "cpu": f"{platform.machine()} {_cpu_model()}".strip(),
+        "cpu": f"{platform.machine()} {autotune.cpu_model()}".strip(),
         "cpu ISA (torch)": torch.backends.cpu.get_cpu_capability(),
         "cpu threads": str(torch.get_num_threads()),
     }
@@ -109,6 +101,8 @@ def backend_choice(device: torch.device) -> dict[str, str]:
         why = f"Triton kernels (backend {chosen!r}; interpreter: {backends.triton_interpreted()})"
     elif namespace == backends.NATIVE_NAMESPACE:
         why = f"native C++ extension (backend {chosen!r}; triton {triton})"
+    if namespace and chosen == "auto" and autotune.active():
+        why += "; auto keeps it per shape only where it passes its self-check and measures faster (see below)"
     else:
         why = f"PyTorch reference (backend {chosen!r}; extension {native}; triton {triton})"
     rows = dict.fromkeys(OPS, why)
@@ -118,36 +112,14 @@ def backend_choice(device: torch.device) -> dict[str, str]:
     return rows
 
 
-def _parity_cases(device: torch.device, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable]]:
-    """Per op: a call of the dispatched op and of the reference on the same small inputs."""
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-
-    q, k, v = rand(2, 2, 33, 32), rand(2, 2, 33, 32), rand(2, 2, 33, 32)
-    x, y, shift, scale = rand(2, 17, 48), rand(2, 17, 48), rand(2, 48), rand(2, 48)
-    t = torch.rand(5, generator=gen).to(device)
-    level = torch.tensor([0, 3], device=device)
-    labels = torch.tensor([1, 4], device=device)
-    c, d_table, y_table = rand(2, 48), rand(6, 48), rand(5, 48)
-    d = torch.tensor([0.25, 0.5], device=device)
-
-    def pair(name, *args):
-        # the reference computes in fp32 from the same (rounded) inputs: the error is the kernel's alone
-        wide = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        return (lambda: getattr(ops, name)(*args), lambda: getattr(SF, name)(*wide))
-
-    return {
-        "attention": pair("attention", q, k, v),
-        "modulate_layernorm": pair("modulate_layernorm", x, shift, scale),
-        "gated_residual": pair("gated_residual", x, shift, y),
-        "timestep_features": pair("timestep_features", t, 64),
-        "condition_sum": pair("condition_sum", c, level, d_table, labels, y_table),
-        "euler_step": pair("euler_step", x, y, d),
-        "bootstrap_midpoint": pair("bootstrap_midpoint", x, y, d, 1.0),
-        "bootstrap_target": pair("bootstrap_target", x, y, 1.0),
-    }
+def kernel_of(name: str, device: torch.device) -> Callable:
+    """The kernel of op ``name`` that the fixed rule names on ``device`` (bypassing ``auto``'s decision), or the
+    dispatched op where no backend is there."""
+    namespace = backends.namespace(device)
+    if not namespace:
+        return getattr(ops, name)
+    fused = getattr(dispatch, f"_fused_{name}")
+    return lambda *args: fused(getattr(torch.ops, namespace), *args)
 
 
 def supported_dtypes(device: torch.device) -> list[torch.dtype]:
@@ -159,26 +131,33 @@ def supported_dtypes(device: torch.device) -> list[torch.dtype]:
     return [torch.float32, torch.bfloat16]
 
 
-def parity(device: torch.device) -> list[tuple[str, str, float, float, bool]]:
-    """``(op, dtype, error, tolerance, passed)`` per op and supported dtype; errors relative to the reference."""
+def parity(device: torch.device) -> list[tuple[str, str, selfcheck.CheckResult]]:
+    """``(op, dtype, result)`` of each op's self-check (``ops/selfcheck.py``) in every supported dtype."""
     rows = []
     for dtype in supported_dtypes(device):
-        for name, (fast, ref) in _parity_cases(device, dtype).items():
-            tol = TOLERANCE[dtype]
-            with torch.no_grad():
-                try:
-                    got, want = fast().float(), ref().float()
-                except Exception as err:  # an op that raises fails its check, with the reason shown
-                    rows.append((name, str(dtype).removeprefix("torch."), float("nan"), tol, False))
-                    print(f"  {name} {dtype}: raised {type(err).__name__}: {err}")
-                    continue
-            error = (
-                ((got - want).abs().max() / want.abs().max().clamp(min=1)).item()
-                if got.shape == want.shape
-                else float("inf")
-            )
-            rows.append((name, str(dtype).removeprefix("torch."), error, tol, bool(error <= tol)))
+        for name in OPS:
+            result = selfcheck.compare(name, kernel_of(name, device), getattr(SF, name), device, dtype)
+            rows.append((name, str(dtype).removeprefix("torch."), result))
     return rows
+
+
+def decision_report() -> str:
+    """What ``auto`` decided: this process's self-checks and decisions, then those of the disk cache."""
+    lines = []
+    for (name, namespace, device, dtype, head_dim), result in sorted(autotune.checks().items(), key=str):
+        head = f" Dh {head_dim}" if head_dim else ""
+        verdict = "ok" if result.passed else "FAIL: auto runs the reference"
+        lines.append(f"  self-check {name} ({namespace}, {dtype}{head}) on {device}: {result.describe()}  {verdict}")
+    lines.append(f"  mode {autotune.get_mode()!r}; cache {autotune.cache_path()}")
+    decided = autotune.table()
+    lines.append("  this process:" if decided else "  this process decided nothing yet")
+    if decided:
+        lines.append(autotune.markdown_table(decided))
+    stored = autotune.stored_table()
+    lines.append("  in the cache:" if stored else "  the cache holds no decision yet (sf.tune(model, ...) makes them)")
+    if stored:
+        lines.append(autotune.markdown_table(stored))
+    return "\n".join(lines)
 
 
 def sampling_time(device: torch.device, seconds: float = 1.0) -> tuple[int, float]:
@@ -221,13 +200,15 @@ def run(device: str | None = None, timing_seconds: float = 1.0) -> int:
     _section("versions", versions())
     _section("hardware", hardware(dev))
     _section(f"backend per op on {dev}", backend_choice(dev))
-    print(f"== parity with the reference on {dev} (max |fast - ref| / max(|ref|, 1))")
+    print(f"== parity of the kernels with the reference on {dev} (max |kernel - ref| / max(|ref|, 1), and gradients)")
     results = parity(dev)
-    for name, dtype, err, tol, passed in results:
-        print(f"  {name:<20} {dtype:<9} {err:.2e}  (tolerance {tol:.0e})  {'ok' if passed else 'FAIL'}")
+    for name, dtype, result in results:
+        print(f"  {name:<20} {dtype:<9} {result.describe()}  {'ok' if result.passed else 'FAIL'}")
+    print("== what auto runs (self-check, then the faster of kernel and reference per shape bucket)")
+    print(decision_report())
     if timing_seconds > 0:
         calls, ms = sampling_time(dev, timing_seconds)
         print(f"== 1-step sampling, DiT hidden 128 depth 2, batch 8 of 4x16x16: {ms:.2f} ms per call ({calls} calls)")
-    failed = [f"{name} {dtype}" for name, dtype, _, _, passed in results if not passed]
+    failed = [f"{name} {dtype}" for name, dtype, result in results if not result.passed]
     print(f"== {'FAILED parity: ' + ', '.join(failed) if failed else 'all parity checks passed'}")
     return 1 if failed else 0

@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 
 # Without a GPU, Triton runs its kernels on CPU tensors through its interpreter; set before anything imports triton.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Which kernel `auto` keeps must not depend on timing in a pass/fail test: the suite runs the fixed rule, and
+# tests/test_autotune.py turns the measured choice on with a fake timer. Decisions go to a folder of this run
+# (also for the subprocesses the tests start), never to the user's cache.
+os.environ["SHORTCUT_FAST_AUTO"] = "fixed"
+os.environ["SHORTCUT_FAST_CACHE"] = tempfile.mkdtemp(prefix="shortcut_fast_cache_")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

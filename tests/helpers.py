@@ -377,3 +377,26 @@ def scratch():
     """A temporary folder (a Path) for one hypothesis example; ``tmp_path`` is shared by all examples of a test."""
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp)
+
+
+def micro_dit(num_classes: int = 5, seed: int = 0, **kwargs) -> nn.Module:
+    """A one-block DiT on 2x4x4 inputs with 8 step levels, weights off the zero init: milliseconds a step."""
+    from shortcut_fast import ShortcutDiT
+
+    dims = dict(input_size=4, in_channels=2, patch_size=2, hidden_size=16, depth=1, num_heads=2, min_step=1 / 8)
+    return perturb_(ShortcutDiT(**dims, num_classes=num_classes, **kwargs), seed=seed)
+
+
+class _DoubleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+def double_gradient(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, whose gradient comes back doubled: a kernel right forward and wrong backward."""
+    return _DoubleGradient.apply(t)

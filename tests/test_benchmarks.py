@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import shortcut_fast as sf
+from shortcut_fast.ops import autotune
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,31 +28,40 @@ def _load_script():
 def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     out = tmp_path / "throughput.json"
     throughput = _load_script()
-    results = throughput.main(
-        [
-            "--preset",
-            "tiny",
-            "--no-compile",
-            "--batch",
-            "3",
-            "--train-batch",
-            "4",
-            "--repeats",
-            "2",
-            "--warmup",
-            "1",
-            "--json",
-            str(out),
-        ]
-    )
+    autotune.set_mode("measured")  # the decisions are shown (the benchmark keeps them in a folder of its own)
+    try:
+        results = throughput.main(
+            [
+                "--preset",
+                "tiny",
+                "--no-compile",
+                "--batch",
+                "3",
+                "--train-batch",
+                "4",
+                "--repeats",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+    finally:
+        autotune.set_mode("fixed")
+        autotune.reset()
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     engine = {"shortcut_fast:engine@1", "shortcut_fast:engine@3"} if sf.engine.available() else set()
-    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *engine}
-    assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:flow"}
+    kernels = {"shortcut_fast:kernels@1", "shortcut_fast:kernels@3"}
+    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *kernels, *engine}
+    assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:kernels", "shortcut_fast:flow"}
     assert set(results["ops"]) == {
         "attention",
+        "attention fwd+bwd",
         "modulate_layernorm",
+        "modulate_layernorm fwd+bwd",
         "gated_residual",
+        "gated_residual fwd+bwd",
         "timestep_features",
         "condition_sum",
         "euler_step",
@@ -72,6 +82,9 @@ def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
         "| shortcut_fast:flow |",
         "| attention |",
         "self-consistency cost over a flow-matching step",
+        "auto's first use for this model",
+        "## what auto runs here",
+        "| attention | shortcut_fast |",
         *(["| sample() − engine op |"] if sf.engine.available() else []),
     ):
         assert row in table

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import double_gradient
 
-from shortcut_fast import cli, doctor, ops
-from shortcut_fast.ops import reference
+from shortcut_fast import cli, doctor
+from shortcut_fast.ops import dispatch, reference
 
 
 def test_doctor_reports_every_section_and_every_op_and_passes(capsys):
     assert cli.main(["doctor", "--device", "cpu", "--timing-seconds", "0.05"]) == 0
     out = capsys.readouterr().out
-    for section in ("== versions", "== hardware", "== backend per op on cpu", "== parity", "== 1-step sampling"):
+    sections = ("== versions", "== hardware", "== backend per op on cpu", "== parity", "== what auto runs", "== 1-step")
+    for section in sections:
         assert section in out
     assert f"torch         {torch.__version__}" in out
     parity_lines = [line for line in out.splitlines() if line.strip().endswith((" ok", " FAIL"))]
@@ -22,25 +24,35 @@ def test_doctor_reports_every_section_and_every_op_and_passes(capsys):
     assert "all parity checks passed" in out
 
 
-def test_a_wrong_op_fails_parity_and_the_exit_status(monkeypatch, capsys):
-    def off_by_a_bit(x, v, d):
+def test_a_wrong_kernel_fails_parity_and_the_exit_status(monkeypatch, capsys):
+    def off_by_a_bit(ops, x, v, d):
         return reference.euler_step(x, v, d) + 0.1
 
-    monkeypatch.setattr(ops, "euler_step", off_by_a_bit)
+    monkeypatch.setattr(dispatch, "_fused_euler_step", off_by_a_bit)
     assert doctor.run("cpu", timing_seconds=0) == 1
     out = capsys.readouterr().out
     assert any(line.split()[:1] == ["euler_step"] and line.endswith("FAIL") for line in out.splitlines())
     assert "FAILED parity: euler_step float32" in out
 
 
-def test_an_op_that_raises_fails_its_check(monkeypatch, capsys):
+def test_a_kernel_that_raises_fails_its_check(monkeypatch):
     def broken(*args):
         raise RuntimeError("kernel launch failed")
 
-    monkeypatch.setattr(ops, "attention", broken)
+    monkeypatch.setattr(dispatch, "_fused_attention", broken)
     rows = doctor.parity(torch.device("cpu"))
-    assert {(name, passed) for name, _, _, _, passed in rows if name == "attention"} == {("attention", False)}
-    assert "raised RuntimeError: kernel launch failed" in capsys.readouterr().out
+    assert {(name, r.passed) for name, _, r in rows if name == "attention"} == {("attention", False)}
+    assert all(
+        "raised RuntimeError: kernel launch failed" in r.describe() for name, _, r in rows if name == "attention"
+    )
+
+
+def test_a_wrong_gradient_fails_parity(monkeypatch):
+    right = dispatch._fused_gated_residual
+    monkeypatch.setattr(dispatch, "_fused_gated_residual", lambda ops, *a: double_gradient(right(ops, *a)))
+    rows = {(name, dtype): r for name, dtype, r in doctor.parity(torch.device("cpu"))}
+    result = rows[("gated_residual", "float32")]
+    assert not result.passed and result.error < 1e-6 and result.grad_error > 0.5
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")

@@ -7,7 +7,9 @@ where user input enters), torch's CPU optimizer (it reads its step counters;
 the fused CUDA optimizer does not), the optimal-transport pairing of
 ``ShortcutConfig(ot_pairing=True)`` (its solver runs on the host: one copy off
 the device per step, allowed only where that option is on), or anywhere else,
-which must never happen. A copy from a device to the host counts as a read.
+which must never happen. A copy from a device to the host counts as a read. Each test runs on the
+reference, the native kernels, and ``auto`` deciding per call ("auto-measured", a fake timer): there the
+first call of a shape self-checks and times (host reads by design) and every later call reads nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import sys
 
 import pytest
 import torch
-from helpers import perturb_
+from helpers import micro_dit, perturb_
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import shortcut_fast as sf
 from shortcut_fast import checks
-from shortcut_fast.ops import backends
+from shortcut_fast.ops import autotune, backends
+from shortcut_fast.ops.decision_cache import DecisionCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -90,32 +93,36 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-BACKENDS = [
-    "reference",
-    pytest.param("native", marks=pytest.mark.skipif(not backends.native_available(), reason="needs the C++ extension")),
-]
+_NATIVE = pytest.mark.skipif(not backends.native_available(), reason="needs the C++ extension")
+# "auto-measured": auto deciding per call (a fake timer that finds the kernels faster); the first call of each
+# shape decides, so each test warms up before it counts
+BACKENDS = ["reference", pytest.param("native", marks=_NATIVE), pytest.param("auto-measured", marks=_NATIVE)]
+
+
+def _fake_timer(label, run, device):
+    run()
+    return 1.0 if label == "kernel" else 2.0
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
-    with sf.backend(request.param):
-        yield request.param
+def backend(request, tmp_path, monkeypatch):
+    if request.param != "auto-measured":
+        with sf.backend(request.param):
+            yield request.param
+        return
+    monkeypatch.setattr(autotune, "timer", _fake_timer)
+    autotune.set_mode("measured")
+    autotune.reset(DecisionCache(folder=tmp_path))
+    try:
+        with sf.backend("auto"):
+            yield request.param
+    finally:
+        autotune.set_mode("fixed")
+        autotune.reset()
 
 
 def _dit(num_classes):
-    return perturb_(
-        sf.ShortcutDiT(
-            input_size=4,
-            in_channels=2,
-            patch_size=2,
-            hidden_size=16,
-            depth=1,
-            num_heads=2,
-            num_classes=num_classes,
-            min_step=1 / 8,
-        ),
-        seed=0,
-    )
+    return micro_dit(num_classes)
 
 
 def _mlp(num_classes):
@@ -144,6 +151,10 @@ def test_shortcut_loss_and_backward_read_nothing_after_validation(backend, kind,
     config = sf.ShortcutConfig(min_step=1 / 8, bootstrap_fraction=0.5, bootstrap_cfg_scale=2.0 if guided else None)
     x1 = torch.randn(shape)
     y = torch.tensor([0, 1, 2, 3, 4, 5]) if num_classes else None
+    if backend == "auto-measured":
+        sf.shortcut_loss(model, x1, y, config, target_model=ema, generator=torch.Generator().manual_seed(0))[
+            0
+        ].backward()
     gen = torch.Generator().manual_seed(0)
     with HostReads() as reads:
         loss, _ = sf.shortcut_loss(model, x1, y, config, target_model=ema, generator=gen)
@@ -193,6 +204,8 @@ def test_a_trainer_step_reads_nothing_but_the_optimizer_and_the_labels(backend, 
 def test_a_direct_forward_validates_with_one_read_and_trusted_callers_with_none(backend):
     model = _dit(5).eval()
     x, t, d, y = torch.randn(3, 2, 4, 4), torch.tensor([0.0, 0.5, 1.0]), torch.tensor([1.0, 0.5, 0.125]), None
+    if backend == "auto-measured":
+        model(x, t, d, y)  # decides the kernels of these shapes
     with HostReads() as reads:
         model(x, t, d, torch.tensor([0, 4, 5]))
     assert reads.counts == {"validation": 1, "optimizer": 0, "other": 0}, reads.where
@@ -208,18 +221,7 @@ def test_a_direct_forward_validates_with_one_read_and_trusted_callers_with_none(
 
 
 def _guided_dit():
-    model = sf.ShortcutDiT(
-        input_size=4,
-        in_channels=2,
-        patch_size=2,
-        hidden_size=16,
-        depth=1,
-        num_heads=2,
-        num_classes=5,
-        min_step=1 / 8,
-        guidance_input=True,
-    )
-    return perturb_(model, seed=2)
+    return micro_dit(5, seed=2, guidance_input=True)
 
 
 @pytest.mark.parametrize("ot_pairing", [False, True])

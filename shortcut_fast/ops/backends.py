@@ -3,7 +3,9 @@
 ``reference``: the plain PyTorch functions of ``functional.py``.
 ``native``: the C++ extension ``shortcut_fast._C`` (CPU kernels; CUDA kernels where it was built with CUDA).
 ``triton``: the Triton kernels of ``shortcut_fast.kernels`` (CUDA; CPU tensors only under ``TRITON_INTERPRET=1``).
-``auto`` (the default): Triton on a GPU, native on the CPU, the reference where neither is there.
+``auto`` (the default): Triton on a GPU, native on the CPU, the reference where neither is there; and then,
+per op and shape, only where that kernel passes its self-check and measures faster than the reference
+(``autotune.py``; ``SHORTCUT_FAST_AUTO=fixed`` keeps the rule alone).
 
 The choice is process-wide (``set_backend``, or the environment variable
 ``SHORTCUT_FAST_BACKEND`` read at import, e.g. for every process of a torchrun

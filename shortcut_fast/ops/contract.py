@@ -35,6 +35,17 @@ _CUDA_HEAD_DIMS = (32, 64, 128)
 _TRITON_HEAD_DIMS = _CUDA_HEAD_DIMS
 
 
+# Largest |kernel - reference| a backend may show, relative to the reference's largest magnitude (at least 1),
+# for an op's outputs and for its gradients: what the self-check of ``auto`` (``selfcheck.py``) and
+# ``shortcut-fast doctor`` hold each kernel to, on small random inputs against the fp32 (fp64) reference.
+TOLERANCE = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float64: (1e-10, 1e-10),
+    torch.bfloat16: (3e-2, 5e-2),
+    torch.float16: (5e-3, 1e-2),
+}
+
+
 @dataclass(frozen=True)
 class Support:
     """What one backend runs of an op: the dtypes of its main input; head sizes (None: any, or not a head op)."""

@@ -26,7 +26,8 @@ from .. import checks
 from ..data.batches import BatchSource
 from ..distributed import fully_shard_blocks, rank_and_world
 from ..models import unwrap_model
-from ..objective import ShortcutConfig, check_loss_inputs, self_consistency_targets
+from ..objective import ShortcutConfig, check_loss_inputs, loss_on_checked_inputs, self_consistency_targets
+from ..ops import autotune
 from .step import graph_targets, step_on_checked_inputs
 
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
@@ -139,6 +140,10 @@ class Trainer:
     gradients were finite is a flag on the device that gates the update (see
     ``train_step``), and the run's counters of skipped steps stay there too.
     The trainer reads them every ``log_every`` steps and before a checkpoint.
+
+    Nothing is timed inside a step either: before the first step, one loss and backward on the first
+    batch (whose gradients are dropped) lets ``auto`` decide which fused kernels to run
+    (``ops/autotune.py``), and under torchrun every rank takes rank 0's decisions.
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, encoder=None):
@@ -199,6 +204,7 @@ class Trainer:
         self._bad_run = torch.zeros((), dtype=torch.long, device=self.device)
         self._stopped_at = torch.full((), -1, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
+        self._kernels_decided = False
 
     # ---------------------------------------------------------------- one step
     def _lr(self) -> float:
@@ -247,27 +253,30 @@ class Trainer:
         if not labels_checked:
             # read where the labels were given: a DataLoader's batch on the CPU needs no device sync
             checks.require(*checks.labels_in_range(y_given, null_class))
+        if not self._kernels_decided:
+            self._decide_kernels(x1, y, config, null_class, use_bf16)
         fast = self.config.graph_targets and self.device.type == "cuda"
-        logs, ok = step_on_checked_inputs(
-            self.train_model,
-            self.optimizer,
-            x1,
-            y,
-            config=config,
-            null_class=null_class,
-            ema_model=self.ema_model,
-            ema_decay=self.config.ema_decay,
-            generator=self.generator,
-            grad_clip=self.config.grad_clip,
-            bf16=use_bf16,
-            targets=graph_targets if fast else self_consistency_targets,
-            shard=shard,
-            skip_non_finite=True,
-            agree=self._all_ranks,
-            allowed=self._stopped_at < 0,
-            target_model=self.target_ema_model,
-            target_decay=self.config.target_ema_decay,
-        )
+        with autotune.no_timing():
+            logs, ok = step_on_checked_inputs(
+                self.train_model,
+                self.optimizer,
+                x1,
+                y,
+                config=config,
+                null_class=null_class,
+                ema_model=self.ema_model,
+                ema_decay=self.config.ema_decay,
+                generator=self.generator,
+                grad_clip=self.config.grad_clip,
+                bf16=use_bf16,
+                targets=graph_targets if fast else self_consistency_targets,
+                shard=shard,
+                skip_non_finite=True,
+                agree=self._all_ranks,
+                allowed=self._stopped_at < 0,
+                target_model=self.target_ema_model,
+                target_decay=self.config.target_ema_decay,
+            )
         self.step += 1  # a skipped step spends its batch and random draws too
         assert ok is not None  # skip_non_finite=True: the step returns its flag
         self._skipped += (~ok).long()
@@ -278,6 +287,39 @@ class Trainer:
         if self.step % self.config.log_every == 0:
             self._raise_if_stopped()
         return logs
+
+    def _decide_kernels(self, x1, y, config, null_class: int, use_bf16: bool) -> None:
+        """``auto``'s kernel decisions for this run's shapes, made once before the first step.
+
+        One loss and backward of the first batch, with its own random stream and its gradients dropped,
+        so that the run itself is exactly the run without it. The self-consistency targets run eagerly
+        here (no graph is captured while kernels are timed). Under torchrun all ranks run it in step and
+        then take rank 0's decisions, so that every rank runs the same kernels.
+        """
+        self._kernels_decided = True
+        if not autotune.active():
+            return
+        gen = torch.Generator(self.device).manual_seed(self.config.seed)
+        teacher = self.target_ema_model
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, _ = loss_on_checked_inputs(
+                    self.train_model,
+                    x1,
+                    y,
+                    config,
+                    teacher,
+                    gen,
+                    (self.rank, self.world),
+                    self_consistency_targets,
+                    null_class,
+                )
+            loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:
+            rows: list = [autotune.export() if self.is_main else None]
+            dist.broadcast_object_list(rows, src=0)
+            autotune.adopt(rows[0], self.device)
 
     def _all_ranks(self, ok: torch.Tensor) -> torch.Tensor:
         """``ok`` and'ed over all ranks on the device, so that every rank skips the same steps."""
