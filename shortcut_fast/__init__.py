@@ -17,6 +17,7 @@ from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP, ShortcutModule
 from .objective import ShortcutConfig, shortcut_loss
 from .ops import autotune, backends
 from .ops.backends import backend, get_backend, set_backend
+from .pipeline import ShortcutPipeline
 from .sampling import clear_graph_cache, sample, set_graph_cache_size
 from .steps import allowed_steps, step_sizes
 from .train.step import train_step
@@ -44,6 +45,7 @@ __all__ = [
     "ShortcutDiT",
     "ShortcutMLP",
     "ShortcutModule",
+    "ShortcutPipeline",
     "TrainConfig",
     "Trainer",
     "allowed_steps",

@@ -55,9 +55,10 @@ def atomic_directory(path: str | os.PathLike):
     aside = None
     try:
         yield tmp
-        for f in tmp.iterdir():  # the data is on disk before the rename makes it visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # the data is on disk before the rename makes it visible (sub-folders too)
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode(0o777))
         if path.exists():
             aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / path.name
