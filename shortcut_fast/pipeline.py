@@ -48,7 +48,7 @@ class ShortcutPipeline:
         model: nn.Module,
         vae: nn.Module | None = None,
         *,
-        num_inference_steps: int | Sequence[float] = 1,
+        num_inference_steps: int | tuple[float, ...] = 1,
         cfg_scale: float | None = None,
     ):
         if not isinstance(model, ShortcutDiT):
@@ -69,7 +69,7 @@ class ShortcutPipeline:
         class_labels: Sequence[int] | torch.Tensor | None = None,
         *,
         batch_size: int | None = None,
-        num_inference_steps: int | Sequence[float] | None = None,
+        num_inference_steps: int | tuple[float, ...] | None = None,
         cfg_scale: float | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
