@@ -99,6 +99,8 @@ setup(
         "convert": ["numpy"],
         # the Flax parity tests of convert-official (CPU builds of jax and flax)
         "flax-test": ["jax", "flax"],
+        # export_onnx (onnx, onnxscript) and the ONNX Runtime / OpenVINO rows of benchmarks/throughput.py
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # latent datasets: the AutoencoderKL of diffusers, read from a local folder
         "latent": ["diffusers>=0.30"],
         # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides

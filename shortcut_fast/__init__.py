@@ -12,6 +12,7 @@ import importlib
 
 from . import ops
 from .checkpoint import load_model, save_model
+from .export import export_onnx
 from .finetune import from_flow_model
 from .models import DIT_PRESETS, ShortcutDiT, ShortcutMLP, ShortcutModule
 from .objective import ShortcutConfig, shortcut_loss
@@ -51,6 +52,7 @@ __all__ = [
     "allowed_steps",
     "backend",
     "clear_graph_cache",
+    "export_onnx",
     "from_flow_model",
     "get_backend",
     "load_model",

@@ -311,6 +311,16 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export
+def _cmd_export(args) -> int:
+    from .export import export_onnx
+
+    model = load_model(args.model, ema=None if args.weights == "auto" else args.weights == "ema")
+    path = export_onnx(model, args.out, steps=args.steps, cfg_scale=args.cfg_scale)
+    print(f"wrote the {args.steps}-step sampler to {path} (inputs noise and labels, batch dynamic)")
+    return 0
+
+
 # ---------------------------------------------------------------- doctor
 def _cmd_doctor(args) -> int:
     from .doctor import run
@@ -474,6 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the samples are float32 whatever it is",
     )
     smp.set_defaults(func=_cmd_sample)
+
+    exp = sub.add_parser("export", help="write a saved model's N-step sampler as one ONNX graph (batch dynamic)")
+    exp.add_argument("--model", required=True, help="a directory written by save_model, train or demo")
+    exp.add_argument("--out", required=True, help="the .onnx file to write")
+    exp.add_argument("--steps", type=int, default=1, help="sampling steps baked into the graph (default 1)")
+    exp.add_argument("--cfg-scale", type=float, help="a guidance scale baked into the graph (default: none)")
+    exp.add_argument("--weights", choices=["auto", "ema", "live"], default="auto", help="as for sample")
+    exp.set_defaults(func=_cmd_export)
 
     doc = sub.add_parser("doctor", help="versions, hardware, backend per op, parity with the reference, a timing")
     doc.add_argument("--device", help="cpu or cuda (default: the GPU if there is one)")

@@ -166,7 +166,8 @@ def _euler_steps(model, x, y, scale, schedule, null_class, net_dtype, progress, 
             v = model(
                 torch.cat([x, x]).to(net_dtype), torch.cat([t, t]), torch.cat([d_vec, d_vec]), torch.cat([y, null])
             )
-            v_cond, v_null = check_velocity(v, torch.Size([2 * batch, *x.shape[1:]])).chunk(2)
+            v = check_velocity(v, torch.Size([2 * batch, *x.shape[1:]]))
+            v_cond, v_null = v[:batch], v[batch:]  # slices, not chunk(): ONNX export folds them with a dynamic batch
             v = SF.guided_velocity(v_cond, v_null, scale)
         x = ops.euler_step(x, v, d)
     return x
