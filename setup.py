@@ -101,6 +101,8 @@ setup(
         "flax-test": ["jax", "flax"],
         # export_onnx (onnx, onnxscript) and the ONNX Runtime / OpenVINO rows of benchmarks/throughput.py
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        # the anchors of benchmarks/throughput.py: the exported sampler in ONNX Runtime and OpenVINO
+        "bench": ["onnx", "onnxscript", "onnxruntime", "openvino"],
         # latent datasets: the AutoencoderKL of diffusers, read from a local folder
         "latent": ["diffusers>=0.30"],
         # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides

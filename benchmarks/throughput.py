@@ -76,7 +76,7 @@ def median_time(
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
     """Achieved FLOP/s of a large square matmul: the practical peak of this device."""
-    n = 8192 if device.type == "cuda" else 1024
+    n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     seconds = median_time(lambda: a @ b, tuple, device, repeats, warmup=3)
     return 2 * n**3 / seconds
@@ -158,9 +158,50 @@ def sampling_variants(args, model_net) -> dict:
             variants[f"compile:{mode}"] = torch.compile(eager, mode=mode, dynamic=False)
     variants["shortcut_fast"] = sampler
     variants["shortcut_fast:kernels"] = sampler
+    variants.update(deployed_runtimes(args, model_net))
     if next(model_net.parameters()).device.type == "cpu" and sf.engine.available():
         variants["shortcut_fast:engine"] = sampler
     return variants
+
+
+def deployed_runtimes(args, model_net) -> dict:
+    """ONNX Runtime and OpenVINO running the same sampler exported by ``sf.export_onnx`` (fp32, the same threads,
+    every graph optimisation): what a CPU user deploys instead. Skipped, with a note, where the ``[bench]`` extra
+    (onnxruntime, openvino) is missing, on CUDA, and for non-fp32 weights."""
+    if next(model_net.parameters()).device.type != "cpu" or next(model_net.parameters()).dtype != torch.float32:
+        return {}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("note: onnxruntime is not installed (pip install 'shortcut_fast[bench]'): its rows are left out")
+        return {}
+    path = Path(tempfile.mkdtemp(prefix="shortcut_fast_bench_onnx_")) / "sampler.onnx"
+    sf.export_onnx(model_net, path, steps=args.steps)
+    threads = torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def onnxruntime(noise, y):
+        return session.run(["samples"], {"noise": noise.numpy(), "labels": y.numpy()})[0]
+
+    runtimes = {"onnxruntime": onnxruntime}
+    try:
+        import openvino
+    except ImportError:
+        print("note: openvino is not installed (pip install 'shortcut_fast[bench]'): its rows are left out")
+        return runtimes
+    compiled = openvino.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    )
+    request = compiled.create_infer_request()
+
+    def openvino_run(noise, y):
+        return request.infer({"noise": noise.numpy(), "labels": y.numpy()})
+
+    runtimes["openvino"] = openvino_run
+    return runtimes
 
 
 def sampling_times(args, model, device, net_dtype) -> dict:

@@ -53,7 +53,9 @@ def test_throughput_runs_every_comparison_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     engine = {"shortcut_fast:engine@1", "shortcut_fast:engine@3"} if sf.engine.available() else set()
     kernels = {"shortcut_fast:kernels@1", "shortcut_fast:kernels@3"}
-    assert set(results["sampling"]) == {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *kernels, *engine}
+    runtimes = {f"{r}@{b}" for r in ("onnxruntime", "openvino") if importlib.util.find_spec(r) for b in (1, 3)}
+    expected = {"eager@1", "eager@3", "shortcut_fast@1", "shortcut_fast@3", *kernels, *engine, *runtimes}
+    assert set(results["sampling"]) == expected
     assert set(results["training"]) == {"eager", "shortcut_fast", "shortcut_fast:kernels", "shortcut_fast:flow"}
     assert set(results["ops"]) == {
         "attention",
