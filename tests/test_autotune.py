@@ -398,3 +398,31 @@ def test_every_rank_runs_rank_0s_decisions(tmp_path, sharding):
     assert rank0 and {row[3] for row in rank0} == {"kernel"}
     assert sorted(row[:4] for row in rank1) == sorted(row[:4] for row in rank0)
     assert {row[4] for row in rank1} == {"rank 0"}
+
+
+def _traced_ops(fn, *args) -> set[str]:
+    """The ops in the graph ``torch.compile(fn, fullgraph=True)`` traces for ``args``."""
+    seen: set[str] = set()
+
+    def backend(gm, example_inputs):
+        seen.update(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return seen
+
+
+def test_a_compiled_call_times_nothing_and_runs_what_was_decided(measured):
+    x, shift, scale = _layernorm_inputs()
+
+    def fn(x, shift, scale):
+        return sf.ops.modulate_layernorm(x, shift, scale)
+
+    with torch.no_grad():
+        assert any("shortcut_fast.modulate_layernorm_fwd" in op for op in _traced_ops(fn, x, shift, scale))
+        assert measured.calls == 0  # undecided while tracing: the fixed rule, nothing timed
+        measured.seconds = {"kernel": 3.0, "reference": 1.0}
+        fn(x, shift, scale)  # decided eagerly: the reference
+        assert measured.calls > 0
+        assert not any("shortcut_fast." in op for op in _traced_ops(fn, x, shift, scale))

@@ -163,12 +163,33 @@ def _bucket(shape: torch.Size) -> tuple[int, ...]:
     return (*(1 << max(0, s - 1).bit_length() for s in shape[:-1]), *shape[-1:])
 
 
-def _key(name: str, namespace: str, args: tuple) -> Key:
+def _signature(args: tuple) -> tuple:
+    """What a call's decision depends on besides the op: device, float dtypes, gradients, shape bucket.
+
+    Plain tensor attributes only, so that ``torch.compile`` traces it."""
     x = args[0]
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    dtypes = tuple(str(a.dtype).removeprefix("torch.") for a in tensors if a.is_floating_point())
+    dtypes = tuple(a.dtype for a in tensors if a.is_floating_point())
     grad = torch.is_grad_enabled() and any(a.requires_grad for a in tensors)
-    return (name, namespace, device_key(x.device), dtypes, grad, _bucket(x.shape))
+    return x.device, dtypes, grad, _bucket(x.shape)
+
+
+def _key_of(name: str, namespace: str, device: torch.device, dtypes: tuple, grad: bool, bucket: tuple) -> Key:
+    return (name, namespace, device_key(device), tuple(str(d).removeprefix("torch.") for d in dtypes), grad, bucket)
+
+
+def _key(name: str, namespace: str, args: tuple) -> Key:
+    return _key_of(name, namespace, *_signature(args))
+
+
+@torch.compiler.assume_constant_result
+def _choice_while_tracing(name: str, namespace: str, device, dtypes: tuple, grad: bool, bucket: tuple) -> bool:
+    """The decision of a call that ``torch.compile`` traces: run at trace time and kept as a constant of the
+    graph, so a compiled model runs what ``auto`` decided before it was compiled (``shortcut_fast.tune``)."""
+    key = _key_of(name, namespace, device, dtypes, grad, bucket)
+    with _lock:
+        choice = _choices.get(key)
+        return _fallback(key) if choice is None else choice
 
 
 def _text(key: Key) -> str:
@@ -183,7 +204,10 @@ def keeps(name: str, namespace: str, fused: Callable, reference: Callable, args:
     """
     if not active():
         return True
-    key = _key(name, namespace, args)
+    signature = _signature(args)
+    if torch.compiler.is_compiling():
+        return _choice_while_tracing(name, namespace, *signature)
+    key = _key_of(name, namespace, *signature)
     choice = _choices.get(key)
     if choice is None:
         choice = _decide(key, lambda *a: fused(getattr(torch.ops, namespace), *a), reference, args)
@@ -191,7 +215,7 @@ def keeps(name: str, namespace: str, fused: Callable, reference: Callable, args:
 
 
 def _may_time(device: torch.device) -> bool:
-    if getattr(_local, "depth", 0) or torch.compiler.is_compiling():
+    if getattr(_local, "depth", 0):
         return False
     return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 

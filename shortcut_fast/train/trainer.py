@@ -7,6 +7,7 @@ shards each batch by rank, and only rank 0 logs and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -301,7 +302,10 @@ class Trainer:
             return
         gen = torch.Generator(self.device).manual_seed(self.config.seed)
         teacher = self.target_ema_model
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        # only rank 0 times (and writes the decision cache that ranks on one machine share); the others run the
+        # pass in step with it, since under DDP/FSDP its forward and backward are collectives
+        timing = contextlib.nullcontext() if self.is_main else autotune.no_timing()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), timing:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, _ = loss_on_checked_inputs(
                     self.train_model,
