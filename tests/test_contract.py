@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shortcut_fast import ops
-from shortcut_fast.ops import backends, contract, formulas
+from shortcut_fast.ops import backends, contract, formulas, jvp
 from shortcut_fast.ops import reference as SF
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -38,6 +38,17 @@ def test_every_op_has_a_fake_and_every_differentiable_op_a_formula():
     with mock.patch.dict(formulas.FAKES), pytest.raises(RuntimeError, match=r"missing \['euler_step'\]"):
         del formulas.FAKES["euler_step"]
         formulas.register_fakes("not_registered")
+
+
+def test_every_op_declared_with_a_jvp_has_its_rule_and_the_backward_kernels_have_none():
+    declared = {op.name for op in contract.OPS if any(s.jvp for s in op.support.values())}
+    assert declared == set(jvp.FUNCTIONS)
+    assert not any(
+        s.jvp for name in ("attention_bwd", "modulate_layernorm_bwd") for s in contract.BY_NAME[name].support.values()
+    )
+    # the JVP column of the docs table is the contract's
+    assert "| `attention_bwd` | fp32, fp64, fp16, bf16 |" in contract.markdown()
+    assert "| `attention_fwd` | fp32, fp64, fp16, bf16; JVP |" in contract.markdown()
 
 
 def test_every_op_serves_a_public_op():

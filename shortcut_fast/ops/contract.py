@@ -3,18 +3,19 @@
 Each ``RawOp`` names an op, gives its schema (the same in the native
 ``shortcut_fast`` and the Triton ``shortcut_fast_triton`` namespaces), the public
 function of ``dispatch.py`` it serves, whether autograd flows through it, and,
-per backend, the storage dtypes of its main input and the attention head sizes
-it runs. ``triton.py`` registers its ops from these schemas, ``formulas.py``
-registers a fake for each, ``dispatch.py`` falls back to the reference outside
-what is declared here, and ``docs/kernels.md`` holds the tables ``markdown``
-prints (``python -m shortcut_fast.ops --markdown``). The C++ library
+per backend, the storage dtypes of its main input, the attention head sizes
+it runs and whether it has a forward-mode (JVP) rule. ``triton.py`` registers
+its ops from these schemas, ``formulas.py`` registers a fake for each,
+``dispatch.py`` falls back to the reference outside what is declared here
+(``jvp.py`` holds the JVP rules), and ``docs/kernels.md`` holds the tables
+``markdown`` prints (``python -m shortcut_fast.ops --markdown``). The C++ library
 states the schemas again in ``csrc/bindings.cpp`` (a ``TORCH_LIBRARY`` must);
 ``tests/test_contract.py`` checks that both namespaces register exactly these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,28 +49,39 @@ TOLERANCE = {
 
 @dataclass(frozen=True)
 class Support:
-    """What one backend runs of an op: the dtypes of its main input; head sizes (None: any, or not a head op)."""
+    """What one backend runs of an op: the dtypes of its main input; head sizes (None: any, or not a head op);
+    ``jvp``: whether calls under forward-mode AD and the ``torch.func`` transforms (jvp, grad, vjp, vmap) run the
+    kernel, through the autograd.Function of ``jvp.py`` that adds the op's JVP rule; where not, ``dispatch.py``
+    runs the reference for them (with one warning per op and backend)."""
 
     dtypes: tuple[torch.dtype, ...]
     head_dims: tuple[int, ...] | None = None
+    jvp: bool = False
 
     def runs(self, dtype: torch.dtype, head_dim: int | None = None) -> bool:
         """Whether inputs of ``dtype`` (and head size ``head_dim``, for attention) run on this backend."""
         return dtype in self.dtypes and (self.head_dims is None or head_dim in self.head_dims)
 
 
+# The JVP rules of jvp.py are plain torch over the primals, the same on every backend; the forward stays the kernel.
 _ELEMENTWISE = {
-    "native-cpu": Support(_CPU_FLOATS),
-    "native-cuda": Support(_FLOATS),
-    "triton": Support(_FLOATS),
-    "triton-interpret": Support(_INTERPRET_FLOATS),
+    "native-cpu": Support(_CPU_FLOATS, jvp=True),
+    "native-cuda": Support(_FLOATS, jvp=True),
+    "triton": Support(_FLOATS, jvp=True),
+    "triton-interpret": Support(_INTERPRET_FLOATS, jvp=True),
 }
 _ATTENTION = {
-    "native-cpu": Support(_CPU_FLOATS),
-    "native-cuda": Support(_FLOATS, _CUDA_HEAD_DIMS),
-    "triton": Support(_FLOATS, _TRITON_HEAD_DIMS),
-    "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS),
+    "native-cpu": Support(_CPU_FLOATS, jvp=True),
+    "native-cuda": Support(_FLOATS, _CUDA_HEAD_DIMS, jvp=True),
+    "triton": Support(_FLOATS, _TRITON_HEAD_DIMS, jvp=True),
+    "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS, jvp=True),
 }
+
+
+def _without_jvp(table: dict[str, Support]) -> dict[str, Support]:
+    """The backward kernels have no forward-mode rule: a jvp of a gradient runs the reference, and a tangent that
+    reaches them anyway raises (``jvp.py``)."""
+    return {name: replace(s, jvp=False) for name, s in table.items()}
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ OPS: tuple[RawOp, ...] = (
         "attention",
         False,
         "the gradients of `attention_fwd`'s `out`",
-        _ATTENTION,
+        _without_jvp(_ATTENTION),
     ),
     RawOp(
         "modulate_layernorm_fwd",
@@ -122,7 +134,7 @@ OPS: tuple[RawOp, ...] = (
         "modulate_layernorm",
         False,
         "dx like x; dshift = Σ_N grad_y and dscale = Σ_N grad_y · x̂, (B, C) in the dtype of scale",
-        _ELEMENTWISE,
+        _without_jvp(_ELEMENTWISE),
     ),
     RawOp(
         "gated_residual",
@@ -190,7 +202,8 @@ def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
 
 
 def markdown() -> str:
-    """The two tables of ``docs/kernels.md`` that this module defines: the ops, and what each backend runs."""
+    """The two tables of ``docs/kernels.md`` that this module defines: the ops, and what each backend runs
+    (dtypes; head sizes; JVP where the backend has the op's forward-mode rule)."""
     lines = ["| op | schema | serves | autograd | meaning |", "| --- | --- | --- | --- | --- |"]
     lines += [
         f"| `{op.name}` | `{op.schema}` | `{op.serves}` | {'yes' if op.differentiable else 'no'} | {op.meaning} |"
@@ -202,6 +215,6 @@ def markdown() -> str:
         for name in BACKENDS:
             s = op.support[name]
             heads = "" if s.head_dims is None else "; Dh " + ", ".join(map(str, s.head_dims))
-            cells.append(_dtype_names(s.dtypes) + heads)
+            cells.append(_dtype_names(s.dtypes) + heads + ("; JVP" if s.jvp else ""))
         lines.append(f"| `{op.name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

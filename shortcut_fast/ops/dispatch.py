@@ -9,13 +9,22 @@ contract (``contract.py``) says a backend does not run (a dtype, a head size)
 and for gradients through an op that has no backward kernel. Under ``auto``, ``autotune.py`` decides per
 call whether the kernel that the fixed rule names is kept (self-checked and measured faster) or the
 reference runs; each op's kernel call is its ``_fused_<op>`` function, the one the decision times.
+
+Under forward-mode AD or a ``torch.func`` transform (``jvp.active()``) the raw ops' own autograd cannot serve a
+call (the native one is C++, which functorch refuses; the Triton one has no JVP and would drop the tangent), so
+``_fused_<op>`` gets ``jvp.transformed(namespace)`` in place of ``torch.ops.<namespace>``: the same kernels through
+autograd.Functions that add the JVP rule. A backend whose contract declares no JVP for an op runs the reference
+there instead, with one warning; so do nested derivatives (a jvp of a jvp, ...) and transforms under
+``torch.compile`` (``jvp.serves``).
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import autotune, backends, contract
+from . import autotune, backends, contract, jvp
 from . import reference as SF
 
 
@@ -26,15 +35,38 @@ def contract_backend(namespace: str, device_type: str) -> str:
     return "triton-interpret" if device_type == "cpu" else "triton"
 
 
+_warned_no_jvp: set[tuple[str, str]] = set()  # (op, contract backend) already named by _warn_no_jvp
+
+
 def _kernels(op: str, x: torch.Tensor, head_dim: int | None = None, dtype: torch.dtype | None = None):
     """The op namespace that runs the raw op ``op`` on x now, or None for the reference: when no backend
     is chosen for x's device, or the contract says that backend does not run ``dtype`` (x's by default) or
-    the head size."""
+    the head size, or, under forward-mode AD or a ``torch.func`` transform, has no JVP rule for the op or cannot
+    serve that transform (``jvp.serves``). Under a transform the namespace is ``jvp.transformed``'s."""
     name = backends.namespace(x.device)
-    support = contract.support(op, contract_backend(name, x.device.type)) if name else None
+    backend = contract_backend(name, x.device.type) if name else ""
+    support = contract.support(op, backend) if name else None
     if support is None or not support.runs(x.dtype if dtype is None else dtype, head_dim):
         return None
-    return getattr(torch.ops, name)
+    if not jvp.active():
+        return getattr(torch.ops, name)
+    if not support.jvp:
+        _warn_no_jvp(op, backend)
+        return None
+    return jvp.transformed(name) if jvp.serves() else None
+
+
+def _warn_no_jvp(op: str, backend: str) -> None:
+    """Say once per op and backend that a transform runs the reference: slower, not wrong."""
+    if (op, backend) in _warned_no_jvp:
+        return
+    _warned_no_jvp.add((op, backend))
+    warnings.warn(
+        f"shortcut_fast: the {backend} kernels of {op} have no forward-mode (JVP) rule in the op contract, so "
+        "under forward-mode AD and torch.func transforms it runs the reference PyTorch op",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -49,7 +81,14 @@ def _per_sample_d(d: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 
 def _keeps(name: str, ops, fused, reference, args: tuple) -> bool:
-    """Whether ``auto`` keeps the kernel of ``ops`` for this call (``autotune.py``); always, for a forced backend."""
+    """Whether ``auto`` keeps the kernel of ``ops`` for this call (``autotune.py``); always, for a forced backend.
+
+    Under a transform (``ops`` from ``jvp.transformed``) nothing is timed: the timing would run the raw ops on the
+    transform's wrapped tensors, which they do not take; an undecided call takes the nearest decision.
+    """
+    if isinstance(ops, jvp.Transformed):
+        with autotune.no_timing():
+            return autotune.keeps(name, ops.name, fused, reference, args)
     return autotune.keeps(name, ops.name, fused, reference, args)
 
 
