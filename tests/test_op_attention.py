@@ -15,6 +15,7 @@ import torch
 from helpers import op_close, op_grads, reference_grads
 
 from shortcut_fast import ops
+from shortcut_fast.ops import contract
 from shortcut_fast.ops import reference as SF
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -45,6 +46,26 @@ def test_attention_bwd(op_case, shape):
     _, ref_grads = reference_grads(SF.attention, (q, k, v), grad_out)
     for fast, ref in zip(grads, ref_grads, strict=True):
         assert fast.dtype == op_case.dtype
+        op_close(fast, ref, op_case.dtype, grad=True)
+
+
+# (B, H, N, Dh) off the tiles of the CPU kernels (64 queries by 64 keys, register tiles of 6 rows by 64
+# columns): N = 257 and 130 end in partial blocks, N = 1 is one row; head sizes no vector width divides
+# (33, 48) and wider than one 64-column panel (80)
+ODD_SHAPES = [(1, 2, 257, 48), (2, 1, 1, 80), (1, 3, 130, 33), (2, 2, 65, 80)]
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_attention_fwd_and_bwd_off_the_tiles(op_case, shape):
+    if not contract.support("attention_fwd", op_case.contract).runs(op_case.dtype, shape[-1]):
+        pytest.skip(f"{op_case.name} runs no head size {shape[-1]}")
+    q, k, v, grad_out = _qkv(op_case, shape, range(4))
+    out, lse = op_case.ops.attention_fwd(q, k, v)
+    ref_out, ref_grads = reference_grads(SF.attention, (q, k, v), grad_out)
+    op_close(out, ref_out, op_case.dtype)
+    qf, kf = q.float(), k.float()
+    op_close(lse, torch.logsumexp(qf @ kf.transpose(-1, -2) / math.sqrt(shape[-1]), -1), op_case.dtype)
+    for fast, ref in zip(op_case.ops.attention_bwd(grad_out, q, k, v, out, lse), ref_grads, strict=True):
         op_close(fast, ref, op_case.dtype, grad=True)
 
 
@@ -166,7 +187,7 @@ def test_opcheck(op_backend):
     torch.library.opcheck(op_backend.ops.attention_fwd.default, (q, k, v))
 
 
-# ---------------------------------------------------------------- fp64 on the native CPU kernels
+# ---------------------------------------------------------------- fp64 and threads on the native CPU kernels
 @pytest.fixture
 def native_cpu():
     pytest.importorskip("shortcut_fast._C", reason="extension not built (pip install --no-build-isolation -e .)")
@@ -189,3 +210,30 @@ def test_cpu_fp64_runs_in_fp64(native_cpu):
     )
     out, _ = native_cpu.attention_fwd(q, k, v)
     torch.testing.assert_close(out, SF.attention(q, k, v), rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_backward_splits_a_head_over_threads(native_cpu):
+    """With fewer heads than threads the CPU backward splits each head's keys over threads and sums their dq."""
+    q, k, v, grad_out = (torch.randn(1, 1, 257, 64, generator=torch.Generator().manual_seed(s)) for s in range(4))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, lse = native_cpu.attention_fwd(q, k, v)
+        grads = native_cpu.attention_bwd(grad_out, q, k, v, out, lse)
+    finally:
+        torch.set_num_threads(before)
+    ref_out, ref_grads = reference_grads(SF.attention, (q, k, v), grad_out)
+    op_close(out, ref_out, torch.float32)
+    for fast, ref in zip(grads, ref_grads, strict=True):
+        op_close(fast, ref, torch.float32, grad=True)
+
+
+def test_cpu_nan_reaches_the_output(native_cpu):
+    """A NaN score makes its query's row NaN, as in the reference, rather than dropping out of the softmax."""
+    q, k, v = (torch.randn(1, 2, 70, 48, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    q[0, 1, 5, 7] = float("nan")
+    out, lse = native_cpu.attention_fwd(q, k, v)
+    nan_rows = torch.zeros(1, 2, 70, dtype=torch.bool)
+    nan_rows[0, 1, 5] = True
+    assert out.isnan().any(-1).equal(nan_rows) and lse.isnan().equal(nan_rows)
+    assert SF.attention(q, k, v).isnan().any(-1).equal(nan_rows)

@@ -15,7 +15,18 @@ from shortcut_fast.ops import reference as SF
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SHAPES = [(2, 5, 37), (3, 7, 37), (3, 13, 48), (3, 13, 64), (2, 1, 37), (3, 1, 300)]
+# one channel, and the DiT sizes: 257 tokens of 384 channels, the digits DiT's 4 tokens of 192
+SHAPES = [
+    (2, 5, 37),
+    (3, 7, 37),
+    (3, 13, 48),
+    (3, 13, 64),
+    (2, 1, 37),
+    (3, 1, 300),
+    (2, 3, 1),
+    (1, 257, 384),
+    (4, 4, 192),
+]
 
 
 def _inputs(case, shape):
@@ -46,6 +57,24 @@ def test_modulate_layernorm_bwd(op_case, shape):
     for fast, ref in zip(grads, ref_grads, strict=True):
         assert fast.dtype == op_case.dtype
         op_close(fast, ref, op_case.dtype, grad=True)
+
+
+def test_cpu_backward_splits_a_sample_over_threads():
+    """With fewer samples than threads the CPU backward splits each sample's tokens and sums their dshift, dscale."""
+    pytest.importorskip("shortcut_fast._C", reason="extension not built (pip install --no-build-isolation -e .)")
+    gen = torch.Generator().manual_seed(0)
+    x, grad_y = (torch.randn(1, 257, 384, generator=gen) for _ in range(2))
+    shift, scale = (torch.randn(1, 384, generator=gen) for _ in range(2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, mean, rstd = torch.ops.shortcut_fast.modulate_layernorm_fwd(x, shift, scale, 1e-6)
+        grads = torch.ops.shortcut_fast.modulate_layernorm_bwd(grad_y, x, scale, mean, rstd)
+    finally:
+        torch.set_num_threads(before)
+    _, ref_grads = reference_grads(SF.modulate_layernorm, (x, shift, scale), grad_y)
+    for fast, ref in zip(grads, ref_grads, strict=True):
+        op_close(fast, ref, torch.float32, grad=True)
 
 
 def test_autograd_through_the_raw_op(op_case):

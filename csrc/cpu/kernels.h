@@ -13,7 +13,11 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
+
+#include "attention.h"
+#include "parallel.h"
 
 namespace shortcut_fast::cpu {
 
@@ -27,9 +31,6 @@ struct Acc<double> {
 };
 template <typename T>
 using acc_t = typename Acc<T>::type;
-
-// Below this many elements an OpenMP region costs more than it saves.
-constexpr int64_t kMinParallelWork = 1 << 15;
 
 // Runs body(b, begin, end) over [0, inner) of each of `batch` samples in
 // chunks, so that one large sample still spreads over all threads.
@@ -53,126 +54,38 @@ inline A clip_value(A x, std::optional<double> clip) {
   return x < -hi ? -hi : (x > hi ? hi : x);
 }
 
-// ---------------------------------------------------------------- attention
-// q, k, v, out: (heads, n, dh) with heads = B * H; lse: (heads, n).
-
-template <typename T>
-void attention_fwd(const T* q, const T* k, const T* v, T* out, float* lse, int64_t heads, int64_t n, int64_t dh) {
-  using A = acc_t<T>;
-  const A scale = A(1) / std::sqrt(A(dh));
-#pragma omp parallel if (heads * n * n * dh > kMinParallelWork)
-  {
-    std::vector<A> q_row(dh), scores(n), acc(dh);
-#pragma omp for schedule(static)
-    for (int64_t row = 0; row < heads * n; ++row) {
-      const T* k_head = k + (row / n) * n * dh;
-      const T* v_head = v + (row / n) * n * dh;
-      for (int64_t d = 0; d < dh; ++d) q_row[d] = A(q[row * dh + d]) * scale;
-      A max_score = -std::numeric_limits<A>::infinity();
-      for (int64_t j = 0; j < n; ++j) {
-        A s = 0;
-        for (int64_t d = 0; d < dh; ++d) s += q_row[d] * A(k_head[j * dh + d]);
-        scores[j] = s;
-        max_score = std::max(max_score, s);
-      }
-      std::fill(acc.begin(), acc.end(), A(0));
-      A sum = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        const A p = std::exp(scores[j] - max_score);
-        sum += p;
-        for (int64_t d = 0; d < dh; ++d) acc[d] += p * A(v_head[j * dh + d]);
-      }
-      for (int64_t d = 0; d < dh; ++d) out[row * dh + d] = T(acc[d] / sum);
-      lse[row] = static_cast<float>(max_score + std::log(sum));
-    }
-  }
-}
-
-// The gradients of attention_fwd, recomputing the probabilities
-// p_ij = exp(s_ij - lse_i) instead of storing them. With
-// delta_i = <dO_i, O_i> and ds_ij = p_ij (<dO_i, v_j> - delta_i):
-//   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,  dv_j = sum_i p_ij dO_i.
-// One pass over query rows writes dq, one over key rows writes dk and dv, so
-// every thread owns the rows it writes and needs no atomics.
-template <typename T>
-void attention_bwd(const T* grad_out, const T* q, const T* k, const T* v, const T* out, const float* lse, T* dq, T* dk,
-                   T* dv, int64_t heads, int64_t n, int64_t dh) {
-  using A = acc_t<T>;
-  const A scale = A(1) / std::sqrt(A(dh));
-  const int64_t rows = heads * n;
-  const bool parallel = heads * n * n * dh > kMinParallelWork;
-  std::vector<A> delta(rows);
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t row = 0; row < rows; ++row) {
-    A s = 0;
-    for (int64_t d = 0; d < dh; ++d) s += A(grad_out[row * dh + d]) * A(out[row * dh + d]);
-    delta[row] = s;
-  }
-
-#pragma omp parallel if (parallel)
-  {
-    std::vector<A> q_row(dh), do_row(dh), acc(dh);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t head_start = (i / n) * n * dh;
-      for (int64_t d = 0; d < dh; ++d) {
-        q_row[d] = A(q[i * dh + d]) * scale;
-        do_row[d] = A(grad_out[i * dh + d]);
-      }
-      std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t j = 0; j < n; ++j) {
-        const T* k_j = k + head_start + j * dh;
-        const T* v_j = v + head_start + j * dh;
-        A s = 0, dp = 0;
-        for (int64_t d = 0; d < dh; ++d) {
-          s += q_row[d] * A(k_j[d]);
-          dp += do_row[d] * A(v_j[d]);
-        }
-        const A ds = std::exp(s - A(lse[i])) * (dp - delta[i]);
-        for (int64_t d = 0; d < dh; ++d) acc[d] += ds * A(k_j[d]);
-      }
-      for (int64_t d = 0; d < dh; ++d) dq[i * dh + d] = T(acc[d] * scale);
-    }
-  }
-
-#pragma omp parallel if (parallel)
-  {
-    std::vector<A> k_row(dh), v_row(dh), dk_acc(dh), dv_acc(dh);
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < rows; ++j) {
-      const int64_t head = j / n;
-      for (int64_t d = 0; d < dh; ++d) {
-        k_row[d] = A(k[j * dh + d]) * scale;
-        v_row[d] = A(v[j * dh + d]);
-      }
-      std::fill(dk_acc.begin(), dk_acc.end(), A(0));
-      std::fill(dv_acc.begin(), dv_acc.end(), A(0));
-      for (int64_t i = head * n; i < (head + 1) * n; ++i) {
-        const T* q_i = q + i * dh;
-        const T* do_i = grad_out + i * dh;
-        A s = 0, dp = 0;
-        for (int64_t d = 0; d < dh; ++d) {
-          s += A(q_i[d]) * k_row[d];
-          dp += A(do_i[d]) * v_row[d];
-        }
-        const A p = std::exp(s - A(lse[i]));
-        const A ds = p * (dp - delta[i]);
-        for (int64_t d = 0; d < dh; ++d) {
-          dv_acc[d] += p * A(do_i[d]);
-          dk_acc[d] += ds * A(q_i[d]);
-        }
-      }
-      for (int64_t d = 0; d < dh; ++d) {
-        dk[j * dh + d] = T(dk_acc[d] * scale);
-        dv[j * dh + d] = T(dv_acc[d]);
-      }
-    }
-  }
-}
-
 // ------------------------------------------------------ modulate_layernorm
 // x, y: (batch, tokens, channels); shift, scale: (batch, channels);
 // mean, rstd: (batch, tokens).
+
+// sum_{c < n} f(c) in 16 partial sums, so that the loop vectorises without
+// reassociating a single sum (one chain of dependent adds is what made the
+// row sums slow).
+template <typename A, typename F>
+A lane_sum(int64_t n, F f) {
+  constexpr int kLanes = 16;
+  A part[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (int lane = 0; lane < kLanes; ++lane) part[lane] += f(c + lane);
+  A sum = 0;
+  for (; c < n; ++c) sum += f(c);
+  for (int lane = 0; lane < kLanes; ++lane) sum += part[lane];
+  return sum;
+}
+
+// One row of modulate_layernorm_fwd; returns its mean and rstd.
+template <typename T, typename A = acc_t<T>>
+std::pair<A, A> layernorm_row(const T* __restrict x, const T* __restrict shift, const T* __restrict scale, A eps,
+                              T* __restrict y, int64_t channels) {
+  // Two passes over the (cached) row, mean then squared deviations, keep
+  // the variance accurate where sum(x^2) - sum(x)^2 would cancel.
+  const A mu = lane_sum<A>(channels, [=](int64_t c) { return A(x[c]); }) / A(channels);
+  const A sq = lane_sum<A>(channels, [=](int64_t c) { return (A(x[c]) - mu) * (A(x[c]) - mu); });
+  const A r = A(1) / std::sqrt(sq / A(channels) + eps);
+  for (int64_t c = 0; c < channels; ++c) y[c] = T((A(x[c]) - mu) * r * (A(1) + A(scale[c])) + A(shift[c]));
+  return {mu, r};
+}
 
 template <typename T>
 void modulate_layernorm_fwd(const T* x, const T* shift, const T* scale, double eps, T* y, float* mean, float* rstd,
@@ -180,84 +93,71 @@ void modulate_layernorm_fwd(const T* x, const T* shift, const T* scale, double e
   using A = acc_t<T>;
 #pragma omp parallel for schedule(static) if (batch * tokens * channels > kMinParallelWork)
   for (int64_t row = 0; row < batch * tokens; ++row) {
-    const T* x_row = x + row * channels;
     const int64_t b = row / tokens;
-    // Two passes over the row (mean, then squared deviations) keep the
-    // variance accurate where sum(x^2) - sum(x)^2 would cancel.
-    A sum = 0;
-    for (int64_t c = 0; c < channels; ++c) sum += A(x_row[c]);
-    const A mu = sum / A(channels);
-    A sq = 0;
-    for (int64_t c = 0; c < channels; ++c) {
-      const A centred = A(x_row[c]) - mu;
-      sq += centred * centred;
-    }
-    const A r = A(1) / std::sqrt(sq / A(channels) + A(eps));
-    for (int64_t c = 0; c < channels; ++c) {
-      const A x_hat = (A(x_row[c]) - mu) * r;
-      y[row * channels + c] = T(x_hat * (A(1) + A(scale[b * channels + c])) + A(shift[b * channels + c]));
-    }
+    const auto [mu, r] = layernorm_row(x + row * channels, shift + b * channels, scale + b * channels, A(eps),
+                                       y + row * channels, channels);
     mean[row] = static_cast<float>(mu);
     rstd[row] = static_cast<float>(r);
+  }
+}
+
+// One row of modulate_layernorm_bwd: its dx, and its terms of the column
+// sums added to dshift_acc and dscale_acc.
+template <typename T, typename A = acc_t<T>>
+void layernorm_grad_row(const T* __restrict grad_y, const T* __restrict x, const T* __restrict scale, A mu, A r,
+                        T* __restrict dx, A* __restrict dshift_acc, A* __restrict dscale_acc, int64_t channels) {
+  const A mean_g = lane_sum<A>(channels, [=](int64_t c) { return A(grad_y[c]) * (A(1) + A(scale[c])); });
+  const A mean_g_xhat =
+      lane_sum<A>(channels, [=](int64_t c) { return A(grad_y[c]) * (A(1) + A(scale[c])) * (A(x[c]) - mu) * r; });
+  const A inv_channels = A(1) / A(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const A gy = A(grad_y[c]);
+    const A x_hat = (A(x[c]) - mu) * r;
+    dx[c] = T(r * (gy * (A(1) + A(scale[c])) - mean_g * inv_channels - x_hat * mean_g_xhat * inv_channels));
+    dshift_acc[c] += gy;
+    dscale_acc[c] += gy * x_hat;
   }
 }
 
 // With g = grad_y (1 + scale) and x_hat = (x - mean) rstd:
 //   dx = rstd (g - mean_c(g) - x_hat mean_c(g x_hat)),
 //   dshift = sum_tokens grad_y,  dscale = sum_tokens grad_y x_hat.
+// Threads own (sample, token range) units and sum the column sums of their
+// rows as they write dx; a sample takes more than one range only when there
+// are fewer samples than threads, and its ranges' sums are added at the end.
 template <typename T>
 void modulate_layernorm_bwd(const T* grad_y, const T* x, const T* scale, const float* mean, const float* rstd, T* dx,
                             T* dshift, T* dscale, int64_t batch, int64_t tokens, int64_t channels) {
   using A = acc_t<T>;
   const bool parallel = batch * tokens * channels > kMinParallelWork;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t row = 0; row < batch * tokens; ++row) {
-    const T* gy = grad_y + row * channels;
-    const T* x_row = x + row * channels;
-    const T* scale_b = scale + (row / tokens) * channels;
-    const A mu = mean[row], r = rstd[row];
-    A sum_g = 0, sum_g_xhat = 0;
-    for (int64_t c = 0; c < channels; ++c) {
-      const A g = A(gy[c]) * (A(1) + A(scale_b[c]));
-      sum_g += g;
-      sum_g_xhat += g * (A(x_row[c]) - mu) * r;
-    }
-    const A mean_g = sum_g / A(channels), mean_g_xhat = sum_g_xhat / A(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const A g = A(gy[c]) * (A(1) + A(scale_b[c]));
-      const A x_hat = (A(x_row[c]) - mu) * r;
-      dx[row * channels + c] = T(r * (g - mean_g - x_hat * mean_g_xhat));
-    }
-  }
-
-  // Column sums over tokens: threads own (sample, channel block) pairs and
-  // walk the tokens, reading whole contiguous channel blocks.
-  constexpr int64_t kBlock = 256;
-  const int64_t blocks = (channels + kBlock - 1) / kBlock;
+  const int64_t threads = parallel ? max_threads() : 1;
+  const int64_t splits =
+      std::clamp<int64_t>((threads + batch - 1) / std::max<int64_t>(batch, 1), 1, std::max<int64_t>(tokens, 1));
+  const int64_t tokens_per_split = (tokens + splits - 1) / splits;
+  std::vector<A> col_sums(batch * splits * 2 * channels, A(0));  // (batch, splits, dshift | dscale, channels)
 #pragma omp parallel if (parallel)
   {
-    std::vector<A> dshift_acc(kBlock), dscale_acc(kBlock);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < batch * blocks; ++i) {
-      const int64_t b = i / blocks;
-      const int64_t c0 = (i % blocks) * kBlock;
-      const int64_t width = std::min(kBlock, channels - c0);
-      std::fill(dshift_acc.begin(), dshift_acc.end(), A(0));
-      std::fill(dscale_acc.begin(), dscale_acc.end(), A(0));
-      for (int64_t t = 0; t < tokens; ++t) {
-        const int64_t row = b * tokens + t;
-        const T* gy = grad_y + row * channels + c0;
-        const T* x_row = x + row * channels + c0;
-        const A mu = mean[row], r = rstd[row];
-        for (int64_t c = 0; c < width; ++c) {
-          dshift_acc[c] += A(gy[c]);
-          dscale_acc[c] += A(gy[c]) * (A(x_row[c]) - mu) * r;
-        }
+    for (int64_t unit = 0; unit < batch * splits; ++unit) {
+      const int64_t b = unit / splits, first = b * tokens + (unit % splits) * tokens_per_split;
+      const int64_t last = std::min(first + tokens_per_split, (b + 1) * tokens);
+      A* dshift_acc = col_sums.data() + unit * 2 * channels;
+      for (int64_t row = first; row < last; ++row) {
+        const int64_t at = row * channels;
+        layernorm_grad_row(grad_y + at, x + at, scale + b * channels, A(mean[row]), A(rstd[row]), dx + at, dshift_acc,
+                           dshift_acc + channels, channels);
       }
-      for (int64_t c = 0; c < width; ++c) {
-        dshift[b * channels + c0 + c] = T(dshift_acc[c]);
-        dscale[b * channels + c0 + c] = T(dscale_acc[c]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < batch * channels; ++i) {
+      const int64_t b = i / channels, c = i % channels;
+      A shift_sum = 0, scale_sum = 0;
+      for (int64_t split = 0; split < splits; ++split) {
+        shift_sum += col_sums[((b * splits + split) * 2) * channels + c];
+        scale_sum += col_sums[((b * splits + split) * 2 + 1) * channels + c];
       }
+      dshift[i] = T(shift_sum);
+      dscale[i] = T(scale_sum);
     }
   }
 }

@@ -16,11 +16,19 @@ namespace {
 #define SHORTCUT_FAST_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
+// The attention kernels take fp32 or fp64 (attention.h): 16-bit storage
+// goes through fp32 copies, converted back at the end.
+bool is_16_bit(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const AttentionSizes s = check_attention_fwd(q, k, v);
+  if (is_16_bit(q)) {
+    auto [out, lse] = attention_fwd(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat));
+    return {out.to(q.scalar_type()), lse};
+  }
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  SHORTCUT_FAST_DISPATCH(q.scalar_type(), "attention_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_fwd", [&] {
     cpu::attention_fwd(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                        lse.data_ptr<float>(), s.heads, s.tokens, s.head_dim);
   });
@@ -31,8 +39,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& g
                                                              const at::Tensor& k, const at::Tensor& v,
                                                              const at::Tensor& out, const at::Tensor& lse) {
   const AttentionSizes s = check_attention_bwd(grad_out, q, k, v, out, lse);
+  if (is_16_bit(q)) {
+    const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    auto [dq, dk, dv] = attention_bwd(f32(grad_out), f32(q), f32(k), f32(v), f32(out), lse);
+    return {dq.to(q.scalar_type()), dk.to(q.scalar_type()), dv.to(q.scalar_type())};
+  }
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  SHORTCUT_FAST_DISPATCH(q.scalar_type(), "attention_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_bwd", [&] {
     cpu::attention_bwd(grad_out.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                        v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<float>(), dq.data_ptr<scalar_t>(),
                        dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), s.heads, s.tokens, s.head_dim);

@@ -66,7 +66,8 @@ class Decision:
 
 _mode = "measured"
 _lock = threading.RLock()
-_choices: dict[Key, bool] = {}  # the hot path's lookup
+_choices: dict[Key, bool] = {}
+_calls: dict[tuple, bool] = {}  # the hot path's lookup: a call's shapes, dtypes, devices -> its key's decision
 _decisions: dict[Key, Decision] = {}
 _checks: dict[tuple, selfcheck.CheckResult] = {}
 _fallbacks: dict[Key, bool] = {}
@@ -114,7 +115,7 @@ def reset(cache: DecisionCache | None = None) -> None:
     """Forget every decision and check of this process; read ``cache`` (default: the usual file) when next needed."""
     global _stored, _cache
     with _lock:
-        for table in (_choices, _decisions, _checks, _fallbacks):
+        for table in (_choices, _calls, _decisions, _checks, _fallbacks):
             table.clear()
         _warned.clear()
         _stored, _cache = None, cache
@@ -204,13 +205,24 @@ def keeps(name: str, namespace: str, fused: Callable, reference: Callable, args:
     """
     if not active():
         return True
-    signature = _signature(args)
     if torch.compiler.is_compiling():
-        return _choice_while_tracing(name, namespace, *signature)
-    key = _key_of(name, namespace, *signature)
-    choice = _choices.get(key)
+        return _choice_while_tracing(name, namespace, *_signature(args))
+    # the raw attributes of the call: no string or bucket built once its key is decided
+    call = (
+        name,
+        namespace,
+        torch.get_num_threads(),
+        torch.is_grad_enabled(),
+        *[(a.shape, a.dtype, a.device, a.requires_grad) if isinstance(a, torch.Tensor) else None for a in args],
+    )
+    choice = _calls.get(call)
     if choice is None:
-        choice = _decide(key, lambda *a: fused(getattr(torch.ops, namespace), *a), reference, args)
+        key = _key_of(name, namespace, *_signature(args))
+        choice = _choices.get(key)
+        if choice is None:
+            choice = _decide(key, lambda *a: fused(getattr(torch.ops, namespace), *a), reference, args)
+        if key in _choices:  # a decision, not a fallback: later calls of this signature look it up
+            _calls[call] = choice
     return choice
 
 
@@ -390,6 +402,7 @@ def adopt(rows: list[tuple], device: torch.device) -> None:
     with _lock:
         for key in [k for k in _decisions if k[2] == dev]:
             del _decisions[key], _choices[key]
+        _calls.clear()
         for name, namespace, dtypes, grad, bucket, fused, kernel_ms, reference_ms, why in rows:
             key = (name, namespace, dev, tuple(dtypes), bool(grad), tuple(bucket))
             _decisions[key] = Decision(bool(fused), kernel_ms, reference_ms, why, source="rank 0")

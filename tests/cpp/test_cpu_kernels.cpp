@@ -12,6 +12,10 @@
 
 #include "cpu/kernels.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace {
 
 namespace sf = shortcut_fast::cpu;
@@ -65,37 +69,100 @@ double dot(const Vec& a, const Vec& b) {
   return s;
 }
 
-void test_attention(std::mt19937& rng) {
-  const int64_t heads = 3, n = 7, dh = 5;
-  const size_t size = heads * n * dh;
-  Vec q = random_values(size, rng), k = random_values(size, rng), v = random_values(size, rng);
+// Attention in double by the book: the full score matrix, softmax, products.
+struct AttentionRef {
+  Vec out, lse, dq, dk, dv;
+};
 
-  Vec out_ref(size), lse_ref(heads * n);
+AttentionRef naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec& grad_out, int64_t heads, int64_t n,
+                             int64_t dh) {
+  AttentionRef ref{Vec(q.size()), Vec(heads * n), Vec(q.size()), Vec(q.size()), Vec(q.size())};
+  const double scale = 1 / std::sqrt(double(dh));
   for (int64_t h = 0; h < heads; ++h) {
+    const auto at = [&](const Vec& x, int64_t row, int64_t d) { return x[(h * n + row) * dh + d]; };
+    Vec p(n * n), dp(n * n);
     for (int64_t i = 0; i < n; ++i) {
-      Vec scores(n);
       double max_score = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
-        for (int64_t d = 0; d < dh; ++d) scores[j] += q[(h * n + i) * dh + d] * k[(h * n + j) * dh + d];
-        scores[j] /= std::sqrt(double(dh));
-        max_score = std::max(max_score, scores[j]);
+        for (int64_t d = 0; d < dh; ++d) p[i * n + j] += at(q, i, d) * at(k, j, d) * scale;
+        max_score = std::max(max_score, p[i * n + j]);
       }
       double sum = 0;
-      for (double s : scores) sum += std::exp(s - max_score);
-      lse_ref[h * n + i] = max_score + std::log(sum);
+      for (int64_t j = 0; j < n; ++j) sum += std::exp(p[i * n + j] - max_score);
+      ref.lse[h * n + i] = max_score + std::log(sum);
+      for (int64_t j = 0; j < n; ++j) p[i * n + j] = std::exp(p[i * n + j] - ref.lse[h * n + i]);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      double delta = 0;  // <dO_i, O_i> = sum_j p_ij <dO_i, v_j>
       for (int64_t j = 0; j < n; ++j) {
         for (int64_t d = 0; d < dh; ++d) {
-          out_ref[(h * n + i) * dh + d] += std::exp(scores[j] - lse_ref[h * n + i]) * v[(h * n + j) * dh + d];
+          ref.out[(h * n + i) * dh + d] += p[i * n + j] * at(v, j, d);
+          dp[i * n + j] += at(grad_out, i, d) * at(v, j, d);
+        }
+        delta += p[i * n + j] * dp[i * n + j];
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const double ds = p[i * n + j] * (dp[i * n + j] - delta);
+        for (int64_t d = 0; d < dh; ++d) {
+          ref.dq[(h * n + i) * dh + d] += scale * ds * at(k, j, d);
+          ref.dk[(h * n + j) * dh + d] += scale * ds * at(q, i, d);
+          ref.dv[(h * n + j) * dh + d] += p[i * n + j] * at(grad_out, i, d);
         }
       }
     }
   }
-  std::vector<float> out(size), lse(heads * n);
-  sf::attention_fwd(narrow(q).data(), narrow(k).data(), narrow(v).data(), out.data(), lse.data(), heads, n, dh);
-  expect_close("attention_fwd out (fp32)", widen(out), out_ref, 1e-5);
-  expect_close("attention_fwd lse (fp32)", widen(lse), lse_ref, 1e-5);
+  return ref;
+}
 
-  // The backward in fp64 against finite differences of loss = <grad_out, out>.
+// The fp32 kernels of `isa` against naive_attention; run with `threads`
+// threads, so that one head with several key blocks splits over them.
+void check_attention(std::mt19937& rng, int64_t heads, int64_t n, int64_t dh, sf::Isa isa, int threads) {
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+  const size_t size = heads * n * dh;
+  const Vec q = random_values(size, rng), k = random_values(size, rng), v = random_values(size, rng);
+  const Vec grad_out = random_values(size, rng);
+  const AttentionRef ref = naive_attention(q, k, v, grad_out, heads, n, dh);
+  std::vector<float> out(size), lse(heads * n), dq(size), dk(size), dv(size);
+  sf::attention_fwd(narrow(q).data(), narrow(k).data(), narrow(v).data(), out.data(), lse.data(), heads, n, dh, isa);
+  sf::attention_bwd(narrow(grad_out).data(), narrow(q).data(), narrow(k).data(), narrow(v).data(), out.data(),
+                    lse.data(), dq.data(), dk.data(), dv.data(), heads, n, dh, isa);
+  char what[96];
+  const char* isa_name = isa == sf::Isa::kAvx512 ? "avx512" : "portable";
+  const auto name = [&](const char* tensor) {
+    std::snprintf(what, sizeof what, "attention %s %s (%ld, %ld, %ld) x%d", isa_name, tensor, long(heads), long(n),
+                  long(dh), threads);
+    return what;
+  };
+  expect_close(name("out"), widen(out), ref.out, 1e-5);
+  expect_close(name("lse"), widen(lse), ref.lse, 1e-5);
+  expect_close(name("dq"), widen(dq), ref.dq, 1e-4);
+  expect_close(name("dk"), widen(dk), ref.dk, 1e-4);
+  expect_close(name("dv"), widen(dv), ref.dv, 1e-4);
+#ifdef _OPENMP
+  omp_set_num_threads(1);
+#endif
+}
+
+void test_attention(std::mt19937& rng) {
+  // (heads, n, dh): one row; n on both sides of the blocks (64 queries, 256
+  // keys forward, 64 keys backward) and of the 6-row register tiles; head
+  // sizes no vector width divides, and wider than one 64-column panel
+  const int64_t sizes[][3] = {{2, 1, 33}, {3, 7, 5}, {2, 64, 48}, {2, 65, 48}, {1, 130, 33}, {2, 70, 80}, {1, 300, 33}};
+  std::vector<sf::Isa> isas = {sf::Isa::kPortable};
+  if (sf::use_avx512(sf::Isa::kAuto)) isas.push_back(sf::Isa::kAvx512);
+  for (const sf::Isa isa : isas) {
+    for (const auto& s : sizes) check_attention(rng, s[0], s[1], s[2], isa, 1);
+    check_attention(rng, 1, 130, 33, isa, 3);  // three splits of one head's keys
+    check_attention(rng, 2, 257, 64, isa, 3);  // two splits per head, five key blocks
+  }
+
+  // fp64 against the book to fp64 rounding, and its backward against
+  // central finite differences of loss = <grad_out, out>.
+  const int64_t heads = 3, n = 7, dh = 5;
+  const size_t size = heads * n * dh;
+  Vec q = random_values(size, rng), k = random_values(size, rng), v = random_values(size, rng);
   const Vec grad_out = random_values(size, rng);
   Vec out64(size);
   std::vector<float> lse32(heads * n);
@@ -104,6 +171,7 @@ void test_attention(std::mt19937& rng) {
     return dot(grad_out, out64);
   };
   loss();
+  expect_close("attention_fwd out (fp64)", out64, naive_attention(q, k, v, grad_out, heads, n, dh).out, 1e-12);
   Vec dq(size), dk(size), dv(size);
   sf::attention_bwd(grad_out.data(), q.data(), k.data(), v.data(), out64.data(), lse32.data(), dq.data(), dk.data(),
                     dv.data(), heads, n, dh);
@@ -113,27 +181,124 @@ void test_attention(std::mt19937& rng) {
   expect_close("attention_bwd dv", dv, numeric_grad(loss, v), 1e-5);
 }
 
+// The tile kernels of attention against loops: every register tile shape,
+// edges of the 64-column panels, both layouts of a.
+template <class Tiles>
+void test_tiles(const char* isa_name, std::mt19937& rng) {
+  int bad = 0;
+  for (const int64_t m : {1, 2, 3, 4, 5, 6, 7, 13}) {
+    for (const int64_t n : {1, 15, 16, 17, 33, 48, 64, 65, 130}) {
+      for (const int64_t k : {1, 5, 64}) {
+        const Vec a = random_values(m * k, rng), b = random_values(k * n, rng), c0 = random_values(m * n, rng);
+        for (const bool trans_a : {false, true}) {
+          for (const bool accumulate : {false, true}) {
+            std::vector<float> c = narrow(c0);
+            const std::vector<float> a32 = narrow(a), b32 = narrow(b);
+            // a is (m, k), or (k, m) for trans_a
+            if (trans_a)
+              Tiles::template gemm<true>(m, n, k, a32.data(), m, b32.data(), n, c.data(), n, accumulate);
+            else
+              Tiles::template gemm<false>(m, n, k, a32.data(), k, b32.data(), n, c.data(), n, accumulate);
+            for (int64_t i = 0; i < m; ++i) {
+              for (int64_t j = 0; j < n; ++j) {
+                double want = accumulate ? double(float(c0[i * n + j])) : 0;
+                for (int64_t p = 0; p < k; ++p)
+                  want += double(a32[trans_a ? p * m + i : i * k + p]) * double(b32[p * n + j]);
+                if (!(std::abs(c[i * n + j] - want) <= 1e-5 * (1 + std::abs(want)))) ++bad;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("%s tiles gemm (%s)\n", bad ? "FAIL" : "ok  ", isa_name);
+  failures += bad > 0;
+
+  bad = 0;
+  for (const auto& [rows, cols] : {std::pair{1, 1}, {5, 3}, {16, 16}, {17, 33}, {40, 20}}) {
+    const std::vector<float> src = narrow(random_values((rows + 1) * (cols + 2), rng));
+    std::vector<float> dst((cols + 1) * (rows + 3), -1.0f);
+    Tiles::transpose(src.data(), cols + 2, rows, cols, dst.data(), rows + 3);
+    for (int64_t c = 0; c <= cols; ++c) {
+      for (int64_t r = 0; r < rows + 3; ++r) {
+        const float want = c < cols && r < rows ? src[r * (cols + 2) + c] : -1.0f;  // nothing else written
+        if (dst[c * (rows + 3) + r] != want) ++bad;
+      }
+    }
+  }
+  std::printf("%s tiles transpose (%s)\n", bad ? "FAIL" : "ok  ", isa_name);
+  failures += bad > 0;
+}
+
+// modulate_layernorm in fp32 against its formulas in double, run with
+// `threads` threads (more than samples: a sample's tokens split over them).
+void check_modulate_layernorm(std::mt19937& rng, int64_t batch, int64_t tokens, int64_t channels, int threads) {
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+  const double eps = 1e-6;
+  const size_t size = batch * tokens * channels;
+  const Vec x = random_values(size, rng), grad_y = random_values(size, rng);
+  const Vec shift = random_values(batch * channels, rng), scale = random_values(batch * channels, rng);
+  Vec y_ref(size), dx_ref(size), dshift_ref(batch * channels), dscale_ref(batch * channels);
+  for (int64_t row = 0; row < batch * tokens; ++row) {
+    const double* x_row = &x[row * channels];
+    const int64_t p = (row / tokens) * channels;
+    double mean = 0, var = 0, mean_g = 0, mean_g_xhat = 0;
+    for (int64_t c = 0; c < channels; ++c) mean += x_row[c] / channels;
+    for (int64_t c = 0; c < channels; ++c) var += std::pow(x_row[c] - mean, 2) / channels;
+    const double rstd = 1 / std::sqrt(var + eps);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double x_hat = (x_row[c] - mean) * rstd, g = grad_y[row * channels + c] * (1 + scale[p + c]);
+      y_ref[row * channels + c] = x_hat * (1 + scale[p + c]) + shift[p + c];
+      mean_g += g / channels;
+      mean_g_xhat += g * x_hat / channels;
+      dshift_ref[p + c] += grad_y[row * channels + c];
+      dscale_ref[p + c] += grad_y[row * channels + c] * x_hat;
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      const double x_hat = (x_row[c] - mean) * rstd, g = grad_y[row * channels + c] * (1 + scale[p + c]);
+      dx_ref[row * channels + c] = rstd * (g - mean_g - x_hat * mean_g_xhat);
+    }
+  }
+  std::vector<float> y(size), mean(batch * tokens), rstd(batch * tokens), dx(size), dshift(batch * channels),
+      dscale(batch * channels);
+  sf::modulate_layernorm_fwd(narrow(x).data(), narrow(shift).data(), narrow(scale).data(), eps, y.data(), mean.data(),
+                             rstd.data(), batch, tokens, channels);
+  sf::modulate_layernorm_bwd(narrow(grad_y).data(), narrow(x).data(), narrow(scale).data(), mean.data(), rstd.data(),
+                             dx.data(), dshift.data(), dscale.data(), batch, tokens, channels);
+  char what[96];
+  const auto name = [&](const char* tensor) {
+    std::snprintf(what, sizeof what, "modulate_layernorm %s (%ld, %ld, %ld) x%d", tensor, long(batch), long(tokens),
+                  long(channels), threads);
+    return what;
+  };
+  expect_close(name("y"), widen(y), y_ref, 1e-5);
+  expect_close(name("dx"), widen(dx), dx_ref, 1e-4);
+  expect_close(name("dshift"), widen(dshift), dshift_ref, 1e-4);
+  expect_close(name("dscale"), widen(dscale), dscale_ref, 1e-4);
+#ifdef _OPENMP
+  omp_set_num_threads(1);
+#endif
+}
+
 void test_modulate_layernorm(std::mt19937& rng) {
+  // one channel; tails of the 16 partial sums; one token; the DiT sizes
+  check_modulate_layernorm(rng, 2, 3, 1, 1);
+  check_modulate_layernorm(rng, 3, 1, 37, 1);
+  check_modulate_layernorm(rng, 4, 4, 192, 1);
+  check_modulate_layernorm(rng, 2, 65, 384, 3);  // splits of each sample's tokens
+  check_modulate_layernorm(rng, 5, 9, 385, 3);
+
+  // fp64 backward against central finite differences of loss = <grad_y, y>
   const int64_t batch = 2, tokens = 3, channels = 37;
   const double eps = 1e-6;
   const size_t size = batch * tokens * channels;
   Vec x = random_values(size, rng), shift = random_values(batch * channels, rng);
   Vec scale = random_values(batch * channels, rng);
 
-  Vec y_ref(size);
-  for (int64_t row = 0; row < batch * tokens; ++row) {
-    double mean = 0, var = 0;
-    for (int64_t c = 0; c < channels; ++c) mean += x[row * channels + c] / channels;
-    for (int64_t c = 0; c < channels; ++c) var += std::pow(x[row * channels + c] - mean, 2) / channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t p = (row / tokens) * channels + c;
-      y_ref[row * channels + c] = (x[row * channels + c] - mean) / std::sqrt(var + eps) * (1 + scale[p]) + shift[p];
-    }
-  }
-  std::vector<float> y(size), mean(batch * tokens), rstd(batch * tokens);
-  sf::modulate_layernorm_fwd(narrow(x).data(), narrow(shift).data(), narrow(scale).data(), eps, y.data(), mean.data(),
-                             rstd.data(), batch, tokens, channels);
-  expect_close("modulate_layernorm_fwd (fp32)", widen(y), y_ref, 1e-5);
+  std::vector<float> mean(batch * tokens), rstd(batch * tokens);
 
   const Vec grad_y = random_values(size, rng);
   Vec y64(size);
@@ -209,6 +374,10 @@ void test_small_ops(std::mt19937& rng) {
 int main() {
   std::mt19937 rng(0);
   test_attention(rng);
+  test_tiles<sf::PortableTiles<float>>("portable", rng);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (sf::use_avx512(sf::Isa::kAuto)) test_tiles<sf::avx512::Tiles>("avx512", rng);
+#endif
   test_modulate_layernorm(rng);
   test_small_ops(rng);
   std::printf("%s\n", failures ? "FAILED" : "all passed");
