@@ -181,6 +181,8 @@ def deployed_runtimes(args, model_net) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # its threads would otherwise spin after each call and slow the variant timed next (calls are interleaved)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def onnxruntime(noise, y):
