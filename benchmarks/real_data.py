@@ -46,6 +46,7 @@ from PIL import Image
 import shortcut_fast as sf
 from shortcut_fast.checkpoint import atomic_file, write_json
 from shortcut_fast.data.idx import load_idx_dir
+from shortcut_fast.data.latents import decode, encode_folder, load_vae
 from shortcut_fast.eval import fid as fidlib
 from shortcut_fast.eval.images import save_grid
 from shortcut_fast.eval.metrics import gaussian_frechet_distance
@@ -237,8 +238,6 @@ def train_vae(budget: Budget, job: Job, work: Path) -> dict:
 
 def encode(budget: Budget, job: Job, work: Path) -> dict:
     """Write the training set as PNG class folders and encode it with ``encode_folder`` (``shortcut-fast encode``)."""
-    from shortcut_fast.data.latents import encode_folder
-
     images, labels = load_split(budget, "train")
     folder = work / "png"
     pixels = fidlib.to_uint8(images)[:, 0].numpy()
@@ -269,20 +268,14 @@ def _samples(model, vae, n: int, steps: int, cfg_scale: float | None, seed: int)
             cfg_scale=cfg_scale,
             generator=gen,
         )
-        chunks.append(x if vae is None else fidlib_decode(x, vae))
+        chunks.append(x if vae is None else decode(x, vae))
     return torch.cat(chunks).clamp(-1, 1)
-
-
-def fidlib_decode(x: torch.Tensor, vae) -> torch.Tensor:
-    from shortcut_fast.data.latents import decode
-
-    return decode(x, vae)
 
 
 def evaluate(budget: Budget, job: Job, work: Path) -> dict:
     """FID of the model of ``job`` at every step count, without and with guidance; a grid of its 1-step samples."""
     model = sf.load_model(work / "models" / Job("train", job.space, job.name).label)
-    vae = _vae(work) if job.space == "latents" else None
+    vae = load_vae(work / "vae") if job.space == "latents" else None
     network = fid_network(budget)
     mu_ref, sigma_ref = reference_stats(budget, work, network)
     rows = {}
@@ -302,12 +295,6 @@ def evaluate(budget: Budget, job: Job, work: Path) -> dict:
     return rows
 
 
-def _vae(work: Path):
-    from shortcut_fast.data.latents import load_vae
-
-    return load_vae(work / "vae")
-
-
 def reference_stats(budget: Budget, work: Path, network) -> tuple[np.ndarray, np.ndarray]:
     """The test set's statistics, computed once and kept in ``WORK/reference.npz``."""
     path = work / f"reference-{_key(budget, Job('reference', ''))}.npz"
@@ -325,7 +312,7 @@ def floor(budget: Budget, job: Job, work: Path) -> dict:
     real = images[-budget.n_fid :]  # the end of the set, balanced enough and apart from the encode check
     network = fid_network(budget)
     if job.space == "latents":
-        vae = _vae(work)
+        vae = load_vae(work / "vae")
         with torch.no_grad():
             rgb = real.expand(-1, 3, -1, -1)
             real = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in rgb.split(250)]).clamp(-1, 1)

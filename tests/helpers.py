@@ -444,3 +444,22 @@ class _DoubleGradient(torch.autograd.Function):
 def double_gradient(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself, whose gradient comes back doubled: a kernel right forward and wrong backward."""
     return _DoubleGradient.apply(t)
+
+
+def tiny_vae():
+    """A seeded random diffusers ``AutoencoderKL``: RGB 16x16 to 4x8x8 latents, scaling factor 0.5."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.5,
+    )

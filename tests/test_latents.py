@@ -14,6 +14,8 @@ from safetensors import safe_open
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (the [latent] extra)")
 
+from helpers import tiny_vae  # noqa: E402
+
 import shortcut_fast as sf  # noqa: E402
 from shortcut_fast import ShortcutDiT, save_model  # noqa: E402
 from shortcut_fast.cli import main, open_training_data  # noqa: E402
@@ -26,21 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.5,
-    )
+    vae = tiny_vae()
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import perturb_
+from helpers import perturb_, tiny_vae
 
 import shortcut_fast as sf
 from shortcut_fast.data.latents import decode
@@ -25,20 +25,8 @@ def _pixel_dit(num_classes=10):
 
 @pytest.fixture(scope="module")
 def vae():
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.5,
-    ).eval()
+    pytest.importorskip("diffusers")
+    return tiny_vae().eval()
 
 
 def _as_uint8(pixels: torch.Tensor) -> np.ndarray:
