@@ -94,7 +94,7 @@ setup(
         "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "mypy", "cmake", "clang-format"],
+        "test": ["pytest", "hypothesis", "psutil", "ruff", "mypy", "cmake", "clang-format"],
         # convert-official reads the paper's checkpoints with numpy alone (no jax)
         "convert": ["numpy"],
         # the Flax parity tests of convert-official (CPU builds of jax and flax)

@@ -28,7 +28,7 @@ from .checks import check_int
 from .data.datasets import ImageFolder, TensorShards, find_shards
 from .data.files import DIGITS_CLASSES, load_digits, load_tensor_file
 from .data.idx import is_idx_dir, load_idx_dir
-from .distributed import init_distributed, rank_and_world
+from .distributed import init_distributed, leave_distributed, rank_and_world
 from .eval.demo import DemoConfig, run_demo
 from .eval.images import save_grid, save_images
 from .finetune import from_flow_model, read_model_spec
@@ -252,6 +252,8 @@ def _cmd_train(args) -> int:
         trainer = Trainer(model, data, config)
     trainer.fit(steps)
     print(f"trained to step {trainer.step}; checkpoint in {args.out}")
+    del trainer  # its DDP or FSDP state holds the process group
+    leave_distributed()
     return 0
 
 
@@ -377,6 +379,7 @@ def _cmd_encode(args) -> int:
             f"({summary['skipped']} unreadable, skipped) into {summary['shards']} shard(s) in {args.out}: "
             f"{summary['shards_written']} written, {summary['shards_skipped']} already done"
         )
+    leave_distributed()
     return 0
 
 

@@ -76,3 +76,17 @@ def init_distributed(device: str | torch.device = "cpu") -> torch.device:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def leave_distributed() -> None:
+    """Leave the process group at the end of a run that succeeded on every rank (no-op without one).
+
+    Every rank first meets at a barrier, so that no rank tears down while
+    another still runs a collective, and so that the last collective's work is
+    done before the group goes. Without it a gloo rank could hang at exit: one
+    of gloo's threads, still dropping that work's tensors, waits for the GIL
+    that the exiting thread holds while it joins those threads.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

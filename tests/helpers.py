@@ -7,10 +7,13 @@ import copy
 import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.nn as nn
@@ -187,6 +190,38 @@ def require_path(path: str | os.PathLike | None, what: str, install: str) -> Pat
             )
         pytest.skip(message)
     return Path(path)
+
+
+HANG_S = 20 * 60
+"""How long a subprocess of a test may run before it counts as hung (a loaded 2-core machine runs them slowly)."""
+
+
+def run_or_show_hang(cmd: list[str], env: dict[str, str] | None = None, timeout: float = HANG_S):
+    """``subprocess.run(cmd, capture_output=True, text=True)``; a run past ``timeout`` fails the test with its stacks.
+
+    A hung run is stopped with SIGABRT, sent to the process and every process
+    it started (torchrun puts its workers in sessions of their own, out of
+    reach of a process-group signal), under ``PYTHONFAULTHANDLER=1``, so each
+    Python process prints every thread's stack: the failure says where it hung.
+    """
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = [psutil.Process(proc.pid)]
+        with contextlib.suppress(psutil.Error):
+            tree += tree[0].children(recursive=True)
+        for p in reversed(tree):  # the workers first, while their parent still collects what they print
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGABRT)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} hung for {timeout:.0f} s; its stacks:\n{out[-4000:]}\n{err[-20000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import double_gradient, micro_dit
+from helpers import double_gradient, micro_dit, run_or_show_hang
 
 import shortcut_fast as sf
 from shortcut_fast import doctor
@@ -390,9 +390,7 @@ def test_every_rank_runs_rank_0s_decisions(tmp_path, sharding):
     worker = Path(__file__).parent / "workers" / "ddp_autotune.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SHORTCUT_FAST_AUTO": "measured", "SHORTCUT_FAST_CACHE": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)]
-    result = subprocess.run(
-        [*cmd, str(tmp_path / "rows"), sharding], env=env, capture_output=True, text=True, timeout=1800
-    )
+    result = run_or_show_hang([*cmd, str(tmp_path / "rows"), sharding], env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rows.{r}.json").read_text()) for r in (0, 1))
     assert rank0 and {row[3] for row in rank0} == {"kernel"}

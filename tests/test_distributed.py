@@ -2,19 +2,18 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_or_show_hang
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 import shortcut_fast as sf
 
 WORKER = Path(__file__).parent / "workers" / "ddp_train.py"
-HANG_S = 30 * 60  # a guard against a hung run only: a loaded machine must not fail a run that would succeed
 
 
 def setup_run(
@@ -62,7 +61,7 @@ def torchrun(tmp_path, *args) -> dict:
         str(out),
         *map(str, args),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG_S)
+    result = run_or_show_hang(cmd, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return load_file(str(out))
 
@@ -151,9 +150,7 @@ def test_cli_train_under_torchrun(tmp_path):
         "--out",
         str(tmp_path / "run"),
     ]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=HANG_S
-    )
+    result = run_or_show_hang(cmd, {**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "step_00000002"
     assert result.stdout.count("trained to step 2") == 2  # both ranks ran the whole run

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import shortcut_fast as sf
+from shortcut_fast.distributed import leave_distributed
 from shortcut_fast.ops import autotune
 
 
@@ -34,7 +35,8 @@ def main(out: str, fsdp: bool) -> None:
     rows = [(r["op"], r["grad"], r["bucket"], r["choice"], r["source"]) for r in autotune.table()]
     with open(f"{out}.{rank}.json", "w") as f:
         json.dump(rows, f)
-    dist.destroy_process_group()
+    del trainer  # its DDP or FSDP state holds the process group
+    leave_distributed()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_distributed import setup_run, weights  # noqa: E402
 
 import shortcut_fast as sf  # noqa: E402
+from shortcut_fast.distributed import leave_distributed  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +39,8 @@ def main() -> None:
     tensors = weights(trainer)  # a collective under FSDP
     if dist.get_rank() == 0:
         save_file(tensors, args.out)
-    dist.destroy_process_group()
+    del trainer  # its DDP or FSDP state holds the process group
+    leave_distributed()
 
 
 if __name__ == "__main__":
