@@ -134,6 +134,7 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     empty = torch.empty(0)
     cond = base.cond
     assert isinstance(cond, ConditionEmbedder)  # _unsupported() refuses conditioning="official"
+    assert cond.d_table is not None  # and step_embedding="sinusoidal"
     tensors = [
         _freqs(cond.freq_dim),
         *_linear(cond.t_mlp[0]),
@@ -189,6 +190,8 @@ def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None
         return "the native extension with the engine is not built"
     if getattr(base, "conditioning", "shortcut") != "shortcut":
         return "the engine runs the package's own conditioning, not conditioning='official'"
+    if getattr(base, "continuous_steps", False):
+        return "the engine runs step-size tables, not step_embedding='sinusoidal'"
     if x.device.type != "cpu":
         return f"the engine runs on the CPU; the noise is on {x.device}"
     if x.dtype != torch.float32:

@@ -88,7 +88,7 @@ def export_onnx(
     if any(p.dtype != torch.float32 for p in base.parameters()):
         raise TypeError("export_onnx exports fp32 models; call model.float() first")
     checks.check_int("example_batch", example_batch, 2)  # a batch of 1 would be traced as a constant
-    schedule = tuple(resolve_schedule(steps, base.min_step))
+    schedule = tuple(resolve_schedule(steps, base.min_step, base.continuous_steps))
     classes = base.num_classes
     if cfg_scale is not None:
         if not checks.is_number(cfg_scale) or not math.isfinite(cfg_scale):

@@ -37,10 +37,19 @@ def copy_flow_level(model: ShortcutModule) -> ShortcutModule:
     base = unwrap_model(model)
     if not isinstance(base, ShortcutModule):
         raise TypeError(f"model must be a ShortcutDiT or ShortcutMLP, got {type(base).__name__}")
+    _check_table(base)
     # the package's conditioning (an OfficialConditionEmbedder has no step-size table)
     table: torch.Tensor = base.cond.d_table.weight  # type: ignore[union-attr,assignment]
     table.copy_(table[:1].expand_as(table))
     return model
+
+
+def _check_table(model: ShortcutModule) -> None:
+    if model.continuous_steps:
+        raise ValueError(
+            "a model with step_embedding='sinusoidal' has no step-size table to fill from the flow level; "
+            "copy_flow_level and from_flow_model take models with step_embedding='table'"
+        )
 
 
 def _check_architecture(cls: type, model: nn.Module, source) -> None:
@@ -106,6 +115,7 @@ def from_flow_model(
         if cls is ShortcutModule:
             raise ValueError("a state-dict source needs a concrete class: ShortcutDiT.from_flow_model(...)")
         model = cls(**config)
+        _check_table(model)
         state = dict(source)
         if STEP_TABLE_KEY not in state:
             state[STEP_TABLE_KEY] = torch.zeros_like(model.cond.d_table.weight)  # type: ignore[union-attr,arg-type]

@@ -2,8 +2,11 @@
 
 ``ShortcutDiT`` is a DiT (patch embedding, fixed 2D sin-cos positions, adaLN-Zero
 blocks) for images or latents; ``ShortcutMLP`` the same conditioning on plain
-vectors. Both add the embedding of the step size ``d`` (a learned table row per
-level) to the embedding of ``t`` and of the class label.
+vectors. Both add the embedding of the step size ``d`` to the embedding of ``t``
+and of the class label: by default a learned table row per trained level
+(``step_embedding="table"``); with ``step_embedding="sinusoidal"`` an MLP of the
+sinusoid of ``d``, as for ``t``, so that ``d`` can be any real in [0, 1] (the
+flow-map family, e.g. the MeanFlow objective, trains and samples such steps).
 
 ``ShortcutDiT(..., conditioning="official")`` builds instead the conditioning
 of the checkpoints published with the paper (see ``OfficialConditionEmbedder``),
@@ -32,6 +35,7 @@ MAX_PARAMETERS = 2**32  # ~4.3e9 weights (17 GB in fp32); the largest preset, Di
 MAX_DEPTH = 1024  # blocks per model
 FREQ_DIM = 256  # sinusoidal features of t
 CONDITIONINGS = ("shortcut", "official")  # the ways ShortcutDiT embeds t, d and y
+STEP_EMBEDDINGS = ("table", "sinusoidal")  # a row per trained level, or an MLP of sinusoid(d) for any d
 
 #################################################################################
 #                        Input validation shared by models                      #
@@ -48,15 +52,15 @@ def _check_parameter_count(count: int, settings: dict) -> None:
         )
 
 
-def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int, guidance_input: bool = False) -> int:
+def _condition_parameters(
+    hidden_size: int, num_levels: int, num_classes: int, guidance_input: bool = False, step_embedding: str = "table"
+) -> int:
     """Weights of ``ConditionEmbedder``."""
     h = hidden_size
+    mlp = FREQ_DIM * h + h + h * h + h  # the MLP of a sinusoid: t's, and d's when sinusoidal
     return (
-        FREQ_DIM * h
-        + h
-        + h * h
-        + h
-        + num_levels * h
+        mlp
+        + (mlp if step_embedding == "sinusoidal" else num_levels * h)
         + (num_classes + 1 if num_classes > 0 else 0) * h
         + (guidance_parameters(h) if guidance_input else 0)
     )
@@ -65,15 +69,17 @@ def _condition_parameters(hidden_size: int, num_levels: int, num_classes: int, g
 class ShortcutModule(nn.Module):
     """Base of the package's models: argument checks and the conditioning contract.
 
-    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, level, y, w)`` where
-    ``level`` holds step-size level indices and ``y`` class indices (the null
-    class, ``num_classes``, for unlabelled rows) or ``None``.
+    Subclasses implement ``_check_x(x)`` and ``_velocity(x, t, step, y, w)`` where
+    ``step`` holds step-size level indices (the step sizes themselves with
+    ``continuous_steps``) and ``y`` class indices (the null class,
+    ``num_classes``, for unlabelled rows) or ``None``.
     """
 
     num_classes: int
     min_step: float
     config: dict
     guidance_input: bool = False  # takes the guidance scale w as an input (intrinsic guidance)
+    step_embedding: str = "table"  # "table" (trained levels) or "sinusoidal" (any d in [0, 1])
     # the submodules every subclass builds
     cond: ConditionEmbedder | OfficialConditionEmbedder
     blocks: nn.ModuleList
@@ -81,13 +87,20 @@ class ShortcutModule(nn.Module):
 
     @property
     def step_sizes(self) -> list[float]:
-        """The step sizes this model was built for, smallest first."""
+        """The step-size levels this model was built for, smallest first (any ``d`` in [0, 1] when
+        ``continuous_steps``; the levels are then those the shortcut objective trains)."""
         return step_sizes(self.min_step)
+
+    @property
+    def continuous_steps(self) -> bool:
+        """Whether ``d`` may be any real in [0, 1] (``step_embedding="sinusoidal"``) rather than a trained level."""
+        return self.step_embedding == "sinusoidal"
 
     def forward(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
         """Velocity at ``(x, t)`` for a step of size ``d``: a tensor of the shape of ``x``.
 
-        ``t`` in [0, 1] and ``d`` (one of ``step_sizes``) are floats or (B,) tensors;
+        ``t`` in [0, 1] and ``d`` (one of ``step_sizes``; any value in [0, 1] for a model with
+        ``continuous_steps``, where ``d = 0`` is the instantaneous velocity) are floats or (B,) tensors;
         ``y`` holds class indices in ``[0, num_classes]`` (``num_classes`` = no label)
         for a class-conditional model; ``None`` means unlabelled. ``w``, a float or (B,)
         tensor of guidance scales >= 0, is the guidance input of a model built with
@@ -104,7 +117,8 @@ class ShortcutModule(nn.Module):
         t, d, y, w = self._inputs(x, t, d, y, w)
         if not checks.values_checked_upstream(x):
             checks.require(*self._value_conditions(t, d, y, w))
-        return self._velocity(x, t, level_index(d, self.min_step), self._label_rows(y, x), self._guidance_rows(w, x))
+        step = d if self.continuous_steps else level_index(d, self.min_step)
+        return self._velocity(x, t, step, self._label_rows(y, x), self._guidance_rows(w, x))
 
     def check_inputs(self, x: torch.Tensor, t, d, y: torch.Tensor | None = None, w=None) -> None:
         """Raise ``TypeError``/``ValueError`` when ``forward(x, t, d, y, w)`` would refuse these inputs.
@@ -139,7 +153,7 @@ class ShortcutModule(nn.Module):
     def _value_conditions(self, t, d, y, w) -> list[checks.Condition]:
         return [
             checks.in_unit_interval("t", t),
-            checks.step_sizes_of(d, self.min_step),
+            checks.in_unit_interval("d", d) if self.continuous_steps else checks.step_sizes_of(d, self.min_step),
             *checks.labels_in_range(y, self.num_classes),
             *checks.guidance_scales_valid(w),
         ]
@@ -178,8 +192,16 @@ class ShortcutModule(nn.Module):
     def _check_x(self, x: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def _velocity(self, x, t, level, y, w) -> torch.Tensor:
+    def _velocity(self, x, t, step, y, w) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _check_step_embedding(step_embedding) -> None:
+    if step_embedding not in STEP_EMBEDDINGS:
+        raise ValueError(
+            f"step_embedding must be one of {list(STEP_EMBEDDINGS)} (a table row per trained level, or an MLP of "
+            f"the sinusoid of any d in [0, 1]), got {step_embedding!r}"
+        )
 
 
 #################################################################################
@@ -187,8 +209,21 @@ class ShortcutModule(nn.Module):
 #################################################################################
 
 
+def _sinusoid_mlp(freq_dim: int, hidden_size: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+
 class ConditionEmbedder(nn.Module):
-    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y] (+ MLP_w(sinusoid(w)))``: (B,) inputs -> (B, hidden)."""
+    """``c = MLP(sinusoid(t)) + table_d[level] + table_y[y] (+ MLP_w(sinusoid(w)))``: (B,) inputs -> (B, hidden).
+
+    With ``step_embedding="sinusoidal"`` the table row becomes ``MLP_d(sinusoid(d))``
+    (``d_mlp``), ``forward`` takes the step sizes themselves instead of level
+    indices, and both sinusoids take ``t`` and ``d`` unstretched (not DiT's ``1000 t``),
+    so that the network's derivatives in them are of order one.
+    """
+
+    d_table: nn.Embedding | None
+    d_mlp: nn.Sequential | None
 
     def __init__(
         self,
@@ -197,30 +232,47 @@ class ConditionEmbedder(nn.Module):
         num_classes: int,
         freq_dim: int = FREQ_DIM,
         guidance_input: bool = False,
+        step_embedding: str = "table",
     ):
         super().__init__()
         # intrinsic guidance (techniques.guidance): the embedding of w, zero at initialisation
         self.w_embed = GuidanceEmbedder(hidden_size) if guidance_input else None
         self.freq_dim = freq_dim
-        self.t_mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.d_table = nn.Embedding(num_levels, hidden_size)
+        self.t_mlp = _sinusoid_mlp(freq_dim, hidden_size)
+        continuous = step_embedding == "sinusoidal"
+        self.d_table = None if continuous else nn.Embedding(num_levels, hidden_size)
+        self.d_mlp = _sinusoid_mlp(freq_dim, hidden_size) if continuous else None
         # one extra row: the null class used by class dropout and guidance
         self.y_table = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
 
     def forward(
-        self, t: torch.Tensor, level: torch.Tensor, y: torch.Tensor | None, w: torch.Tensor | None = None
+        self, t: torch.Tensor, step: torch.Tensor, y: torch.Tensor | None, w: torch.Tensor | None = None
     ) -> torch.Tensor:
-        c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(self.t_mlp[0].weight.dtype))  # type: ignore[arg-type]
+        dtype: torch.dtype = self.t_mlp[0].weight.dtype  # type: ignore[assignment]  # an nn.Linear's weight
+        if self.d_mlp is not None:
+            # t and d unstretched (the shared sinusoid stretches by T_SCALE, DiT's 1000 t): the derivatives in t
+            # and d that the MeanFlow target takes stay of order one instead of 1000. One call for both: the op
+            # costs more per call than per row
+            both = torch.cat([t, step.to(t.dtype)]) / T_SCALE
+            features = ops.timestep_features(both, self.freq_dim).to(dtype)
+            c = self.t_mlp(features[: t.shape[0]]) + self.d_mlp(features[t.shape[0] :])
+        else:
+            c = self.t_mlp(ops.timestep_features(t, self.freq_dim).to(dtype))
         if self.w_embed is not None:
             c = c + self.w_embed(w)
+        if self.d_table is None:
+            return c if self.y_table is None or y is None else c + self.y_table(y)
         y_table = None if self.y_table is None else self.y_table.weight
-        return ops.condition_sum(c, level, self.d_table.weight, y, y_table)
+        return ops.condition_sum(c, step, self.d_table.weight, y, y_table)
 
     def initialize(self) -> None:
-        """Small normal rows for the tables and the t MLP (std 0.02, as in DiT)."""
-        nn.init.normal_(self.t_mlp[0].weight, std=0.02)  # type: ignore[arg-type]  # nn.Linear
-        nn.init.normal_(self.t_mlp[2].weight, std=0.02)  # type: ignore[arg-type]
-        nn.init.normal_(self.d_table.weight, std=0.02)
+        """Small normal rows for the tables and the weights of the MLPs (std 0.02, as in DiT)."""
+        for mlp in (self.t_mlp, self.d_mlp):
+            if mlp is not None:
+                nn.init.normal_(mlp[0].weight, std=0.02)  # type: ignore[arg-type]  # nn.Linear
+                nn.init.normal_(mlp[2].weight, std=0.02)  # type: ignore[arg-type]
+        if self.d_table is not None:
+            nn.init.normal_(self.d_table.weight, std=0.02)
         if self.y_table is not None:
             nn.init.normal_(self.y_table.weight, std=0.02)
         if self.w_embed is not None:
@@ -353,6 +405,7 @@ class ShortcutDiT(ShortcutModule):
     Input and output are images or latents (B, in_channels, input_size, input_size).
     ``num_classes=0`` makes it unconditional; ``min_step`` sets the smallest step
     size (``2**-K``), hence the ``K + 1`` rows of the step-size table.
+    ``step_embedding="sinusoidal"`` embeds any step size in [0, 1] instead (see the module doc).
 
     ``conditioning="official"`` reproduces the model of the published checkpoints
     (``shortcut_fast.official`` converts them): ``OfficialConditionEmbedder`` and
@@ -375,10 +428,17 @@ class ShortcutDiT(ShortcutModule):
         min_step: float = DEFAULT_MIN_STEP,
         conditioning: str = "shortcut",
         guidance_input: bool = False,
+        step_embedding: str = "table",
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {list(CONDITIONINGS)}, got {conditioning!r}")
+        _check_step_embedding(step_embedding)
+        if conditioning == "official" and step_embedding != "table":
+            raise ValueError(
+                "conditioning='official' embeds log2(1/d) of the trained levels; "
+                f"step_embedding={step_embedding!r} needs conditioning='shortcut'"
+            )
         if conditioning == "official" and (isinstance(num_classes, int) and num_classes == 0):
             raise ValueError(
                 "conditioning='official' always has a label table: use num_classes=1 for an "
@@ -406,7 +466,7 @@ class ShortcutDiT(ShortcutModule):
         if conditioning == "official":  # a second t-MLP (for log2(1/d)) instead of the step-size table
             cond_count = _condition_parameters(h, 0, num_classes) + FREQ_DIM * h + h * h + 2 * h
         else:
-            cond_count = _condition_parameters(h, num_levels, num_classes, guidance_input)
+            cond_count = _condition_parameters(h, num_levels, num_classes, guidance_input, step_embedding)
         count = (
             cond_count
             + depth * per_block
@@ -441,7 +501,9 @@ class ShortcutDiT(ShortcutModule):
             self.config["conditioning"] = conditioning
         if guidance_input:  # likewise
             self.config["guidance_input"] = True
-        self.conditioning, self.guidance_input = conditioning, guidance_input
+        if step_embedding != "table":  # likewise
+            self.config["step_embedding"] = step_embedding
+        self.conditioning, self.guidance_input, self.step_embedding = conditioning, guidance_input, step_embedding
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.min_step = num_classes, min_step
         self.grid = input_size // patch_size
@@ -453,7 +515,9 @@ class ShortcutDiT(ShortcutModule):
         if conditioning == "official":
             self.cond = OfficialConditionEmbedder(hidden_size, num_levels, num_classes)
         else:
-            self.cond = ConditionEmbedder(hidden_size, num_levels, num_classes, guidance_input=guidance_input)
+            self.cond = ConditionEmbedder(
+                hidden_size, num_levels, num_classes, guidance_input=guidance_input, step_embedding=step_embedding
+            )
         q_scale = (hidden_size // num_heads) ** -0.5 if conditioning == "official" else 1.0
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, q_scale) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * in_channels)
@@ -499,10 +563,10 @@ class ShortcutDiT(ShortcutModule):
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
 
-    def _velocity(self, x, t, level, y, w):
+    def _velocity(self, x, t, step, y, w):
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
         # w is None unless guidance_input, which the official conditioning refuses at construction
-        c = self.cond(t, level, y) if w is None else self.cond(t, level, y, w)  # (B, C)
+        c = self.cond(t, step, y) if w is None else self.cond(t, step, y, w)  # (B, C)
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final_layer(h, c))  # (B, C_in, H, W)
@@ -549,13 +613,15 @@ class ShortcutMLP(ShortcutModule):
         num_classes: int = 0,
         min_step: float = DEFAULT_MIN_STEP,
         guidance_input: bool = False,
+        step_embedding: str = "table",
     ):
         super().__init__()
         checks.check_sizes(MAX_DEPTH, dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes)
         checks.check_guidance_input(guidance_input, num_classes)
+        _check_step_embedding(step_embedding)
         h = hidden_size
         count = (
-            _condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input)
+            _condition_parameters(h, num_doublings(min_step) + 1, num_classes, guidance_input, step_embedding)
             + (dim * h + h)  # input
             + depth * ((8 * h * h + 5 * h) + (3 * h * h + 3 * h))  # blocks: mlp, adaLN
             + (2 * h * h + 2 * h + h * dim + dim)
@@ -564,11 +630,17 @@ class ShortcutMLP(ShortcutModule):
         self.config = dict(dim=dim, hidden_size=hidden_size, depth=depth, num_classes=num_classes, min_step=min_step)
         if guidance_input:  # only when set, so that the saved configs of other models stay as they were
             self.config["guidance_input"] = True
-        self.guidance_input = guidance_input
+        if step_embedding != "table":  # likewise
+            self.config["step_embedding"] = step_embedding
+        self.guidance_input, self.step_embedding = guidance_input, step_embedding
         self.dim, self.num_classes, self.min_step = dim, num_classes, min_step
         self.inp = nn.Linear(dim, hidden_size)
         self.cond = ConditionEmbedder(
-            hidden_size, num_doublings(min_step) + 1, num_classes, guidance_input=guidance_input
+            hidden_size,
+            num_doublings(min_step) + 1,
+            num_classes,
+            guidance_input=guidance_input,
+            step_embedding=step_embedding,
         )
         self.blocks = nn.ModuleList([MLPBlock(hidden_size) for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, dim)
@@ -582,8 +654,8 @@ class ShortcutMLP(ShortcutModule):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
 
-    def _velocity(self, x, t, level, y, w):
-        c = self.cond(t, level, y, w)  # (B, C)
+    def _velocity(self, x, t, step, y, w):
+        c = self.cond(t, step, y, w)  # (B, C)
         h = self.inp(x)  # (B, C)
         for block in self.blocks:
             h = block(h, c)

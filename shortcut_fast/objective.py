@@ -12,6 +12,9 @@ half steps of the target model (the EMA weights by default)::
 
 Rows ``[0, n_boot)`` of the batch are the self-consistency part, the rest the
 flow part. ``objective="flow"`` is plain flow matching through the same code.
+``objective="meanflow"`` is MeanFlow (arXiv 2505.13447; ``meanflow.py``: the
+conventions, the identity and the choices) for models with continuous step
+sizes (``step_embedding="sinusoidal"``).
 
 Three techniques of iSM (arXiv 2510.21250) are options here, off by default:
 ``intrinsic_guidance`` (``techniques.guidance``), ``wavelet_levels``
@@ -28,7 +31,7 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from . import checks, ops
+from . import checks, meanflow, ops
 from .checks import check_velocity
 from .models import unwrap_model
 from .ops import reference as SF
@@ -37,7 +40,7 @@ from .techniques.guidance import draw_guidance_scales, guided_flow_target
 from .techniques.pairing import ot_pair
 from .techniques.wavelet import check_wavelet_levels, wavelet_loss
 
-OBJECTIVES = ("shortcut", "flow")
+OBJECTIVES = ("shortcut", "flow", "meanflow")
 
 
 @dataclass
@@ -50,12 +53,17 @@ class ShortcutConfig:
     clip: float | None = 4.0  # clamp the midpoint and the target to [-clip, clip]; None disables
     class_dropout: float = 0.1  # probability of the null label on the flow part
     bootstrap_cfg_scale: float | None = None  # guided targets at the smallest bootstrap level; None = off
-    objective: str = "shortcut"  # "shortcut" or "flow" (plain flow matching baseline)
+    objective: str = "shortcut"  # "shortcut", "flow" (plain flow matching baseline) or "meanflow"
     # iSM Sec. 3.1: (low, high) range of the guidance scale w drawn per labelled row; the model takes w as an input
     intrinsic_guidance: tuple[float, float] | None = None
     wavelet_levels: int = 0  # iSM Sec. 3.2: Haar levels of the wavelet loss on image batches; 0 = the plain L2
     wavelet_weights: tuple[float, ...] | None = None  # wavelet_levels + 1 band weights (details per level, then LL)
     ot_pairing: bool = False  # iSM Sec. 3.3: pair noise and data rows by minibatch optimal transport (per rank)
+    # objective="meanflow" (meanflow.py): the paper's ImageNet settings
+    instant_fraction: float = 0.75  # share of rows with d = 0 (r = t): flow matching
+    time_distribution: tuple[float, float] = (-0.4, 1.0)  # (mean, std) of the logit-normal MeanFlow times
+    adaptive_power: float = 1.0  # p of the adaptive weight 1 / (||Δ||² + c)^p; 0 = the plain squared error
+    meanflow_cfg_scale: float | None = None  # ω of the guided velocity folded into the target; None = off
 
     def __post_init__(self):
         num_doublings(self.min_step)
@@ -71,6 +79,31 @@ class ShortcutConfig:
         if self.objective == "shortcut" and num_doublings(self.min_step) == 0:
             raise ValueError("the shortcut objective needs min_step < 1 (at least two step levels)")
         self._check_techniques()
+        self._check_meanflow()
+
+    def _check_meanflow(self) -> None:
+        checks.check_number("instant_fraction", self.instant_fraction, 0.0, 1.0)
+        if not isinstance(self.time_distribution, (tuple, list)) or len(self.time_distribution) != 2:
+            raise ValueError(f"time_distribution must be a pair (mean, std), got {self.time_distribution!r}")
+        self.time_distribution = cast("tuple[float, float]", tuple(self.time_distribution))  # a pair (checked)
+        checks.check_number("time_distribution mean", self.time_distribution[0], -math.inf, math.inf, True, True)
+        checks.check_number("time_distribution std", self.time_distribution[1], 0.0, math.inf, True, True)
+        checks.check_number("adaptive_power", self.adaptive_power, 0.0, math.inf, high_open=True)
+        if self.meanflow_cfg_scale is not None:
+            checks.check_number("meanflow_cfg_scale", self.meanflow_cfg_scale, 0.0, math.inf, high_open=True)
+        if self.objective != "meanflow":
+            return
+        excluded = {
+            "bootstrap_cfg_scale": self.bootstrap_cfg_scale is not None,
+            "intrinsic_guidance": self.intrinsic_guidance is not None,
+            "wavelet_levels": self.wavelet_levels != 0,
+        }
+        clash = [name for name, on in excluded.items() if on]
+        if clash:
+            raise ValueError(
+                f"objective='meanflow' does not combine with {clash}: they shape the shortcut objective's targets "
+                "or loss (guidance for MeanFlow is meanflow_cfg_scale)"
+            )
 
     def _check_techniques(self) -> None:
         checks.check_bool("ot_pairing", self.ot_pairing)
@@ -170,6 +203,12 @@ def check_loss_inputs(model: nn.Module, x1, y, config, generator=None, shard=(0,
             "intrinsic_guidance needs a model that takes the guidance scale as an input: "
             "ShortcutDiT/ShortcutMLP(guidance_input=True), or a module with guidance_input = True "
             "called as model(x, t, d, y, w=w)"
+        )
+    if config.objective == "meanflow" and not getattr(base, "continuous_steps", False):
+        raise ValueError(
+            "objective='meanflow' trains every step size in [0, 1]: it needs a model with continuous step sizes, "
+            "ShortcutDiT/ShortcutMLP(step_embedding='sinusoidal') (or a module with continuous_steps = True); "
+            f"this {type(base).__name__} embeds a table of trained levels"
         )
     model_min_step = getattr(base, "min_step", None)
     if model_min_step is not None and model_min_step != config.min_step:
@@ -407,6 +446,8 @@ def loss_on_checked_inputs(
 
     No host read, except the one copy off the device that ``config.ot_pairing`` makes (``techniques.pairing``).
     """
+    if config.objective == "meanflow":
+        return _meanflow_loss(model, x1, y, config, generator, shard, null_class)
     batch = draw_batch(model, x1, y, config, target_model, generator, shard, targets, null_class)
     with checks.trusted_inputs():
         v = _call(model, batch.x_t, batch.t, batch.d, batch.y, batch.w)
@@ -421,3 +462,39 @@ def loss_on_checked_inputs(
         "consistency_loss": err[: batch.n_boot].detach().mean(),
     }
     return loss, logs
+
+
+def _meanflow_loss(model, x1, y, config: ShortcutConfig, generator, shard, null_class: int):
+    """The MeanFlow loss of checked inputs (``meanflow.py``); the logs as ``shortcut_loss``'s.
+
+    ``flow_loss`` and ``consistency_loss`` are the plain mean squared errors of the ``d = 0`` rows and of the
+    others, comparable with the other objectives' whatever ``adaptive_power`` weights the loss.
+    """
+    rank, world = shard
+    device, n_global = x1.device, x1.shape[0] * shard[1]
+    expand = (-1,) + (1,) * (x1.dim() - 1)
+    s, d = meanflow.draw_times(n_global, *config.time_distribution, config.instant_fraction, generator, device)
+    s, d = s[rank::world], d[rank::world]
+    x0 = torch.randn((n_global, *x1.shape[1:]), generator=generator, device=device, dtype=x1.dtype)[rank::world]
+    if config.ot_pairing:
+        x0 = ot_pair(x0, x1, y)  # within this rank's rows, and within each class: see techniques.pairing
+    with checks.trusted_inputs():
+        x_s = (1 - s.view(expand)) * x0 + s.view(expand) * x1
+        v = x1 - x0
+        y_in = None
+        if y is not None:
+            dropped = torch.rand(n_global, generator=generator, device=device)[rank::world] < config.class_dropout
+            y_in = torch.where(dropped, torch.full_like(y, null_class), y)
+            if config.meanflow_cfg_scale is not None:
+                v = meanflow.guided_velocity(model, x_s, s, y_in, v, config.meanflow_cfg_scale, null_class, dropped)
+        u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v)
+    err, weighted = meanflow.adaptive_loss(u, target, config.adaptive_power)
+    mse = err.detach() / x1[0].numel()
+    step = d > 0
+    count = step.sum()
+    logs = {
+        "loss": weighted.detach().mean(),
+        "flow_loss": (mse * ~step).sum() / (len(mse) - count),
+        "consistency_loss": (mse * step).sum() / count,
+    }
+    return weighted.mean(), logs

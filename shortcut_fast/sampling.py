@@ -260,7 +260,9 @@ def sample(
     ``steps`` is an int in ``[1, 1/min_step]`` (``min_step`` of the model,
     1/128 when it has none), run as ``step_schedule(steps)`` (large steps first,
     e.g. 3 steps as 1/2, 1/4, 1/4), or an explicit schedule: a sequence of step
-    sizes of the model that sum to 1. With ``cfg_scale=w`` the velocity is
+    sizes of the model that sum to 1. A model with ``continuous_steps`` takes ``steps`` up to
+    ``MAX_CONTINUOUS_STEPS`` as equal steps ``1 / steps``, or any real steps in (0, 1] that sum
+    to 1. With ``cfg_scale=w`` the velocity is
     ``v_null + w (v_y - v_null)``, the null class being ``model.num_classes``;
     a model with a guidance input (``guidance_input``, intrinsic guidance)
     instead takes ``w`` as its input, one forward per step, and without
@@ -290,7 +292,9 @@ def sample(
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
     checks.check_optional_bool("use_graph", use_graph, "automatic")
     base = unwrap_model(model)
-    steps = resolve_schedule(steps, getattr(base, "min_step", DEFAULT_MIN_STEP))
+    steps = resolve_schedule(
+        steps, getattr(base, "min_step", DEFAULT_MIN_STEP), getattr(base, "continuous_steps", False)
+    )
     x, conditions = _noise(model, noise, shape, generator, dtype)
     batch = x.shape[0]
     null_class = getattr(base, "num_classes", 0)

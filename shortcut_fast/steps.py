@@ -11,6 +11,10 @@ gives ``N`` equal steps, and any other ``N`` splits ``N - P`` of the ``P``
 equal steps of the power of two ``P < N`` below it into halves, e.g. 3 steps as
 ``1/2, 1/4, 1/4``. Only two adjacent levels are used, so the steps are as even
 as trained levels allow.
+
+A model with continuous step sizes (``step_embedding="sinusoidal"``) takes any
+schedule of real steps in (0, 1] that sum to 1 (``continuous=True`` below);
+``N`` steps are then ``N`` equal steps ``1 / N``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 from .checks import is_int, is_number, require, step_sizes_of
 
 DEFAULT_MIN_STEP = 1.0 / 128
+MAX_CONTINUOUS_STEPS = 4096  # sampling steps of a model with continuous step sizes
+SUM_TOLERANCE = 1e-9  # |sum - 1| allowed of a schedule of real steps (fp64 rounding of their sum)
 
 
 def num_doublings(min_step: float) -> int:
@@ -94,9 +100,36 @@ def check_schedule(schedule: Sequence[float], min_step: float = DEFAULT_MIN_STEP
     return tuple(float(d) for d in schedule)
 
 
-def resolve_schedule(steps, min_step: float = DEFAULT_MIN_STEP) -> tuple[float, ...]:
-    """``steps`` as a schedule: an int through ``step_schedule``, a sequence through ``check_schedule``."""
-    if isinstance(steps, Sequence) and not isinstance(steps, (str, bytes)):
+def check_continuous_schedule(schedule: Sequence[float]) -> tuple[float, ...]:
+    """Validate a schedule of real step sizes in (0, 1] that sum to 1 (within ``SUM_TOLERANCE``)."""
+    if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
+        raise TypeError(f"steps must be an int or a schedule, a non-empty sequence of step sizes; got {schedule!r}")
+    if len(schedule) > MAX_CONTINUOUS_STEPS:
+        raise ValueError(f"a schedule has at most {MAX_CONTINUOUS_STEPS} steps, got {len(schedule)}")
+    if not all(is_number(d) and 0.0 < d <= 1.0 for d in schedule):
+        bad = [d for d in schedule if not (is_number(d) and 0.0 < d <= 1.0)][:4]
+        raise ValueError(f"every step size must be a number in (0, 1]; got {bad} in steps")
+    if abs(math.fsum(schedule) - 1.0) > SUM_TOLERANCE:
+        raise ValueError(f"the step sizes of steps must sum to 1, got {math.fsum(schedule)}")
+    return tuple(float(d) for d in schedule)
+
+
+def resolve_schedule(steps, min_step: float = DEFAULT_MIN_STEP, continuous: bool = False) -> tuple[float, ...]:
+    """``steps`` as a schedule: an int through ``step_schedule``, a sequence through ``check_schedule``.
+
+    ``continuous`` (a model with ``continuous_steps``): an int ``N`` in ``[1, MAX_CONTINUOUS_STEPS]`` is ``N``
+    equal steps, a sequence any real steps (``check_continuous_schedule``).
+    """
+    sequence = isinstance(steps, Sequence) and not isinstance(steps, (str, bytes))
+    if continuous:
+        if sequence:
+            return check_continuous_schedule(steps)
+        if not is_int(steps) or not 1 <= int(steps) <= MAX_CONTINUOUS_STEPS:
+            raise ValueError(
+                f"steps must be an int in [1, {MAX_CONTINUOUS_STEPS}] or a sequence of step sizes; got {steps!r}"
+            )
+        return (1.0 / int(steps),) * int(steps)
+    if sequence:
         return check_schedule(steps, min_step)
     return step_schedule(check_num_steps(steps, min_step), min_step)
 

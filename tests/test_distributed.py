@@ -21,7 +21,9 @@ def setup_run(
 ):
     """The model, data and settings every run of this file shares (weights and data in ``dtype``)."""
     torch.manual_seed(0)
-    model = sf.ShortcutMLP(dim=3, hidden_size=16, depth=2, num_classes=4, min_step=1 / 8).to(getattr(torch, dtype))
+    steps = "sinusoidal" if objective == "meanflow" else "table"  # MeanFlow trains continuous step sizes
+    model = sf.ShortcutMLP(dim=3, hidden_size=16, depth=2, num_classes=4, min_step=1 / 8, step_embedding=steps)
+    model = model.to(getattr(torch, dtype))
     g = torch.Generator().manual_seed(1)
     data = (torch.randn(64, 3, generator=g).to(getattr(torch, dtype)), torch.randint(0, 4, (64,), generator=g))
     config = sf.TrainConfig(
@@ -86,7 +88,7 @@ def assert_close(a: dict, b: dict, rtol: float):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["shortcut", "flow"])
+@pytest.mark.parametrize("objective", ["shortcut", "flow", "meanflow"])
 def test_two_processes_equal_one_with_twice_the_batch(tmp_path, objective):
     model, data, config = setup_run(objective, batch=16)
     single = sf.Trainer(model, data, config)
