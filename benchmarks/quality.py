@@ -22,6 +22,10 @@ step; baked into the bootstrap targets with ``bootstrap_cfg_scale``; intrinsic,
 one forward) and fine-tuning the flow baseline into a shortcut model
 (``sf.from_flow_model``) against training from scratch.
 
+MeanFlow (``ShortcutConfig(objective="meanflow")``, a model with
+``step_embedding="sinusoidal"``) is a third objective beside them, with the
+same budget and seeds, sampled with N equal steps.
+
 Every training run is one job; ``--jobs N`` runs N at a time in worker
 processes (one torch thread each). A finished job's result is kept in
 ``WORK/jobs/``, so a run that stops resumes where it was.
@@ -63,7 +67,9 @@ from shortcut_fast.eval.metrics import DigitsScorer, load_or_train_digits_classi
 from shortcut_fast.eval.toy2d import TOY2D, sample_toy2d
 from shortcut_fast.steps import step_schedule
 
-OBJECTIVES = ("shortcut", "flow")
+OBJECTIVES = ("shortcut", "flow", "meanflow")
+# the report's rows per objective: (the configuration's label in the report, the objective)
+OBJECTIVE_ROWS = (("baseline", "shortcut"), ("flow", "flow"), ("meanflow", "meanflow"))
 TECHNIQUES = ("intrinsic_guidance", "wavelet", "ot_pairing", "twin_ema")
 IMAGE_ONLY = ("intrinsic_guidance", "wavelet")  # need class labels / an image grid: digits only
 ORDERS = ("descending", "ascending")
@@ -179,8 +185,18 @@ class AtStep(nn.Module):
 
 
 def for_sampling(model: nn.Module, objective: str) -> nn.Module:
-    """What to sample from: the shortcut model as it is, the flow model at its trained ``d_min``."""
-    return model if objective == "shortcut" else AtStep(model, model.min_step)
+    """What to sample from: the shortcut and MeanFlow models as they are, the flow model at its trained ``d_min``."""
+    return AtStep(model, model.min_step) if objective == "flow" else model
+
+
+def step_embedding(objective: str) -> str:
+    """MeanFlow trains every step size in [0, 1]: its models embed d continuously."""
+    return "sinusoidal" if objective == "meanflow" else "table"
+
+
+def present(runs: dict) -> list[tuple[str, str]]:
+    """The rows of ``OBJECTIVE_ROWS`` that ``runs`` holds (a report made before MeanFlow has no such row)."""
+    return [(label, objective) for label, objective in OBJECTIVE_ROWS if label in runs]
 
 
 @dataclass(frozen=True)
@@ -188,7 +204,7 @@ class Job:
     """One training run and its evaluation."""
 
     section: str  # "2d" or "digits"
-    objective: str  # "shortcut" or "flow"
+    objective: str  # "shortcut", "flow" or "meanflow"
     variant: str = "baseline"  # a name of ``variants(section)``, "best", or "baked" (digits guidance)
     techniques: tuple[str, ...] = ()
     dataset: str = "digits"
@@ -244,7 +260,9 @@ def run_2d_job(budget: Budget, job: Job) -> dict:
     floor = sliced_wasserstein(sample_toy2d(job.dataset, budget.n_eval_2d, seed=seeds["floor"]), reference)
     noise = torch.randn(budget.n_eval_2d, 2, generator=torch.Generator().manual_seed(seeds["noise"]))
     torch.manual_seed(job.seed)
-    model = sf.ShortcutMLP(dim=2, hidden_size=budget.mlp_hidden, depth=budget.mlp_depth)
+    model = sf.ShortcutMLP(
+        dim=2, hidden_size=budget.mlp_hidden, depth=budget.mlp_depth, step_embedding=step_embedding(job.objective)
+    )
     trainer = sf.Trainer(model, data, _train_config(budget, job, budget.steps_2d, budget.batch_2d, budget.lr_2d))
     start = time.perf_counter()
     trainer.fit(budget.steps_2d)
@@ -289,8 +307,9 @@ class DigitsJudge:
         return self.scorer.score(self.images(model, steps, cfg_scale), self.labels)
 
 
-def _digits_model(budget: Budget, techniques: tuple[str, ...]) -> sf.ShortcutDiT:
+def _digits_model(budget: Budget, techniques: tuple[str, ...], objective: str) -> sf.ShortcutDiT:
     return sf.ShortcutDiT(
+        step_embedding=step_embedding(objective),
         input_size=8,
         in_channels=1,
         patch_size=budget.dit_patch,
@@ -312,7 +331,7 @@ def run_digits_job(budget: Budget, job: Job, work: Path) -> dict:
     judge = DigitsJudge(budget, work)
     torch.manual_seed(job.seed)
     if job.init is None:
-        model, steps = _digits_model(budget, job.techniques), budget.steps_digits
+        model, steps = _digits_model(budget, job.techniques, job.objective), budget.steps_digits
     else:
         flow = sf.load_model(work / "models" / job.init)
         model, steps = sf.from_flow_model(flow, sf.ShortcutDiT).train(), budget.finetune_steps
@@ -379,6 +398,7 @@ def plan(budget: Budget, digits_best: tuple[str, ...] | None = None) -> list[Job
         finetune = "finetune" in sections
         jobs.append(Job("digits", "flow", seed=seed, save=True))
         jobs.append(Job("digits", "shortcut", seed=seed, save=True, curve=finetune))
+        jobs.append(Job("digits", "meanflow", seed=seed, save=True))
         if "digits" in sections:
             jobs += [
                 Job("digits", "shortcut", name, techniques, seed=seed)
@@ -395,6 +415,7 @@ def plan(budget: Budget, digits_best: tuple[str, ...] | None = None) -> list[Job
         for seed in budget.seeds:
             for name in budget.datasets_2d:
                 jobs.append(Job("2d", "flow", dataset=name, seed=seed))
+                jobs.append(Job("2d", "meanflow", dataset=name, seed=seed))
                 jobs += [
                     Job("2d", "shortcut", variant, techniques, dataset=name, seed=seed)
                     for variant, techniques in variants("2d").items()
@@ -445,7 +466,8 @@ def run_jobs(budget: Budget, jobs: list[Job], work: Path, workers: int) -> dict[
 
 
 # ---------------------------------------------------------------- pictures
-_COLORS = {"shortcut": (31, 119, 180), "flow": (230, 120, 20)}
+_COLORS = {"shortcut": (31, 119, 180), "flow": (230, 120, 20), "meanflow": (44, 160, 44)}
+_LEGEND = {"shortcut": "shortcut model", "flow": "flow matching (at d_min)", "meanflow": "MeanFlow"}
 
 
 def _font():
@@ -498,7 +520,8 @@ def plot_vs_steps(panels: list[tuple[str, str, dict]], path: Path, steps: tuple[
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_COLORS[objective])
     ly = rows * ph + 4
     draw.text((8, ly), "sampling steps (log scale) ->", fill=(0, 0, 0), font=font)
-    for j, (objective, label) in enumerate([("shortcut", "shortcut model"), ("flow", "flow matching (at d_min)")]):
+    shown = list(dict.fromkeys(o for _, _, series in panels for o in series))
+    for j, (objective, label) in enumerate((o, _LEGEND[o]) for o in shown):
         x = 220 + j * 200
         draw.line([x, ly + 6, x + 24, ly + 6], fill=_COLORS[objective], width=3)
         draw.text((x + 30, ly), label, fill=(0, 0, 0), font=font)
@@ -515,7 +538,7 @@ def scatter_grid(pictures: dict, path: Path, cell: int = 150, extent: float = 3.
     draw = ImageDraw.Draw(img)
     font = _font()
     for c, col in enumerate(columns):
-        label = col if col == "data" else col.replace("shortcut", "shortcut,").replace("flow", "flow,") + " step(s)"
+        label = col if col == "data" else col.replace(" ", ", ") + " step(s)"
         draw.text((left + c * (cell + 4) + 4, 2), label, fill=0, font=font)
     for r, name in enumerate(names):
         draw.text((4, top + r * (cell + 4) + cell // 2 - 6), name, fill=0, font=font)
@@ -537,7 +560,7 @@ def digits_grid(judge: DigitsJudge, models: dict, path: Path, per_class: int = 2
     rows, labels = [], []
     spc = len(judge.labels) // DIGITS_CLASSES
     pick = torch.arange(DIGITS_CLASSES)[:, None] * spc + torch.arange(min(per_class, spc))[None]
-    for objective in OBJECTIVES:
+    for objective in models:
         for steps in (1, 128):
             images = judge.images(for_sampling(models[objective], objective), steps)
             rows.append(images[pick.flatten()])
@@ -550,7 +573,7 @@ def collect(budget: Budget, results: dict[Job, dict]) -> dict:
     """The report's numbers from the jobs' results, keyed by data set / configuration / seed."""
     report: dict = {}
     for job, result in results.items():
-        label = "flow" if job.objective == "flow" else job.variant
+        label = job.variant if job.objective == "shortcut" else job.objective
         if job.section == "2d":
             entry = report.setdefault("2d", {}).setdefault(job.dataset, {"runs": {}})
             entry["runs"].setdefault(label, {})[str(job.seed)] = result
@@ -617,6 +640,9 @@ def aims(report: dict, config: str) -> list[tuple[str, bool, str]]:
             continue
         one, top = mean_swd(entry, config, "1"), mean_swd(entry, config, many)
         flow_one, flow_top = mean_swd(entry, "flow", "1"), mean_swd(entry, "flow", many)
+        if "meanflow" in entry["runs"]:
+            mf = mean_swd(entry, "meanflow", "1")
+            rows.append((f"{name}: MeanFlow's 1-step SWD <= shortcut's", mf <= one, f"{mf:.3f} / {one:.3f}"))
         rows += [
             (
                 f"{name}: 1-step SWD <= 1.3x its {many}-step SWD",
@@ -637,6 +663,15 @@ def aims(report: dict, config: str) -> list[tuple[str, bool, str]]:
     runs = report.get("digits", {}).get("runs", {})
     if config in runs:
         sc, fl, floor = runs[config]["steps"], runs["flow"]["steps"], report["digits"]["floor"]
+        if "meanflow" in runs:
+            mf = runs["meanflow"]["steps"]["1"]["fd"]
+            rows.append(
+                (
+                    "digits: MeanFlow's 1-step FD <= shortcut's",
+                    mf <= sc["1"]["fd"],
+                    f"{mf:.3f} / {sc['1']['fd']:.3f} = {_ratio(mf, sc['1']['fd'])}",
+                )
+            )
         rows += [
             ("digits: 1-step accuracy >= 0.97", sc["1"]["accuracy"] >= 0.97, f"{sc['1']['accuracy']:.3f}"),
             (
@@ -703,7 +738,7 @@ def _lines_2d(report: dict) -> list[str]:
         "| --- | --- | ---: | " + " | ".join("---:" for _ in steps) + " | ---: | ---: |",
     ]
     for name, entry in report["2d"].items():
-        for label, objective in (("baseline", "shortcut"), ("flow", "flow")):
+        for label, objective in present(entry["runs"]):
             seconds = _mean(r["train_seconds"] for r in entry["runs"][label].values())
             cells = [_pm(mean_swd(entry, label, s), spread_swd(entry, label, s)) for s in steps]
             ratio = _ratio(mean_swd(entry, label, "1"), mean_swd(entry, label, many))
@@ -788,7 +823,7 @@ def _lines_digits(report: dict) -> list[str]:
         "| objective | train s | metric | " + " | ".join(steps) + " |",
         "| --- | ---: | --- | " + " | ".join("---:" for _ in steps) + " |",
     ]
-    for label, objective in (("baseline", "shortcut"), ("flow", "flow")):
+    for label, objective in present(runs):
         rows = runs[label]["steps"]
         for metric in ("accuracy", "fd", "fd_over_floor"):
             lines.append(
@@ -927,7 +962,8 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         "Every model is trained with the same budget, network and seed as its flow-matching twin "
         '(`ShortcutConfig(objective="flow")`); the flow model samples with N Euler steps of size 1/N conditioned '
-        "on its trained step size d_min at every step. Settings: "
+        'on its trained step size d_min at every step. MeanFlow (`objective="meanflow"`, a model with '
+        '`step_embedding="sinusoidal"`, the paper\'s default settings) samples with N equal steps. Settings: '
         f"`{json.dumps({k: v for k, v in b.items() if k != 'sections'})}`.",
         "",
         "![metric against steps](img/quality_vs_steps.png)",
@@ -965,17 +1001,20 @@ def run(budget: Budget, out: Path, work: Path, workers: int = 1, quick: bool = F
         report["best"]["digits"] = best_digits(report)
     pictures = {}
     for name, entry in report.get("2d", {}).items():
-        base, flow = entry["runs"]["baseline"][str(budget.seeds[0])], entry["runs"]["flow"][str(budget.seeds[0])]
-        pictures[name] = {"data": torch.tensor(base.pop("data"))}
-        flow.pop("data")
-        for label, r in (("shortcut", base), ("flow", flow)):
+        first = {o: entry["runs"][label][str(budget.seeds[0])] for label, o in present(entry["runs"])}
+        pictures[name] = {"data": torch.tensor(first["shortcut"]["data"])}
+        for objective, r in first.items():
+            r.pop("data")
             for steps, points in r.pop("pictures").items():
-                pictures[name][f"{label} {steps}"] = torch.tensor(points)
+                pictures[name][f"{objective} {steps}"] = torch.tensor(points)
     if pictures:
         scatter_grid(pictures, out / "img" / "quality_2d.png")
     if "digits" in report:
         judge = DigitsJudge(budget, work)
-        models = {o: sf.load_model(work / "models" / Job("digits", o, seed=budget.seeds[0]).name) for o in OBJECTIVES}
+        models = {
+            o: sf.load_model(work / "models" / Job("digits", o, seed=budget.seeds[0]).name)
+            for _, o in present(report["digits"]["runs"])
+        }
         digits_grid(judge, models, out / "img" / "quality_digits.png")
     report.update(
         budget=asdict(budget),
@@ -1000,7 +1039,7 @@ def render(report: dict, out: Path) -> None:
         (
             name,
             "SWD",
-            {o: {s: mean_swd(e, label, s) for s in steps} for o, label in (("shortcut", "baseline"), ("flow", "flow"))},
+            {o: {s: mean_swd(e, label, s) for s in steps} for label, o in present(e["runs"])},
         )
         for name, e in report.get("2d", {}).items()
     ]
@@ -1010,10 +1049,7 @@ def render(report: dict, out: Path) -> None:
             (
                 "digits",
                 "FD",
-                {
-                    o: {s: runs[label]["steps"][s]["fd"] for s in steps}
-                    for o, label in (("shortcut", "baseline"), ("flow", "flow"))
-                },
+                {o: {s: runs[label]["steps"][s]["fd"] for s in steps} for label, o in present(runs)},
             )
         )
     if panels:

@@ -57,10 +57,10 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
     steps = [str(s) for s in budget["sample_steps"]]
     # the main 2D table: mean ± spread over the seeds, recomputed here from the per-seed numbers
     rows = _table(md, "| data | objective |")
-    assert len(rows) == 2 * len(budget["datasets_2d"])
+    assert len(rows) == len(quality.OBJECTIVE_ROWS) * len(budget["datasets_2d"])
     for row in rows:
         name, objective = row[0], row[1]
-        runs = report["2d"][name]["runs"]["baseline" if objective == "shortcut" else "flow"]
+        runs = report["2d"][name]["runs"]["baseline" if objective == "shortcut" else objective]
         assert sorted(runs) == [str(s) for s in budget["seeds"]]
         for cell, s in zip(row[3 : 3 + len(steps)], steps, strict=True):
             mean, spread = (float(v) for v in cell.split("±"))
@@ -81,7 +81,8 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
     orders = _table(md, "| steps | descending |")
     assert [r[0] for r in orders] == [s for s in steps if int(s) & (int(s) - 1)]
     digits = _table(md, "| objective | train s | metric |")
-    assert len(digits) == 6 and all(0 <= float(c) <= 1 for r in digits if r[2] == "accuracy" for c in r[3:])
+    assert len(digits) == 3 * len(quality.OBJECTIVE_ROWS)
+    assert all(0 <= float(c) <= 1 for r in digits if r[2] == "accuracy" for c in r[3:])
     floor = report["digits"]["floor"]
     for r in digits:
         if r[2] == "fd_over_floor":
@@ -93,7 +94,7 @@ def test_quick_mode_writes_report_and_pictures(quick_run):
         (s, kind, "2" if kind == "sampling" else "1") for s in ("1", "4") for kind in kinds
     ]
     checked = _table(md, "| aim |")
-    assert len(checked) == 3 * len(budget["datasets_2d"]) + 3
+    assert len(checked) == 4 * len(budget["datasets_2d"]) + 4  # with MeanFlow against shortcut
     assert all(cell.split(" ")[0] in {"**met**", "**missed**"} for r in checked for cell in r[1:] if cell)
     finetune = _table(md, "| run | step |")
     assert [r[1] for r in finetune if r[0] == "finetune"] == ["0", "3", "6"]
