@@ -6,11 +6,12 @@
 Same budget and seeds for every model of a table:
 
 * **pixels** (1x28x28, patch 4, 49 tokens): a shortcut DiT, a flow-matching
-  DiT, and the shortcut DiT with minibatch OT pairing;
+  DiT, the shortcut DiT with minibatch OT pairing, and a MeanFlow DiT (the
+  same network with continuous step sizes);
 * **latents**: a diffusers ``AutoencoderKL`` trained on Fashion-MNIST here
   (28x28 RGB of the grey images -> 4x7x7), the training set written as PNG
   class folders and encoded with ``shortcut-fast encode``'s ``encode_folder``,
-  then a shortcut and a flow-matching DiT (patch 1, 49 tokens) on the shards;
+  then a shortcut, a flow-matching and a MeanFlow DiT (patch 1, 49 tokens) on the shards;
 * class-conditional samples at 1, 2, 4, 8 and 128 steps, without and with
   guidance, scored by FID against the 10,000 test images (N samples per row,
   the same N in every row, classes balanced); the floors: N real training
@@ -52,8 +53,14 @@ from shortcut_fast.eval.images import save_grid
 from shortcut_fast.eval.metrics import gaussian_frechet_distance
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-PIXEL_MODELS = {"shortcut": {}, "flow": {"objective": "flow"}, "shortcut+ot": {"ot_pairing": True}}
-LATENT_MODELS = {"shortcut": {}, "flow": {"objective": "flow"}}
+MEANFLOW = {"objective": "meanflow"}  # the paper's default settings, on a model with continuous step sizes
+PIXEL_MODELS = {
+    "shortcut": {},
+    "flow": {"objective": "flow"},
+    "shortcut+ot": {"ot_pairing": True},
+    "meanflow": MEANFLOW,
+}
+LATENT_MODELS = {"shortcut": {}, "flow": {"objective": "flow"}, "meanflow": MEANFLOW}
 
 
 @dataclass(frozen=True)
@@ -149,14 +156,19 @@ def _key(budget: Budget, job: Job) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def dit(budget: Budget, space: str) -> sf.ShortcutDiT:
+def dit(budget: Budget, space: str, objective: str = "shortcut") -> sf.ShortcutDiT:
     torch.manual_seed(0)
     if space == "pixels":
         shape = dict(input_size=28, in_channels=1, patch_size=4)
     else:
         shape = dict(input_size=7, in_channels=4, patch_size=1)
     return sf.ShortcutDiT(
-        **shape, hidden_size=budget.hidden, depth=budget.depth, num_heads=budget.heads, num_classes=10
+        **shape,
+        hidden_size=budget.hidden,
+        depth=budget.depth,
+        num_heads=budget.heads,
+        num_classes=10,
+        step_embedding="sinusoidal" if objective == "meanflow" else "table",
     )
 
 
@@ -180,7 +192,7 @@ def train_dit(budget: Budget, job: Job, work: Path) -> dict:
     if (run_dir / "latest").exists():
         trainer = sf.Trainer.resume(run_dir, data)
     else:
-        trainer = sf.Trainer(dit(budget, job.space), data, config)
+        trainer = sf.Trainer(dit(budget, job.space, shortcut.objective), data, config)
     trainer.fit(max(0, budget.train_steps - trainer.step))
     sf.save_model(trainer.ema_model, work / "models" / job.label)
     loss = trainer.history[-1]["loss"] if trainer.history else None
