@@ -40,6 +40,7 @@ import torch.nn as nn
 from .graphs import GraphCache, modules_of, weights_key
 from .models import ConditionEmbedder, ShortcutDiT, ShortcutMLP, unwrap_model
 from .ops import backends
+from .ops import reference as SF
 from .steps import num_doublings
 
 MODES = ("auto", "on", "off")
@@ -119,10 +120,23 @@ def available() -> bool:
     return backends.native_available() and hasattr(torch.ops.shortcut_fast_engine, "sample")
 
 
-def _freqs(freq_dim: int) -> torch.Tensor:
-    # the sinusoid frequencies of ops.reference.timestep_features, in the same fp32 arithmetic
+def _freqs(freq_dim: int, stretch: bool = True) -> torch.Tensor:
+    # the sinusoid frequencies of ops.reference.timestep_features, in the same fp32 arithmetic; the engine stretches
+    # t by T_SCALE, which the frequencies undo for a model that embeds t unstretched (continuous step sizes)
     half = freq_dim // 2
-    return torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    return freqs if stretch else freqs / SF.T_SCALE
+
+
+@torch.no_grad()
+def _step_rows(cond: ConditionEmbedder, schedule: tuple[float, ...]) -> torch.Tensor:
+    """A continuous model's embedding of each step of ``schedule`` (S, hidden), as its forward computes it.
+
+    Made on every call from the module's weights, so that in-place updates are seen as for the other weights.
+    """
+    assert cond.d_mlp is not None  # a model with continuous step sizes
+    d = torch.tensor(schedule, dtype=torch.float32) / SF.T_SCALE  # unstretched, as ConditionEmbedder.forward
+    return cond.d_mlp(SF.timestep_features(d, cond.freq_dim)).contiguous()
 
 
 def _linear(layer: nn.Module) -> list[torch.Tensor]:
@@ -134,15 +148,14 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     empty = torch.empty(0)
     cond = base.cond
     assert isinstance(cond, ConditionEmbedder)  # _unsupported() refuses conditioning="official"
-    assert cond.d_table is not None  # and step_embedding="sinusoidal"
     tensors = [
-        _freqs(cond.freq_dim),
+        _freqs(cond.freq_dim, stretch=not base.continuous_steps),
         *_linear(cond.t_mlp[0]),
         *_linear(cond.t_mlp[2]),
-        cond.d_table.weight.detach(),
+        empty if cond.d_table is None else cond.d_table.weight.detach(),  # continuous: the rows of each call
         empty if cond.y_table is None else cond.y_table.weight.detach(),
     ]
-    hidden = cond.d_table.weight.shape[1]
+    hidden: int = cond.t_mlp[2].weight.shape[0]  # type: ignore[assignment,union-attr]  # an nn.Linear
     heads: int
     if isinstance(base, ShortcutDiT):
         conv = base.x_embedder
@@ -179,7 +192,7 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         patch,
         channels,
         grid,
-        num_doublings(base.min_step),
+        -1 if base.continuous_steps else num_doublings(base.min_step),
     ]
     return tensors, config
 
@@ -190,8 +203,6 @@ def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None
         return "the native extension with the engine is not built"
     if getattr(base, "conditioning", "shortcut") != "shortcut":
         return "the engine runs the package's own conditioning, not conditioning='official'"
-    if getattr(base, "continuous_steps", False):
-        return "the engine runs step-size tables, not step_embedding='sinusoidal'"
     if x.device.type != "cpu":
         return f"the engine runs on the CPU; the noise is on {x.device}"
     if x.dtype != torch.float32:
@@ -266,6 +277,9 @@ def run(
         assert isinstance(base, (ShortcutDiT, ShortcutMLP))  # its type was checked above
         entry.packed = _pack(base)
     tensors, config = entry.packed
+    if base.continuous_steps:
+        assert isinstance(base.cond, ConditionEmbedder)  # the official conditioning has a table
+        tensors = [*tensors[:5], _step_rows(base.cond, schedule), *tensors[6:]]
     y = None if y is None else y.long()  # validated by sample()
     config = [*config, ISAS[_isa], ATEN_ROWS]
     return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, list(schedule))

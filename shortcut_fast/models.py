@@ -250,9 +250,9 @@ class ConditionEmbedder(nn.Module):
     ) -> torch.Tensor:
         dtype: torch.dtype = self.t_mlp[0].weight.dtype  # type: ignore[assignment]  # an nn.Linear's weight
         if self.d_mlp is not None:
-            # t and d unstretched (the shared sinusoid stretches by T_SCALE, DiT's 1000 t): the derivatives in t
-            # and d that the MeanFlow target takes stay of order one instead of 1000. One call for both: the op
-            # costs more per call than per row
+            # t and d unstretched (the shared sinusoid stretches by T_SCALE, DiT's 1000 t), as MeanFlow's official
+            # code embeds them: the derivatives in t and d that its target takes stay of order one instead of
+            # 1000. One call for both: the op costs more per call than per row
             both = torch.cat([t, step.to(t.dtype)]) / T_SCALE
             features = ops.timestep_features(both, self.freq_dim).to(dtype)
             c = self.t_mlp(features[: t.shape[0]]) + self.d_mlp(features[t.shape[0] :])

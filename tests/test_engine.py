@@ -204,6 +204,37 @@ def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypat
     torch.testing.assert_close(results[2, 1.0, False], results[2, None, False], rtol=0, atol=0)
 
 
+def _continuous(kind: str) -> sf.ShortcutDiT | sf.ShortcutMLP:
+    """A class-conditional model with continuous step sizes (step_embedding="sinusoidal"), off its zero init."""
+    if kind == "dit":
+        model: sf.ShortcutDiT | sf.ShortcutMLP = sf.ShortcutDiT(
+            input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=10,
+            step_embedding="sinusoidal",
+        )  # fmt: skip
+    else:
+        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, step_embedding="sinusoidal")
+    return perturb_(model, seed=9, scale=0.1).eval()
+
+
+@pytest.mark.parametrize("isa", ISA_PATHS)
+@pytest.mark.parametrize("kind", ["dit", "mlp"])
+def test_engine_runs_real_step_sizes_of_a_continuous_model(kind, isa, monkeypatch):
+    model = _continuous(kind)
+    z = _noise(model, 3, seed=2)
+    labels = torch.tensor([0, 1, model.num_classes])
+    for steps in [1, 3, (0.1, 0.6, 0.3), (0.7, 0.2, 0.1)]:
+        for cfg in [None, 1.7]:
+            with engine.use_isa(isa):
+                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+    # each step gets its own embedding of d: the same steps in another order give another result
+    first, second = (_engine(model, z, monkeypatch, steps=s, y=labels) for s in ((0.1, 0.6, 0.3), (0.6, 0.1, 0.3)))
+    assert (first - second).abs().max() > 1e-3
+    with torch.no_grad():  # the step embedding is read from the module's weights at every call
+        model.cond.d_mlp[2].bias.add_(0.5)  # type: ignore[index,union-attr]
+    _assert_matches(_engine(model, z, monkeypatch, steps=2, y=labels), _reference(model, z, steps=2, y=labels), z)
+
+
 def test_the_op_refuses_steps_that_are_not_a_schedule_of_the_model():
     model = _mlp(0)
     tensors, config = engine._pack(model)

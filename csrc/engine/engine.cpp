@@ -3,7 +3,9 @@
 // shortcut_fast/engine.py passes the module's own weight tensors (no copies, so in-place updates are seen) in
 // the order below, and the configuration as ints:
 //   config  = [kind (0 DiT, 1 MLP), hidden, heads, depth, tokens, patch, in_channels (MLP: dim), grid,
-//              doublings K (min_step = 2^-K), isa (kernels.h Isa), aten_rows]
+//              doublings K (min_step = 2^-K; -1: continuous step sizes), isa (kernels.h Isa), aten_rows]
+// A model with continuous step sizes passes as d_table the embedding of each step of the schedule, row i for
+// step i (its MLP of the sinusoid of d, computed by the caller), and frequencies that undo the stretch of t.
 //   weights = [freqs, t_w1, t_b1, t_w2, t_b2, d_table, y_table or empty, in_w, in_b, pos_embed or empty,
 //              final_ada_w, final_ada_b, final_w, final_b, then the guidance input's embedder (intrinsic
 //              guidance) or five empties: w_freqs, w_w1, w_b1, w_w2, w_b2] then per block
@@ -73,12 +75,14 @@ struct Sampler {
 
   // c = t_mlp(features(t)) (+ the guidance embedding `w_emb`) + d_table[level of d] + y_table[y] for every
   // row; returns silu(c), the adaLN input
-  at::Tensor condition(float t, double d, const std::vector<float>& w_emb, const int64_t* y) const {
+  // (step: the index of the step in the schedule, the row of a continuous model's d_table)
+  at::Tensor condition(float t, double d, int64_t step, const std::vector<float>& w_emb, const int64_t* y) const {
     const int64_t h = cfg.hidden;
     std::vector<float> base = embed(0, t);
-    for (size_t i = 0; i < w_emb.size(); ++i) base[i] += w_emb[i];     // the model's order: (t + w) + d + y
-    const int64_t level = cfg.doublings + std::llround(std::log2(d));  // d = 2^-K is level 0
-    const float* d_row = ptr(w[5]) + level * h;
+    for (size_t i = 0; i < w_emb.size(); ++i) base[i] += w_emb[i];  // the model's order: (t + w) + d + y
+    // a table model's row is the level of d (d = 2^-K is level 0)
+    const int64_t row = cfg.doublings < 0 ? step : cfg.doublings + std::llround(std::log2(d));
+    const float* d_row = ptr(w[5]) + row * h;
     const float* y_table = ptr(w[6]);
     at::Tensor sc = buffer(rows_batch, h);
     float* out = sc.data_ptr<float>();
@@ -193,16 +197,26 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
   TORCH_CHECK(isa_supported(isa), "engine_sample: this CPU or build cannot run ISA ", config[9]);
   Config cfg{config[0] == 0, config[1], config[2], config[3], config[4],
              config[5],      config[6], config[7], config[8], Context{kernels_for(isa), config[10]}};
-  // sums of powers of two down to 2^-20 are exact in double, so the test of the sum is exact
+  const bool continuous = cfg.doublings < 0;
   double total = 0.0;
   for (const double d : steps) {
-    const double level = cfg.doublings + std::log2(d);
-    TORCH_CHECK(d > 0.0 && level >= 0.0 && level <= cfg.doublings && level == std::round(level),
-                "engine_sample: every step must be a step size 2^-k of the model (k from 0 to ", cfg.doublings,
-                "), got ", d);
+    if (continuous) {
+      TORCH_CHECK(d > 0.0 && d <= 1.0, "engine_sample: every step must lie in (0, 1], got ", d);
+    } else {
+      const double level = cfg.doublings + std::log2(d);
+      TORCH_CHECK(d > 0.0 && level >= 0.0 && level <= cfg.doublings && level == std::round(level),
+                  "engine_sample: every step must be a step size 2^-k of the model (k from 0 to ", cfg.doublings,
+                  "), got ", d);
+    }
     total += d;
   }
-  TORCH_CHECK(!steps.empty() && total == 1.0, "engine_sample: the steps must sum to 1, got ", total);
+  // sums of powers of two down to 2^-20 are exact in double, so a table model's test of the sum is exact; real
+  // steps get the rounding of their sum (steps.SUM_TOLERANCE)
+  TORCH_CHECK(!steps.empty() && std::abs(total - 1.0) <= (continuous ? 1e-9 : 0.0),
+              "engine_sample: the steps must sum to 1, got ", total);
+  TORCH_CHECK(!continuous || weights[5].size(0) == static_cast<int64_t>(steps.size()),
+              "engine_sample: a continuous model needs one d_table row per step, got ", weights[5].size(0), " for ",
+              steps.size(), " steps");
   const int64_t per_block = cfg.dit ? 10 : 6;
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block, "engine_sample: expected ",
               kCommon + cfg.depth * per_block, " weights, got ", weights.size());
@@ -227,8 +241,9 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
       intrinsic ? sampler.embed(kGuidance, static_cast<float>(cfg_scale.value_or(1.0))) : std::vector<float>();
   float* xp = out.data_ptr<float>();
   double t = 0.0;  // as the eager loop: t accumulates the step sizes in double and enters the model in fp32
-  for (const double d : steps) {
-    at::Tensor sc = sampler.condition(static_cast<float>(t), d, w_emb, labels.data());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const double d = steps[i];
+    at::Tensor sc = sampler.condition(static_cast<float>(t), d, static_cast<int64_t>(i), w_emb, labels.data());
     at::Tensor v = sampler.velocity(xp, sc);
     sampler.euler(xp, v.const_data_ptr<float>(), static_cast<float>(d), s);
     t += d;
