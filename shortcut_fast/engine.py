@@ -155,7 +155,7 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         empty if cond.d_table is None else cond.d_table.weight.detach(),  # continuous: the rows of each call
         empty if cond.y_table is None else cond.y_table.weight.detach(),
     ]
-    hidden: int = cond.t_mlp[2].weight.shape[0]  # type: ignore[assignment,union-attr]  # an nn.Linear
+    hidden: int = base.config["hidden_size"]
     heads: int
     if isinstance(base, ShortcutDiT):
         conv = base.x_embedder

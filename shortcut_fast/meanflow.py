@@ -37,10 +37,11 @@ and the target; rows whose label was dropped keep ``v``. The model then
 samples guided in one step, without ``cfg_scale``. The paper's second mixing
 term (its appendix's ``κ``) is not built.
 
-Choices of ours: the JVP runs on the whole batch (the ``d = 0`` rows need no
-tangent, but one forward keeps DDP's one-forward-per-backward rule); it is
-forward-mode AD (``torch.autograd.forward_ad``), which the fused ops serve
-with their own rules (``ops/jvp.py``).
+Choices of ours: the JVP is forward-mode AD (``torch.autograd.forward_ad``),
+which the fused ops serve with their own rules (``ops/jvp.py``). In one
+process it runs on the rows with ``d > 0`` only, and the ``d = 0`` rows (whose
+target is ``v``) take a plain forward; under torchrun the whole batch takes the
+JVP, one forward, as DDP allows one forward per backward.
 """
 
 from __future__ import annotations
@@ -80,11 +81,25 @@ def guided_velocity(model, x, s, y, v, scale: float, null_class: int, dropped: t
     return torch.where(keep, v, guided)
 
 
-def average_velocity_and_target(model, x, s, d, y, v) -> tuple[torch.Tensor, torch.Tensor]:
+def average_velocity_and_target(model, x, s, d, y, v, n_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``u(x, s, d)`` (differentiable in the weights) and its target ``sg(v + d · JVP)``.
 
     The JVP is the derivative of ``u`` along ``(dx, ds, dd) = (v, 1, -1)`` (see the module doc).
+    ``n_step``: rows ``[0, n_step)`` have ``d > 0`` and the others ``d = 0``, whose target is ``v`` without a
+    JVP: two forwards, the JVP on the first rows only. ``None``: one forward, the JVP on every row.
     """
+    if n_step is not None and n_step < x.shape[0]:
+        with checks.trusted_inputs():
+            u_flow = check_velocity(
+                model(x[n_step:], s[n_step:], d[n_step:], None if y is None else y[n_step:]), x[n_step:].shape
+            )
+        wide = torch.promote_types(u_flow.dtype, torch.float32)
+        if n_step == 0:
+            return u_flow, v.to(wide).detach()
+        u, target = average_velocity_and_target(
+            model, x[:n_step], s[:n_step], d[:n_step], None if y is None else y[:n_step], v[:n_step]
+        )
+        return torch.cat([u, u_flow]), torch.cat([target, v[n_step:].to(wide).detach()])
     with fwAD.dual_level(), checks.trusted_inputs():
         out = model(
             fwAD.make_dual(x, v.to(x.dtype)),

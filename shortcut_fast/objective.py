@@ -487,7 +487,9 @@ def _meanflow_loss(model, x1, y, config: ShortcutConfig, generator, shard, null_
             y_in = torch.where(dropped, torch.full_like(y, null_class), y)
             if config.meanflow_cfg_scale is not None:
                 v = meanflow.guided_velocity(model, x_s, s, y_in, v, config.meanflow_cfg_scale, null_class, dropped)
-        u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v)
+        # one process: the JVP on the d > 0 rows only (their count is the draw's); torchrun: one forward
+        n_step = round(n_global * (1.0 - config.instant_fraction)) if world == 1 else None
+        u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v, n_step)
     err, weighted = meanflow.adaptive_loss(u, target, config.adaptive_power)
     mse = err.detach() / x1[0].numel()
     step = d > 0

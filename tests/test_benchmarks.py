@@ -115,3 +115,16 @@ def test_api_overhead_times_sample_against_the_engine_op_it_runs():
     assert result["floor"] == "engine op"
     assert 0 < result["raw_s"] and 0 < result["sample_s"]
     assert result["overhead_s"] == pytest.approx(result["sample_s"] - result["raw_s"])
+
+
+@pytest.mark.slow
+def test_meanflow_step_times_every_row_and_writes_json(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("meanflow_step", SCRIPT.parent / "meanflow_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "meanflow_step.json"
+    assert module.main(["--preset", "digits", "--batch", "4", "--repeats", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert set(row["seconds"]) == {"flow", "meanflow", "meanflow, reference ops"}
+    assert all(s > 0 for s in row["seconds"].values()) and row["ratio_to_flow"]["flow"] == 1.0
+    assert "meanflow, reference ops" in capsys.readouterr().out

@@ -119,6 +119,32 @@ def test_the_target_is_the_derivative_along_the_trajectory(kind, backend):
     torch.testing.assert_close(target.double()[:2], central[:2], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("n_step", [0, 2, 5])
+def test_the_jvp_on_the_stepping_rows_only_is_the_jvp_on_every_row(n_step):
+    """One process runs the JVP on the d > 0 rows and a plain forward on the d = 0 rows: the same values and
+    gradients as one forward with the JVP on every row (torchrun's path)."""
+    model = _model("dit", torch.float64)
+    g = torch.Generator().manual_seed(4)
+    x, v = (
+        torch.randn(5, 2, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(5, 2, 4, 4, generator=g, dtype=torch.float64),
+    )
+    s = torch.tensor([0.1, 0.4, 0.2, 0.6, 0.3], dtype=torch.float64)
+    d = torch.tensor([0.5, 0.2, 0.1, 0.3, 0.6], dtype=torch.float64) * (torch.arange(5) < n_step)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    results = []
+    for split in (n_step, None):
+        model.zero_grad(set_to_none=True)
+        u, target = meanflow.average_velocity_and_target(model, x, s, d, y, v, split)
+        meanflow.adaptive_loss(u, target, 1.0)[1].mean().backward()
+        results.append((u.detach(), target, [p.grad.clone() for p in model.parameters()]))
+    (u1, t1, g1), (u2, t2, g2) = results
+    torch.testing.assert_close(u1, u2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(t1, t2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_the_draws_are_the_papers_logit_normal_pairs_in_this_convention():
     n, mean, std = 200_000, -0.4, 1.0
     s, d = meanflow.draw_times(n, mean, std, 0.0, torch.Generator().manual_seed(0))
