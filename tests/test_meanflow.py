@@ -184,26 +184,32 @@ def test_guidance_mixes_the_null_velocity_into_kept_rows():
 
 
 @pytest.mark.slow
-def test_one_meanflow_step_beats_one_flow_matching_step():
-    """On 1-D Gaussian data N(1.5, 0.5²), the same short run (300 steps): MeanFlow's 1-step samples are far
-    nearer the data than flow matching's (whose one step lands near the mean), in the exact W2 between Gaussians.
-    The plain squared error (adaptive_power=0): at this budget the paper's p = 1 is no better than flow matching
-    (W2 0.26 against 0.27 when measured), while p = 0 gives 0.04."""
+def test_meanflow_learns_the_one_step_map_better_than_flow_matching():
+    """On 1-D Gaussian data N(1.5, 0.5²), the same short run (300 steps): MeanFlow's u(x, 0, 1) is nearer the
+    exact one-step map (``GaussianFlowMap``) than what flow matching's one Euler step takes, v(x, 0). Measured on
+    this setup: relative errors 0.17-0.20 against 0.28-0.31 over two seeds and both CPU backends. The plain
+    squared error (adaptive_power=0), and the EMA weights."""
+    oracle = GaussianFlowMap(mu=1.5, sigma=0.5)
+    x = torch.randn(4000, 1, generator=torch.Generator().manual_seed(5))  # noise: s = 0
+    s, one = torch.zeros(4000), torch.ones(4000)
 
-    def one_step_w2(objective: str) -> float:
+    def relative_error(objective: str) -> float:
         torch.manual_seed(0)
         model = sf.ShortcutMLP(dim=1, hidden_size=64, depth=2, step_embedding="sinusoidal")
         data = 1.5 + 0.5 * torch.randn(4096, 1, generator=torch.Generator().manual_seed(0))
         config = sf.TrainConfig(
-            batch_size=256, lr=3e-3, ema_decay=0.0, progress=False, seed=0,
+            batch_size=256, lr=3e-3, ema_decay=0.99, progress=False, seed=0,
             shortcut=sf.ShortcutConfig(objective=objective, adaptive_power=0.0),
         )  # fmt: skip
-        sf.Trainer(model, data, config).fit(300)
-        out = sf.sample(model, shape=(8000, 1), steps=1, generator=torch.Generator().manual_seed(1))
-        return math.hypot(out.mean().item() - 1.5, out.std().item() - 0.5)
+        trainer = sf.Trainer(model, data, config)
+        trainer.fit(300)
+        d = one if objective == "meanflow" else torch.full_like(one, model.min_step)  # flow: its trained step
+        with torch.no_grad():
+            want, got = oracle(x, s, one), trainer.ema_model(x, s, d)
+        return ((got - want).norm() / want.norm()).item()
 
-    meanflow_w2, flow_w2 = one_step_w2("meanflow"), one_step_w2("flow")
-    assert meanflow_w2 < 0.5 * flow_w2, (meanflow_w2, flow_w2)
+    meanflow_error, flow_error = relative_error("meanflow"), relative_error("flow")
+    assert meanflow_error < 0.25 and meanflow_error < 0.8 * flow_error, (meanflow_error, flow_error)
 
 
 def test_meanflow_resumes_exactly(tmp_path):
