@@ -128,3 +128,15 @@ def test_meanflow_step_times_every_row_and_writes_json(tmp_path, capsys):
     assert set(row["seconds"]) == {"flow", "meanflow", "meanflow, reference ops"}
     assert all(s > 0 for s in row["seconds"].values()) and row["ratio_to_flow"]["flow"] == 1.0
     assert "meanflow, reference ops" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ot_cost_times_the_pairing_and_both_steps(tmp_path):
+    spec = importlib.util.spec_from_file_location("ot_cost", SCRIPT.parent / "ot_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "ot.json"
+    assert module.main(["--batch", "12", "--repeats", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["batch"] == 12 and all(s > 0 for s in row["seconds"].values())
+    assert set(row["seconds"]) == {"pairing within classes", "pairing over the batch", "step", "step with ot_pairing"}
