@@ -9,7 +9,9 @@ Times, interleaved in one process, one optimizer step (loss, backward, AdamW) of
 * ``meanflow``: ``objective="meanflow"`` with the fused ops (the default backend), the JVP by forward-mode
   AD through their rules;
 * ``meanflow, reference ops``: the same step on the plain PyTorch ops (``sf.backend("reference")``), what a
-  port without fused kernels runs.
+  port without fused kernels runs;
+* ``meanflow, central difference``: ``meanflow_derivative="central_difference"``, the derivative from one
+  more forward of twice the stepping rows without gradients instead of the JVP.
 
 Prints the median of ``--repeats`` rounds per row and the ratios to ``flow``; ``--json`` writes them.
 """
@@ -41,13 +43,13 @@ def build(name: str) -> sf.ShortcutDiT:
     return sf.ShortcutDiT(**MODELS[name], step_embedding="sinusoidal")
 
 
-def step_runner(model: sf.ShortcutDiT, batch: int, objective: str, backend: str):
+def step_runner(model: sf.ShortcutDiT, batch: int, objective: str, backend: str, **settings):
     """A function that runs one training step of ``objective`` on ``backend``; the same batch every time."""
     g = torch.Generator().manual_seed(1)
     x1 = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
     y = torch.randint(0, model.num_classes, (batch,), generator=g)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    config = sf.ShortcutConfig(objective=objective)
+    config = sf.ShortcutConfig(objective=objective, **settings)
 
     def run() -> None:
         with sf.backend(backend):
@@ -62,6 +64,9 @@ def measure(name: str, batch: int, repeats: int) -> dict:
         "flow": step_runner(build(name), batch, "flow", "auto"),
         "meanflow": step_runner(build(name), batch, "meanflow", "auto"),
         "meanflow, reference ops": step_runner(build(name), batch, "meanflow", "reference"),
+        "meanflow, central difference": step_runner(
+            build(name), batch, "meanflow", "auto", meanflow_derivative="central_difference"
+        ),
     }
     for run in rows.values():  # warm-up: auto's decisions, allocator, first-call costs
         run()
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(name, args.batch, args.repeats)
         results.append(r)
         for label, s in r["seconds"].items():
-            print(f"{name} batch {args.batch}: {label:<24} {1e3 * s:8.1f} ms  {r['ratio_to_flow'][label]:.2f}x flow")
+            print(f"{name} batch {args.batch}: {label:<29} {1e3 * s:8.1f} ms  {r['ratio_to_flow'][label]:.2f}x flow")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

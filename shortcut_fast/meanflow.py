@@ -53,6 +53,8 @@ from . import checks
 from .checks import check_velocity
 
 ADAPTIVE_EPS = 1e-3  # c of the adaptive weight 1 / (||Δ||² + c)^p
+FD_STEP = 1e-3  # h of the central difference: t and d enter unstretched, so u is smooth on this scale
+DERIVATIVES = ("jvp", "central_difference")
 
 
 def draw_times(
@@ -81,10 +83,15 @@ def guided_velocity(model, x, s, y, v, scale: float, null_class: int, dropped: t
     return torch.where(keep, v, guided)
 
 
-def average_velocity_and_target(model, x, s, d, y, v, n_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def average_velocity_and_target(
+    model, x, s, d, y, v, n_step: int | None = None, derivative: str = "jvp"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``u(x, s, d)`` (differentiable in the weights) and its target ``sg(v + d · JVP)``.
 
-    The JVP is the derivative of ``u`` along ``(dx, ds, dd) = (v, 1, -1)`` (see the module doc).
+    The JVP is the derivative of ``u`` along ``(dx, ds, dd) = (v, 1, -1)`` (see the module doc):
+    ``derivative="jvp"`` takes it exactly by forward-mode AD, ``"central_difference"`` as
+    ``(u(x + h v, s + h, d - h) - u(x - h v, s - h, d + h)) / 2h`` from one more forward of twice the rows
+    without gradients (``h = min(d, FD_STEP)``), the fallback of ports whose attention has no JVP.
     ``n_step``: rows ``[0, n_step)`` have ``d > 0`` and the others ``d = 0``, whose target is ``v`` without a
     JVP: two forwards, the JVP on the first rows only. ``None``: one forward, the JVP on every row.
     """
@@ -97,9 +104,17 @@ def average_velocity_and_target(model, x, s, d, y, v, n_step: int | None = None)
         if n_step == 0:
             return u_flow, v.to(wide).detach()
         u, target = average_velocity_and_target(
-            model, x[:n_step], s[:n_step], d[:n_step], None if y is None else y[:n_step], v[:n_step]
+            model, x[:n_step], s[:n_step], d[:n_step], None if y is None else y[:n_step], v[:n_step], None, derivative
         )
         return torch.cat([u, u_flow]), torch.cat([target, v[n_step:].to(wide).detach()])
+    u, dudt = _jvp(model, x, s, d, y, v) if derivative == "jvp" else _central_difference(model, x, s, d, y, v)
+    expand = (-1,) + (1,) * (x.dim() - 1)
+    wide = torch.promote_types(u.dtype, torch.float32)  # bf16 outputs get an fp32 target; fp64 stays fp64
+    target = (v.to(wide) + d.view(expand).to(wide) * dudt.to(wide)).detach()
+    return u, target
+
+
+def _jvp(model, x, s, d, y, v) -> tuple[torch.Tensor, torch.Tensor]:
     with fwAD.dual_level(), checks.trusted_inputs():
         out = model(
             fwAD.make_dual(x, v.to(x.dtype)),
@@ -111,10 +126,26 @@ def average_velocity_and_target(model, x, s, d, y, v, n_step: int | None = None)
     u = check_velocity(u, x.shape)
     if dudt is None:  # nothing carried a tangent: a model that ignores x, s and d
         raise RuntimeError("the model's output carries no tangent: MeanFlow needs u to depend on (x, s, d)")
-    expand = (-1,) + (1,) * (x.dim() - 1)
-    wide = torch.promote_types(u.dtype, torch.float32)  # bf16 outputs get an fp32 target; fp64 stays fp64
-    target = (v.to(wide) + d.view(expand).to(wide) * dudt.to(wide)).detach()
-    return u, target
+    return u, dudt
+
+
+def _central_difference(model, x, s, d, y, v) -> tuple[torch.Tensor, torch.Tensor]:
+    with checks.trusted_inputs():
+        u = check_velocity(model(x, s, d, y), x.shape)
+        # h <= d keeps d - h >= 0; rows with d = 0 get FD_STEP, their term is multiplied by d = 0
+        h = torch.where(d > 0, d.clamp(max=FD_STEP), torch.full_like(d, FD_STEP))
+        hx = h.view((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
+        with torch.no_grad():
+            both = model(
+                torch.cat([x + hx * v.to(x.dtype), x - hx * v.to(x.dtype)]),
+                torch.cat([s + h, s - h]),
+                torch.cat([d - h, d + h]),
+                None if y is None else torch.cat([y, y]),
+            )
+            ahead, behind = check_velocity(both, (2 * x.shape[0], *x.shape[1:])).chunk(2)
+            wide = torch.promote_types(u.dtype, torch.float32)
+            dudt = (ahead.to(wide) - behind.to(wide)) / (2 * hx.to(wide))
+    return u, dudt
 
 
 def adaptive_loss(u: torch.Tensor, target: torch.Tensor, power: float, eps: float = ADAPTIVE_EPS):

@@ -64,6 +64,7 @@ class ShortcutConfig:
     time_distribution: tuple[float, float] = (-0.4, 1.0)  # (mean, std) of the logit-normal MeanFlow times
     adaptive_power: float = 1.0  # p of the adaptive weight 1 / (||Δ||² + c)^p; 0 = the plain squared error
     meanflow_cfg_scale: float | None = None  # ω of the guided velocity folded into the target; None = off
+    meanflow_derivative: str = "jvp"  # "jvp" (forward-mode AD) or "central_difference" (two no-grad forwards)
 
     def __post_init__(self):
         num_doublings(self.min_step)
@@ -91,6 +92,10 @@ class ShortcutConfig:
         checks.check_number("adaptive_power", self.adaptive_power, 0.0, math.inf, high_open=True)
         if self.meanflow_cfg_scale is not None:
             checks.check_number("meanflow_cfg_scale", self.meanflow_cfg_scale, 0.0, math.inf, high_open=True)
+        if self.meanflow_derivative not in meanflow.DERIVATIVES:
+            raise ValueError(
+                f"meanflow_derivative must be one of {list(meanflow.DERIVATIVES)}, got {self.meanflow_derivative!r}"
+            )
         if self.objective != "meanflow":
             return
         excluded = {
@@ -489,7 +494,7 @@ def _meanflow_loss(model, x1, y, config: ShortcutConfig, generator, shard, null_
                 v = meanflow.guided_velocity(model, x_s, s, y_in, v, config.meanflow_cfg_scale, null_class, dropped)
         # one process: the JVP on the d > 0 rows only (their count is the draw's); torchrun: one forward
         n_step = round(n_global * (1.0 - config.instant_fraction)) if world == 1 else None
-        u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v, n_step)
+        u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v, n_step, config.meanflow_derivative)
     err, weighted = meanflow.adaptive_loss(u, target, config.adaptive_power)
     mse = err.detach() / x1[0].numel()
     step = d > 0

@@ -125,7 +125,7 @@ def test_meanflow_step_times_every_row_and_writes_json(tmp_path, capsys):
     out = tmp_path / "meanflow_step.json"
     assert module.main(["--preset", "digits", "--batch", "4", "--repeats", "1", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
-    assert set(row["seconds"]) == {"flow", "meanflow", "meanflow, reference ops"}
+    assert set(row["seconds"]) == {"flow", "meanflow", "meanflow, reference ops", "meanflow, central difference"}
     assert all(s > 0 for s in row["seconds"].values()) and row["ratio_to_flow"]["flow"] == 1.0
     assert "meanflow, reference ops" in capsys.readouterr().out
 
