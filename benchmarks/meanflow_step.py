@@ -21,13 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import shortcut_fast as sf
 from shortcut_fast.ops import autotune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved_medians  # noqa: E402
 
 MODELS = {
     "DiT-S/2": dict(input_size=32, in_channels=4, num_classes=1000),
@@ -71,14 +74,8 @@ def measure(name: str, batch: int, repeats: int) -> dict:
     for run in rows.values():  # warm-up: auto's decisions, allocator, first-call costs
         run()
         run()
-    times: dict[str, list[float]] = {label: [] for label in rows}
     with autotune.no_timing():
-        for _ in range(repeats):
-            for label, run in rows.items():
-                start = time.perf_counter()
-                run()
-                times[label].append(time.perf_counter() - start)
-    median = {label: statistics.median(t) for label, t in times.items()}
+        median = interleaved_medians(rows, repeats, warmup=0)
     return {
         "model": name,
         "batch": batch,

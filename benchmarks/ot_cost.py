@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import shortcut_fast as sf
 from shortcut_fast.techniques.pairing import ot_pair
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved_medians  # noqa: E402
 
 
 def model() -> sf.ShortcutDiT:
@@ -50,15 +53,7 @@ def measure(batch: int, repeats: int) -> dict:
         "step": step(False),
         "step with ot_pairing": step(True),
     }
-    for run in rows.values():
-        run()
-    times: dict[str, list[float]] = {label: [] for label in rows}
-    for _ in range(repeats):
-        for label, run in rows.items():
-            start = time.perf_counter()
-            run()
-            times[label].append(time.perf_counter() - start)
-    median = {label: statistics.median(t) for label, t in times.items()}
+    median = interleaved_medians(rows, repeats)
     return {
         "batch": batch,
         "seconds": median,

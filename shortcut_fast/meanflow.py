@@ -57,18 +57,23 @@ FD_STEP = 1e-3  # h of the central difference: t and d enter unstretched, so u i
 DERIVATIVES = ("jvp", "central_difference")
 
 
+def stepping_rows(n: int, instant_fraction: float) -> int:
+    """How many of ``n`` rows ``draw_times`` gives ``d > 0``: the first ``round(n (1 - instant_fraction))``."""
+    return round(n * (1.0 - instant_fraction))
+
+
 def draw_times(
     n: int, mean: float, std: float, instant_fraction: float, generator=None, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, d)`` of ``n`` rows: logit-normal MeanFlow times mapped to this package's convention.
 
-    Rows ``[0, n_step)`` have ``d > 0`` (``n_step = round(n (1 - instant_fraction))``), the rest ``d = 0``.
+    Rows ``[0, stepping_rows(n, instant_fraction))`` have ``d > 0``, the rest ``d = 0``.
     ``s + d <= 1`` on every row.
     """
     normal = torch.randn(2, n, generator=generator, device=device)
     a, b = torch.sigmoid(mean + std * normal)
     t, r = torch.maximum(a, b), torch.minimum(a, b)  # MeanFlow's end points, t = 1 noise
-    n_step = round(n * (1.0 - instant_fraction))
+    n_step = stepping_rows(n, instant_fraction)
     r = torch.cat([r[:n_step], t[n_step:]])
     return 1.0 - t, t - r
 

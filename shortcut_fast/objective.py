@@ -493,7 +493,7 @@ def _meanflow_loss(model, x1, y, config: ShortcutConfig, generator, shard, null_
             if config.meanflow_cfg_scale is not None:
                 v = meanflow.guided_velocity(model, x_s, s, y_in, v, config.meanflow_cfg_scale, null_class, dropped)
         # one process: the JVP on the d > 0 rows only (their count is the draw's); torchrun: one forward
-        n_step = round(n_global * (1.0 - config.instant_fraction)) if world == 1 else None
+        n_step = meanflow.stepping_rows(n_global, config.instant_fraction) if world == 1 else None
         u, target = meanflow.average_velocity_and_target(model, x_s, s, d, y_in, v, n_step, config.meanflow_derivative)
     err, weighted = meanflow.adaptive_loss(u, target, config.adaptive_power)
     mse = err.detach() / x1[0].numel()

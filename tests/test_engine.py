@@ -167,28 +167,22 @@ def test_engine_matches_reference_on_schedules_of_unequal_steps(name, isa, monke
     assert (descending - ascending).abs().max() > 1e-3
 
 
-def _guided(kind: str) -> sf.ShortcutDiT | sf.ShortcutMLP:
-    """A class-conditional model with a guidance input (intrinsic guidance), its w embedding made nonzero."""
+def _conditional(kind: str, seed: int, **option) -> sf.ShortcutDiT | sf.ShortcutMLP:
+    """A class-conditional model built with ``option`` (a guidance input, continuous step sizes), off its zero
+    init."""
     if kind == "dit":
         model: sf.ShortcutDiT | sf.ShortcutMLP = sf.ShortcutDiT(
-            input_size=8,
-            in_channels=2,
-            patch_size=2,
-            hidden_size=48,
-            depth=2,
-            num_heads=3,
-            num_classes=10,
-            guidance_input=True,
+            input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=10, **option
         )
     else:
-        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, guidance_input=True)
-    return perturb_(model, seed=7, scale=0.1).eval()
+        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, **option)
+    return perturb_(model, seed=seed, scale=0.1).eval()
 
 
 @pytest.mark.parametrize("isa", ISA_PATHS)
 @pytest.mark.parametrize("kind", ["dit", "mlp"])
 def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypatch):
-    model = _guided(kind)
+    model = _conditional(kind, seed=7, guidance_input=True)
     z = _noise(model, 3, seed=1)
     labels = torch.tensor([0, 1, model.num_classes])  # the last row unlabelled: the null class
     results = {}
@@ -204,22 +198,10 @@ def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypat
     torch.testing.assert_close(results[2, 1.0, False], results[2, None, False], rtol=0, atol=0)
 
 
-def _continuous(kind: str) -> sf.ShortcutDiT | sf.ShortcutMLP:
-    """A class-conditional model with continuous step sizes (step_embedding="sinusoidal"), off its zero init."""
-    if kind == "dit":
-        model: sf.ShortcutDiT | sf.ShortcutMLP = sf.ShortcutDiT(
-            input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=10,
-            step_embedding="sinusoidal",
-        )  # fmt: skip
-    else:
-        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, step_embedding="sinusoidal")
-    return perturb_(model, seed=9, scale=0.1).eval()
-
-
 @pytest.mark.parametrize("isa", ISA_PATHS)
 @pytest.mark.parametrize("kind", ["dit", "mlp"])
 def test_engine_runs_real_step_sizes_of_a_continuous_model(kind, isa, monkeypatch):
-    model = _continuous(kind)
+    model = _conditional(kind, seed=9, step_embedding="sinusoidal")
     z = _noise(model, 3, seed=2)
     labels = torch.tensor([0, 1, model.num_classes])
     for steps in [1, 3, (0.1, 0.6, 0.3), (0.7, 0.2, 0.1)]:
