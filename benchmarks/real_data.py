@@ -1,6 +1,7 @@
 """Real images, real FID: Fashion-MNIST in pixels and in the latents of a VAE trained here.
 
     python benchmarks/real_data.py --jobs 2            # the full run (planned at about 3 hours on 2 cores); resumes
+    python benchmarks/real_data.py --small --spaces pixels  # fewer steps and samples: about 1.5 hours on 2 AVX2 cores
     python benchmarks/real_data.py --quick             # every stage at a toy size, a substitute FID network
 
 Same budget and seeds for every model of a table:
@@ -81,6 +82,11 @@ class Budget:
     sample_steps: tuple[int, ...] = (1, 2, 4, 8, 128)
     cfg_scale: float = 1.5
     substitute_fid: bool = False  # quick: a small fixed random network instead of Inception
+
+    @staticmethod
+    def small() -> Budget:
+        """A fifth of the training and a third of the samples: for a 2-core machine without AVX-512."""
+        return Budget(train_steps=1000, n_fid=300, n_reference=2000)
 
     @staticmethod
     def quick() -> Budget:
@@ -364,16 +370,22 @@ def run_stage(budget: Budget, jobs: list[Job], work: Path, workers: int) -> dict
         return {label: f.result() for label, f in futures.items()}
 
 
-def plan(budget: Budget) -> list[list[Job]]:
-    """The stages in order; the jobs of a stage run in parallel."""
-    pixel = [Job("train", "pixels", name) for name in PIXEL_MODELS]
-    latent = [Job("train", "latents", name) for name in LATENT_MODELS]
-    return [
-        [*pixel, Job("vae", "latents")],
-        [Job("encode", "latents"), Job("floor", "pixels")],
-        [*latent, Job("floor", "latents")],
+SPACES = ("pixels", "latents")
+
+
+def plan(spaces: tuple[str, ...] = SPACES) -> list[list[Job]]:
+    """The stages in order, for the tables of ``spaces``; the jobs of a stage run in parallel."""
+    pixel = [Job("train", "pixels", name) for name in PIXEL_MODELS] if "pixels" in spaces else []
+    latent = [Job("train", "latents", name) for name in LATENT_MODELS] if "latents" in spaces else []
+    # the pixel floor computes the reference statistics too, so it runs beside the first trainings
+    first = [*pixel, Job("floor", "pixels")] if pixel else []
+    stages = [
+        first + ([Job("vae", "latents")] if latent else []),
+        [Job("encode", "latents")] if latent else [],
+        [*latent, Job("floor", "latents")] if latent else [],
         [Job("evaluate", j.space, j.name) for j in (*pixel, *latent)],
     ]
+    return [stage for stage in stages if stage]
 
 
 # ---------------------------------------------------------------- report
@@ -392,6 +404,8 @@ def write_report(report: dict, out: Path, work: Path) -> None:
     ]
     results = report["results"]
     for space, models in (("pixels", PIXEL_MODELS), ("latents", LATENT_MODELS)):
+        if f"floor-{space}" not in results:
+            continue
         floor_fid = results[f"floor-{space}"]["fid"]
         what = "real training images" if space == "pixels" else "VAE reconstructions of them"
         lines += [f"## {space} (floor: {what}, FID {floor_fid:.2f})", ""]
@@ -413,25 +427,29 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     parser.add_argument("--out", default=str(root / "docs"), help="where real_data.json and the table go")
     parser.add_argument("--work", help="models, runs and job results (default OUT/.real_data); keep it to resume")
-    parser.add_argument("--quick", action="store_true", help="toy sizes and a substitute FID network: seconds")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="toy sizes and a substitute FID network: seconds")
+    size.add_argument("--small", action="store_true", help="1000 steps per DiT, 300 samples per row, 2000 references")
+    parser.add_argument("--spaces", nargs="+", choices=SPACES, default=list(SPACES), help="the tables to make")
     parser.add_argument("--jobs", type=int, default=2, help="jobs at a time, one thread each (default 2)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if not Path(FASHION_MNIST).is_dir():
         parser.error(f"{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist")
-    budget = Budget.quick() if args.quick else Budget()
+    budget = Budget.quick() if args.quick else Budget.small() if args.small else Budget()
     out = Path(args.out)
     work = Path(args.work) if args.work else out / ".real_data"
     start = time.perf_counter()
     torch.set_num_threads(1 if args.jobs > 1 else torch.get_num_threads())
     results: dict[str, dict] = {}
-    for stage in plan(budget):
+    for stage in plan(tuple(args.spaces)):
         results.update(run_stage(budget, stage, work, args.jobs))
     report = dict(
         budget=asdict(budget),
         results=results,
         quick=args.quick,
+        spaces=args.spaces,
         torch=torch.__version__,
         machine=f"{platform.machine()} {sf.ops.autotune.cpu_model()} ({os.cpu_count()} cores)",
         wall_seconds=time.perf_counter() - start,

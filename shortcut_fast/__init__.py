@@ -19,6 +19,7 @@ from .objective import ShortcutConfig, shortcut_loss
 from .ops import autotune, backends
 from .ops.backends import backend, get_backend, set_backend
 from .pipeline import ShortcutPipeline
+from .sampler import Sampler
 from .sampling import clear_graph_cache, sample, set_graph_cache_size
 from .steps import allowed_steps, step_sizes
 from .train.step import train_step
@@ -46,6 +47,7 @@ __all__ = [
     "ShortcutDiT",
     "ShortcutMLP",
     "ShortcutModule",
+    "Sampler",
     "ShortcutPipeline",
     "TrainConfig",
     "Trainer",

@@ -14,12 +14,14 @@ cover (another dtype, hooks on the model, autocast, a progress bar or the
 official conditioning) falls back to the eager loop with one logged notice per
 reason.
 
-The engine reads the module's own weight tensors where they live, without
-copies, so in-place updates (optimizer steps, the EMA, ``load_state_dict``)
-are seen by the next call, as with the CUDA graphs; new weight tensors
-(``model.to(...)``) change ``weights_key`` and so the tensors handed over.
+The engine reads the module's own parameter tensors where they live, without
+copies or views, so in-place updates (optimizer steps, the EMA,
+``load_state_dict``) and ``p.data = ...`` are seen by the next call, as with
+the CUDA graphs; new parameter objects (``load_state_dict(assign=True)``, a
+replaced submodule) change ``weights_key`` and so the tensors handed over.
 (Prepacked copies would need a change signal: ``torch.optim.AdamW(fused=True)``
-does not bump the tensors' version counters.)
+does not bump the tensors' version counters.) ``Sampler`` (``sampler.py``)
+holds one model's packing and checks it per call at a fraction of this cost.
 
 The switch: ``set_mode("auto" | "on" | "off")`` or ``with mode(name):``;
 ``"on"`` raises ``ValueError`` where the engine cannot serve a call, ``"off"``
@@ -128,19 +130,9 @@ def _freqs(freq_dim: int, stretch: bool = True) -> torch.Tensor:
     return freqs if stretch else freqs / SF.T_SCALE
 
 
-@torch.no_grad()
-def _step_rows(cond: ConditionEmbedder, schedule: tuple[float, ...]) -> torch.Tensor:
-    """A continuous model's embedding of each step of ``schedule`` (S, hidden), as its forward computes it.
-
-    Made on every call from the module's weights, so that in-place updates are seen as for the other weights.
-    """
-    assert cond.d_mlp is not None  # a model with continuous step sizes
-    d = torch.tensor(schedule, dtype=torch.float32) / SF.T_SCALE  # unstretched, as ConditionEmbedder.forward
-    return cond.d_mlp(SF.timestep_features(d, cond.freq_dim)).contiguous()
-
-
 def _linear(layer: nn.Module) -> list[torch.Tensor]:
-    return [layer.weight.detach(), layer.bias.detach()]  # type: ignore[operator]  # an nn.Linear
+    # the parameters themselves, not detached views: a view would keep the old storage after `p.data = ...`
+    return [layer.weight, layer.bias]  # type: ignore[list-item]  # an nn.Linear
 
 
 def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int]]:
@@ -152,15 +144,15 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         _freqs(cond.freq_dim, stretch=not base.continuous_steps),
         *_linear(cond.t_mlp[0]),
         *_linear(cond.t_mlp[2]),
-        empty if cond.d_table is None else cond.d_table.weight.detach(),  # continuous: the rows of each call
-        empty if cond.y_table is None else cond.y_table.weight.detach(),
+        empty if cond.d_table is None else cond.d_table.weight,
+        empty if cond.y_table is None else cond.y_table.weight,
     ]
     hidden: int = base.config["hidden_size"]
     heads: int
     if isinstance(base, ShortcutDiT):
         conv = base.x_embedder
         assert conv.bias is not None  # the patch embedding has a bias
-        tensors += [conv.weight.detach().view(hidden, -1), conv.bias.detach(), base.pos_embed[0]]
+        tensors += [conv.weight, conv.bias, base.pos_embed]
         heads, tokens, patch, channels, grid = (
             base.blocks[0].attn.num_heads if base.blocks else 1,  # type: ignore[union-attr,assignment]
             base.grid**2,
@@ -183,6 +175,8 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
         if isinstance(base, ShortcutDiT):
             tensors += [*_linear(block.attn.qkv), *_linear(block.attn.proj)]  # type: ignore[union-attr,arg-type]
         tensors += [*_linear(block.mlp[0]), *_linear(block.mlp[2])]  # type: ignore[index,arg-type]
+    if cond.d_mlp is not None:  # continuous step sizes: the engine embeds each step's d as it does t
+        tensors += [*_linear(cond.d_mlp[0]), *_linear(cond.d_mlp[2])]
     config = [
         0 if isinstance(base, ShortcutDiT) else 1,
         hidden,
@@ -277,9 +271,10 @@ def run(
         assert isinstance(base, (ShortcutDiT, ShortcutMLP))  # its type was checked above
         entry.packed = _pack(base)
     tensors, config = entry.packed
-    if base.continuous_steps:
-        assert isinstance(base.cond, ConditionEmbedder)  # the official conditioning has a table
-        tensors = [*tensors[:5], _step_rows(base.cond, schedule), *tensors[6:]]
     y = None if y is None else y.long()  # validated by sample()
-    config = [*config, ISAS[_isa], ATEN_ROWS]
-    return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, cfg_scale, list(schedule))
+    return torch.ops.shortcut_fast_engine.sample(tensors, call_config(config), x, y, cfg_scale, list(schedule))
+
+
+def call_config(config: list[int]) -> list[int]:
+    """A model's configuration ints (``_pack``) with the switches of this call: the ISA and ``ATEN_ROWS``."""
+    return [*config, ISAS[_isa], ATEN_ROWS]

@@ -236,6 +236,23 @@ def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype, autocas
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def check_cfg_scale(base: nn.Module, cfg_scale: float | None) -> None:
+    """``cfg_scale`` of ``sample()`` for the (unwrapped) model ``base``: None, or a finite number for a
+    class-conditional model (``>= 0`` where it is the model's guidance input)."""
+    if cfg_scale is None:
+        return
+    if not checks.is_number(cfg_scale):
+        raise TypeError(f"cfg_scale must be a number or None, got {cfg_scale!r}")
+    if not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
+    if getattr(base, "num_classes", 0) <= 0:
+        raise ValueError("cfg_scale needs a class-conditional model (num_classes > 0); this one is unconditional")
+    if getattr(base, "guidance_input", False) and cfg_scale < 0:
+        raise ValueError(
+            f"cfg_scale is the guidance input of this model (intrinsic guidance) and must be >= 0, got {cfg_scale}"
+        )
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -300,19 +317,9 @@ def sample(
     null_class = getattr(base, "num_classes", 0)
     if y is not None and not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a tensor of class indices or None, got {type(y).__name__}")
-    if cfg_scale is not None:
-        if not checks.is_number(cfg_scale):
-            raise TypeError(f"cfg_scale must be a number or None, got {cfg_scale!r}")
-        if not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
-        if null_class <= 0:
-            raise ValueError("cfg_scale needs a class-conditional model (num_classes > 0); this one is unconditional")
-        if y is None:
-            raise ValueError("cfg_scale needs labels y to guide towards")
-        if getattr(base, "guidance_input", False) and cfg_scale < 0:
-            raise ValueError(
-                f"cfg_scale is the guidance input of this model (intrinsic guidance) and must be >= 0, got {cfg_scale}"
-            )
+    check_cfg_scale(base, cfg_scale)
+    if cfg_scale is not None and y is None:
+        raise ValueError("cfg_scale needs labels y to guide towards")
     if isinstance(y, torch.Tensor) and y.shape != (batch,):
         raise ValueError(f"y must have shape ({batch},) to match the batch of the noise, got {tuple(y.shape)}")
     if isinstance(base, ShortcutModule):

@@ -7,10 +7,11 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
-from helpers import TinyCustomModel, perturb_
+from engine_cases import ISA_PATHS, assert_matches, conditional, dit, engine_result, mlp, noise_for, reference
+from helpers import TinyCustomModel
 
 import shortcut_fast as sf
-from shortcut_fast import engine, sampling
+from shortcut_fast import engine
 from shortcut_fast.steps import num_doublings, step_schedule
 
 pytestmark = [
@@ -18,70 +19,11 @@ pytestmark = [
     pytest.mark.skipif(not engine.available(), reason="the native extension with the engine is not built"),
 ]
 
-ISA_PATHS = [
-    "scalar",
-    pytest.param("avx2", marks=pytest.mark.skipif(not engine.isa_supported("avx2"), reason="this CPU has no AVX2+FMA")),
-    pytest.param(
-        "avx512",
-        marks=pytest.mark.skipif(
-            not engine.isa_supported("avx512"), reason="this CPU has no AVX-512F: its kernels are built, not run"
-        ),
-    ),
-]
-
-
-def _dit(num_classes: int, patch: int = 2, channels: int = 2) -> sf.ShortcutDiT:
-    model = sf.ShortcutDiT(
-        input_size=8,
-        in_channels=channels,
-        patch_size=patch,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        num_classes=num_classes,
-    )
-    return perturb_(model, seed=num_classes + patch, scale=0.1).eval()
-
-
-def _mlp(num_classes: int) -> sf.ShortcutMLP:
-    return perturb_(sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=num_classes), seed=5, scale=0.1).eval()
-
-
-def _noise(model, batch: int, seed: int = 0) -> torch.Tensor:
-    shape = (
-        (model.dim,) if isinstance(model, sf.ShortcutMLP) else (model.in_channels, model.input_size, model.input_size)
-    )
-    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _reference(model, z, **kwargs) -> torch.Tensor:
-    with engine.mode("off"), sf.backend("reference"):
-        return sf.sample(model, z, **kwargs)
-
-
-def _engine(model, z, monkeypatch, **kwargs) -> torch.Tensor:
-    """The engine's result, with the eager loop made to fail so that a silent fallback cannot pass."""
-
-    def no_eager(*args, **kw):
-        raise AssertionError("the eager loop ran")
-
-    with monkeypatch.context() as patch, engine.mode("on"):
-        patch.setattr(sampling, "_euler_loop", no_eager)
-        return sf.sample(model, z, **kwargs)
-
-
-def _assert_matches(out, ref, z) -> None:
-    """1e-5 of the largest change the sampler made (the output minus its noise)."""
-    scale = (ref - z).abs().max().item()
-    assert scale > 1e-2  # the models move the noise: the comparison is of real velocities
-    torch.testing.assert_close(out - z, ref - z, rtol=0, atol=1e-5 * scale)
-
-
 MODELS = {
-    "dit": lambda: _dit(10),
-    "dit_uncond_patch4": lambda: _dit(0, patch=4, channels=1),
-    "mlp": lambda: _mlp(4),
-    "mlp_uncond": lambda: _mlp(0),
+    "dit": lambda: dit(10),
+    "dit_uncond_patch4": lambda: dit(0, patch=4, channels=1),
+    "mlp": lambda: mlp(4),
+    "mlp_uncond": lambda: mlp(0),
 }
 
 
@@ -92,49 +34,49 @@ def test_engine_matches_reference_on_odd_batches_with_and_without_guidance(name,
     model = MODELS[name]()
     monkeypatch.setattr(engine, "ATEN_ROWS", aten_rows)
     for batch, steps in [(1, 1), (3, 2), (7, 4)]:
-        z = _noise(model, batch, seed=batch)
+        z = noise_for(model, batch, seed=batch)
         labels = torch.randint(0, model.num_classes, (batch,)) if model.num_classes else None
         guidance = [None, 1.7] if model.num_classes else [None]
         for cfg in guidance:
             with engine.use_isa(isa):
-                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
-            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+                out = engine_result(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            assert_matches(out, reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
 
 
 def test_engine_matches_reference_at_every_count_of_equal_steps(monkeypatch):
-    model = _dit(10)
-    z, labels = _noise(model, 3), torch.tensor([0, 9, 10])  # 10: the null class
+    model = dit(10)
+    z, labels = noise_for(model, 3), torch.tensor([0, 9, 10])  # 10: the null class
     for k in range(num_doublings(model.min_step) + 1):
-        _assert_matches(
-            _engine(model, z, monkeypatch, steps=2**k, y=labels), _reference(model, z, steps=2**k, y=labels), z
+        assert_matches(
+            engine_result(model, z, monkeypatch, steps=2**k, y=labels), reference(model, z, steps=2**k, y=labels), z
         )
     # an explicit schedule of equal steps is the same call
-    _assert_matches(
-        _engine(model, z, monkeypatch, steps=(0.25,) * 4, y=labels), _reference(model, z, steps=4, y=labels), z
+    assert_matches(
+        engine_result(model, z, monkeypatch, steps=(0.25,) * 4, y=labels), reference(model, z, steps=4, y=labels), z
     )
 
 
 def test_engine_sees_an_optimizer_step_and_new_weight_tensors(monkeypatch):
-    model = _dit(10)
-    z, labels = _noise(model, 2), torch.tensor([1, 2])
-    before = _engine(model, z, monkeypatch, y=labels)  # the engine now holds this model's tensors
+    model = dit(10)
+    z, labels = noise_for(model, 2), torch.tensor([1, 2])
+    before = engine_result(model, z, monkeypatch, y=labels)  # the engine now holds this model's tensors
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     x1 = torch.randn(4, 2, 8, 8)
     sf.train_step(model.train(), opt, x1, torch.tensor([0, 1, 2, 3]), use_graph=False)
     model.eval()
-    after = _engine(model, z, monkeypatch, y=labels)
-    reference = _reference(model, z, y=labels)
+    after = engine_result(model, z, monkeypatch, y=labels)
+    expected = reference(model, z, y=labels)
     assert (after - before).abs().max() > 1e-3
-    _assert_matches(after, reference, z)
+    assert_matches(after, expected, z)
     model.double().float()  # new tensors everywhere
     with torch.no_grad():
         model.final_layer.linear.bias.add_(0.5)
-    _assert_matches(_engine(model, z, monkeypatch, y=labels), _reference(model, z, y=labels), z)
+    assert_matches(engine_result(model, z, monkeypatch, y=labels), reference(model, z, y=labels), z)
 
 
 def test_calls_the_engine_does_not_cover_fall_back_with_one_notice(caplog, monkeypatch):
-    model = _dit(10).double()
-    z, labels = _noise(model, 2).double(), torch.tensor([1, 2])
+    model = dit(10).double()
+    z, labels = noise_for(model, 2).double(), torch.tensor([1, 2])
     monkeypatch.setattr(engine, "_noticed", set())
     with caplog.at_level(logging.WARNING, logger="shortcut_fast.engine"):
         first = sf.sample(model, z, y=labels)
@@ -156,42 +98,30 @@ SCHEDULES = [3, 5, 6, step_schedule(6, order="ascending")]
 def test_engine_matches_reference_on_schedules_of_unequal_steps(name, isa, monkeypatch):
     model = MODELS[name]()
     for batch, steps in zip([1, 3, 5, 3], SCHEDULES, strict=True):
-        z = _noise(model, batch, seed=batch)
+        z = noise_for(model, batch, seed=batch)
         labels = torch.randint(0, model.num_classes, (batch,), generator=torch.Generator().manual_seed(batch))
         for cfg in [None, 1.7]:
             with engine.use_isa(isa):
-                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
-            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+                out = engine_result(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            assert_matches(out, reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
     # the order of the steps is seen: the same sizes in the other order give another result (z, labels: batch 3)
-    descending, ascending = (_engine(model, z, monkeypatch, steps=s, y=labels) for s in (6, SCHEDULES[-1]))
+    descending, ascending = (engine_result(model, z, monkeypatch, steps=s, y=labels) for s in (6, SCHEDULES[-1]))
     assert (descending - ascending).abs().max() > 1e-3
-
-
-def _conditional(kind: str, seed: int, **option) -> sf.ShortcutDiT | sf.ShortcutMLP:
-    """A class-conditional model built with ``option`` (a guidance input, continuous step sizes), off its zero
-    init."""
-    if kind == "dit":
-        model: sf.ShortcutDiT | sf.ShortcutMLP = sf.ShortcutDiT(
-            input_size=8, in_channels=2, patch_size=2, hidden_size=48, depth=2, num_heads=3, num_classes=10, **option
-        )
-    else:
-        model = sf.ShortcutMLP(dim=3, hidden_size=40, depth=2, num_classes=4, **option)
-    return perturb_(model, seed=seed, scale=0.1).eval()
 
 
 @pytest.mark.parametrize("isa", ISA_PATHS)
 @pytest.mark.parametrize("kind", ["dit", "mlp"])
 def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypatch):
-    model = _conditional(kind, seed=7, guidance_input=True)
-    z = _noise(model, 3, seed=1)
+    model = conditional(kind, seed=7, guidance_input=True)
+    z = noise_for(model, 3, seed=1)
     labels = torch.tensor([0, 1, model.num_classes])  # the last row unlabelled: the null class
     results = {}
     for steps in [2, 3]:
         # cfg_scale None: w = 1 with labels and without (every row the null class)
         for cfg, y in [(None, labels), (None, None), (0.0, labels), (1.0, labels), (2.5, labels)]:
             with engine.use_isa(isa):
-                out = _engine(model, z, monkeypatch, steps=steps, y=y, cfg_scale=cfg)
-            _assert_matches(out, _reference(model, z, steps=steps, y=y, cfg_scale=cfg), z)
+                out = engine_result(model, z, monkeypatch, steps=steps, y=y, cfg_scale=cfg)
+            assert_matches(out, reference(model, z, steps=steps, y=y, cfg_scale=cfg), z)
             results[steps, cfg, y is None] = out
     # w enters the network: guidance scales give other samples, and w = 1 is the unguided call
     assert (results[2, 0.0, False] - results[2, 2.5, False]).abs().max() > 1e-3
@@ -201,27 +131,29 @@ def test_engine_embeds_the_guidance_input_as_the_model_does(kind, isa, monkeypat
 @pytest.mark.parametrize("isa", ISA_PATHS)
 @pytest.mark.parametrize("kind", ["dit", "mlp"])
 def test_engine_runs_real_step_sizes_of_a_continuous_model(kind, isa, monkeypatch):
-    model = _conditional(kind, seed=9, step_embedding="sinusoidal")
-    z = _noise(model, 3, seed=2)
+    model = conditional(kind, seed=9, step_embedding="sinusoidal")
+    z = noise_for(model, 3, seed=2)
     labels = torch.tensor([0, 1, model.num_classes])
     for steps in [1, 3, (0.1, 0.6, 0.3), (0.7, 0.2, 0.1)]:
         for cfg in [None, 1.7]:
             with engine.use_isa(isa):
-                out = _engine(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
-            _assert_matches(out, _reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
+                out = engine_result(model, z, monkeypatch, steps=steps, y=labels, cfg_scale=cfg)
+            assert_matches(out, reference(model, z, steps=steps, y=labels, cfg_scale=cfg), z)
     # each step gets its own embedding of d: the same steps in another order give another result
-    first, second = (_engine(model, z, monkeypatch, steps=s, y=labels) for s in ((0.1, 0.6, 0.3), (0.6, 0.1, 0.3)))
+    first, second = (
+        engine_result(model, z, monkeypatch, steps=s, y=labels) for s in ((0.1, 0.6, 0.3), (0.6, 0.1, 0.3))
+    )
     assert (first - second).abs().max() > 1e-3
     with torch.no_grad():  # the step embedding is read from the module's weights at every call
         model.cond.d_mlp[2].bias.add_(0.5)  # type: ignore[index,union-attr]
-    _assert_matches(_engine(model, z, monkeypatch, steps=2, y=labels), _reference(model, z, steps=2, y=labels), z)
+    assert_matches(engine_result(model, z, monkeypatch, steps=2, y=labels), reference(model, z, steps=2, y=labels), z)
 
 
 def test_the_op_refuses_steps_that_are_not_a_schedule_of_the_model():
-    model = _mlp(0)
+    model = mlp(0)
     tensors, config = engine._pack(model)
     config = [*config, engine.ISAS["scalar"], engine.ATEN_ROWS]
-    z = _noise(model, 2)
+    z = noise_for(model, 2)
     for steps, words in [([0.5, 0.25], "sum to 1"), ([0.75, 0.25], "step size"), ([2.0**-8] * 256, "step size")]:
         with pytest.raises(RuntimeError, match=words):
             torch.ops.shortcut_fast_engine.sample(tensors, config, z, None, None, steps)
@@ -240,7 +172,7 @@ def test_other_modules_keep_the_eager_loop_quietly(caplog):
 
 
 def _bad_calls(model):
-    z = _noise(model, 2)
+    z = noise_for(model, 2)
     return {
         "schedule not summing to 1": dict(noise=z, steps=(0.5, 0.25)),
         "steps too many": dict(noise=z, steps=256),
@@ -258,9 +190,9 @@ def _bad_calls(model):
     }
 
 
-@pytest.mark.parametrize("case", list(_bad_calls(_dit(10))))
+@pytest.mark.parametrize("case", list(_bad_calls(dit(10))))
 def test_bad_input_raises_the_same_error_on_both_paths(case):
-    model = _dit(10)
+    model = dit(10)
     kwargs = _bad_calls(model)[case]
     errors = []
     for name in ("off", "on"):

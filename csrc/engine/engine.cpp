@@ -1,20 +1,22 @@
 // The engine's N-step sampler for ShortcutDiT and ShortcutMLP, and its ops torch.ops.shortcut_fast_engine.*.
 //
-// shortcut_fast/engine.py passes the module's own weight tensors (no copies, so in-place updates are seen) in
-// the order below, and the configuration as ints:
+// shortcut_fast/engine.py passes the module's own parameter tensors (no copies and no views, so in-place updates
+// and `p.data = ...` are both seen) in the order below, and the configuration as ints:
 //   config  = [kind (0 DiT, 1 MLP), hidden, heads, depth, tokens, patch, in_channels (MLP: dim), grid,
 //              doublings K (min_step = 2^-K; -1: continuous step sizes), isa (kernels.h Isa), aten_rows]
-// A model with continuous step sizes passes as d_table the embedding of each step of the schedule, row i for
-// step i (its MLP of the sinusoid of d, computed by the caller), and frequencies that undo the stretch of t.
-//   weights = [freqs, t_w1, t_b1, t_w2, t_b2, d_table, y_table or empty, in_w, in_b, pos_embed or empty,
+//   weights = [freqs, t_w1, t_b1, t_w2, t_b2, d_table or empty, y_table or empty, in_w (DiT: the patch
+//              convolution's (hidden, C, p, p) weight), in_b, pos_embed (1, tokens, hidden) or empty,
 //              final_ada_w, final_ada_b, final_w, final_b, then the guidance input's embedder (intrinsic
 //              guidance) or five empties: w_freqs, w_w1, w_b1, w_w2, w_b2] then per block
 //              DiT: [ada_w, ada_b, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b]
 //              MLP: [ada_w, ada_b, fc1_w, fc1_b, fc2_w, fc2_b]
+//              and last, for a model with continuous step sizes, the embedder of d: [d_w1, d_b1, d_w2, d_b2].
+// A continuous model embeds t and d unstretched: its freqs are the sinusoid's divided by the stretch 1000.
 #include <ATen/Parallel.h>
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -56,33 +58,38 @@ struct Sampler {
 
   const at::Tensor& block(int64_t i, int64_t j) const { return w[kCommon + i * per_block + j]; }
 
-  // mlp(features(value)) of the sinusoid embedders (of t, and of w under intrinsic guidance): the weights
-  // w[first] (frequencies), then the two linear layers' weight and bias
-  std::vector<float> embed(int64_t first, float value) const {
-    const int64_t half = w[first].numel(), fdim = w[first + 1].size(1);
+  // mlp(features(value)) of the sinusoid embedders (of t, of d with continuous step sizes, and of w under
+  // intrinsic guidance): the frequencies `freqs`, then the two linear layers' weight and bias from w[first]
+  std::vector<float> embed(const at::Tensor& freqs, int64_t first, float value) const {
+    const int64_t half = freqs.numel(), fdim = w[first].size(1);
     std::vector<float> feat(fdim, 0.0f);  // an odd fdim keeps its last feature at zero, as the reference pads
     const float s = value * 1000.0f;      // as the reference: the value in fp32, then stretched in fp32
     for (int64_t j = 0; j < half; ++j) {
-      const float arg = s * w[first].const_data_ptr<float>()[j];
+      const float arg = s * freqs.const_data_ptr<float>()[j];
       feat[j] = std::cos(arg);
       feat[half + j] = std::sin(arg);
     }
     std::vector<float> hid(cfg.hidden), out(cfg.hidden);
-    linear(cfg.ctx, feat.data(), 1, w[first + 1], {Epi::kBiasSilu, ptr(w[first + 2])}, hid.data(), nullptr);
-    linear(cfg.ctx, hid.data(), 1, w[first + 3], {Epi::kBias, ptr(w[first + 4])}, out.data(), nullptr);
+    linear(cfg.ctx, feat.data(), 1, w[first], {Epi::kBiasSilu, ptr(w[first + 1])}, hid.data(), nullptr);
+    linear(cfg.ctx, hid.data(), 1, w[first + 2], {Epi::kBias, ptr(w[first + 3])}, out.data(), nullptr);
     return out;
   }
 
-  // c = t_mlp(features(t)) (+ the guidance embedding `w_emb`) + d_table[level of d] + y_table[y] for every
-  // row; returns silu(c), the adaLN input
-  // (step: the index of the step in the schedule, the row of a continuous model's d_table)
-  at::Tensor condition(float t, double d, int64_t step, const std::vector<float>& w_emb, const int64_t* y) const {
+  // c = t_mlp(features(t)) (+ the guidance embedding `w_emb`) + the embedding of d + y_table[y] for every
+  // row; returns silu(c), the adaLN input. The embedding of d: d_table[level of d] (d = 2^-K is level 0), or
+  // with continuous step sizes d_mlp(features(d)).
+  at::Tensor condition(float t, double d, const std::vector<float>& w_emb, const int64_t* y) const {
     const int64_t h = cfg.hidden;
-    std::vector<float> base = embed(0, t);
+    std::vector<float> base = embed(w[0], 1, t);
     for (size_t i = 0; i < w_emb.size(); ++i) base[i] += w_emb[i];  // the model's order: (t + w) + d + y
-    // a table model's row is the level of d (d = 2^-K is level 0)
-    const int64_t row = cfg.doublings < 0 ? step : cfg.doublings + std::llround(std::log2(d));
-    const float* d_row = ptr(w[5]) + row * h;
+    std::vector<float> d_emb;
+    const float* d_row;
+    if (cfg.doublings < 0) {
+      d_emb = embed(w[0], kCommon + cfg.depth * per_block, static_cast<float>(d));
+      d_row = d_emb.data();
+    } else {
+      d_row = ptr(w[5]) + (cfg.doublings + std::llround(std::log2(d))) * h;
+    }
     const float* y_table = ptr(w[6]);
     at::Tensor sc = buffer(rows_batch, h);
     float* out = sc.data_ptr<float>();
@@ -103,13 +110,13 @@ struct Sampler {
     at::Tensor hs = buffer(m, h), ln = buffer(m, h), scratch = buffer(m, h);
     float* hp = hs.data_ptr<float>();
     if (cfg.dit) {
-      const int64_t width = w[7].size(1);
-      at::Tensor patches = buffer(m, width);
+      const at::Tensor conv = w[7].view({h, -1});  // (hidden, C, p, p) as a linear layer over (C, p, p) patches
+      at::Tensor patches = buffer(m, conv.size(1));
       patchify(x, batch, rows_batch, cfg.in_channels, cfg.patch, cfg.grid, patches.data_ptr<float>());
       Epilogue e{Epi::kBiasTable, ptr(w[8]), ptr(w[9])};
       e.gate_ld = h;
       e.tokens = cfg.tokens;
-      linear(cfg.ctx, patches.data_ptr<float>(), m, w[7], e, hp, nullptr);
+      linear(cfg.ctx, patches.data_ptr<float>(), m, conv, e, hp, nullptr);
     } else {
       at::Tensor rows = buffer(m, cfg.in_channels);
       for (int64_t b = 0; b < rows_batch; ++b)
@@ -214,23 +221,28 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
   // steps get the rounding of their sum (steps.SUM_TOLERANCE)
   TORCH_CHECK(!steps.empty() && std::abs(total - 1.0) <= (continuous ? 1e-9 : 0.0),
               "engine_sample: the steps must sum to 1, got ", total);
-  TORCH_CHECK(!continuous || weights[5].size(0) == static_cast<int64_t>(steps.size()),
-              "engine_sample: a continuous model needs one d_table row per step, got ", weights[5].size(0), " for ",
-              steps.size(), " steps");
   const int64_t per_block = cfg.dit ? 10 : 6;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kCommon + cfg.depth * per_block, "engine_sample: expected ",
-              kCommon + cfg.depth * per_block, " weights, got ", weights.size());
+  const int64_t expected = kCommon + cfg.depth * per_block + (continuous ? 4 : 0);  // continuous: d's embedder
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == expected, "engine_sample: expected ", expected, " weights, got ",
+              weights.size());
   // intrinsic guidance: w = cfg_scale (1 without one) is an input of the network, one forward per step
   const bool intrinsic = weights[kGuidance].numel() > 0;
   const bool guided = cfg_scale.has_value() && !intrinsic;
   const int64_t batch = x.size(0), rows_batch = guided ? 2 * batch : batch;
   at::Tensor out = x.contiguous().clone();
+  const float* noise = out.const_data_ptr<float>();
+  TORCH_CHECK(std::all_of(noise, noise + out.numel(), [](float v) { return std::isfinite(v); }),
+              "engine_sample: the noise holds NaN or inf values");
   std::vector<int64_t> labels;
   if (weights[6].numel()) {
     const int64_t null_class = weights[6].size(0) - 1;
     TORCH_CHECK(y.has_value() || !guided, "engine_sample: guidance needs labels");
     at::Tensor yl = y.has_value() ? y->to(at::kLong).contiguous() : at::full({batch}, null_class, at::kLong);
     labels.assign(yl.const_data_ptr<int64_t>(), yl.const_data_ptr<int64_t>() + batch);
+    // a label indexes the table: the callers check the range in Python first, a Sampler here alone
+    for (const int64_t label : labels)
+      TORCH_CHECK(label >= 0 && label <= null_class, "engine_sample: labels must lie in [0, ", null_class, "], got ",
+                  label);
     if (guided) labels.resize(rows_batch, null_class);
   }
   GilRelease release;
@@ -238,12 +250,12 @@ at::Tensor engine_sample(std::vector<at::Tensor> weights, std::vector<int64_t> c
   const std::optional<float> s = guided ? std::optional<float>(static_cast<float>(*cfg_scale)) : std::nullopt;
   // the same w every step: its embedding once per call
   const std::vector<float> w_emb =
-      intrinsic ? sampler.embed(kGuidance, static_cast<float>(cfg_scale.value_or(1.0))) : std::vector<float>();
+      intrinsic ? sampler.embed(weights[kGuidance], kGuidance + 1, static_cast<float>(cfg_scale.value_or(1.0)))
+                : std::vector<float>();
   float* xp = out.data_ptr<float>();
   double t = 0.0;  // as the eager loop: t accumulates the step sizes in double and enters the model in fp32
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const double d = steps[i];
-    at::Tensor sc = sampler.condition(static_cast<float>(t), d, static_cast<int64_t>(i), w_emb, labels.data());
+  for (const double d : steps) {
+    at::Tensor sc = sampler.condition(static_cast<float>(t), d, w_emb, labels.data());
     at::Tensor v = sampler.velocity(xp, sc);
     sampler.euler(xp, v.const_data_ptr<float>(), static_cast<float>(d), s);
     t += d;
