@@ -61,9 +61,13 @@ def _choices(op: str) -> set[str]:
     return {row["choice"] for row in autotune.table() if row["op"] == op}
 
 
-def _layernorm_inputs():
+def _layernorm_inputs(batch: int = 3):
     g = torch.Generator().manual_seed(0)
-    return torch.randn(3, 7, 40, generator=g), torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g)
+    return (
+        torch.randn(batch, 7, 40, generator=g),
+        torch.randn(batch, 40, generator=g),
+        torch.randn(batch, 40, generator=g),
+    )
 
 
 class CountingKernel:
@@ -398,8 +402,8 @@ def test_every_rank_runs_rank_0s_decisions(tmp_path, sharding):
     assert {row[4] for row in rank1} == {"rank 0"}
 
 
-def _traced_ops(fn, *args) -> set[str]:
-    """The ops in the graph ``torch.compile(fn, fullgraph=True)`` traces for ``args``."""
+def _traced_ops(fn, *args, dynamic: bool | None = None) -> set[str]:
+    """The ops in the graph ``torch.compile(fn, fullgraph=True, dynamic=dynamic)`` traces for ``args``."""
     seen: set[str] = set()
 
     def backend(gm, example_inputs):
@@ -407,7 +411,7 @@ def _traced_ops(fn, *args) -> set[str]:
         return gm.forward
 
     torch._dynamo.reset()
-    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    torch.compile(fn, backend=backend, fullgraph=True, dynamic=dynamic)(*args)
     return seen
 
 
@@ -424,3 +428,19 @@ def test_a_compiled_call_times_nothing_and_runs_what_was_decided(measured):
         fn(x, shift, scale)  # decided eagerly: the reference
         assert measured.calls > 0
         assert not any("shortcut_fast." in op for op in _traced_ops(fn, x, shift, scale))
+
+
+def test_a_traced_call_of_symbolic_sizes_takes_what_most_decided_buckets_chose(measured):
+    # dynamic shapes (what torch.compile turns to on a second batch size): the bucket is unknown while tracing
+    def fn(x, shift, scale):
+        return sf.ops.modulate_layernorm(x, shift, scale)
+
+    with torch.no_grad():
+        measured.seconds = {"kernel": 3.0, "reference": 1.0}
+        for rows in (3, 9, 17):  # three buckets decided eagerly, each for the reference
+            x, shift, scale = _layernorm_inputs(rows)
+            fn(x, shift, scale)
+        calls = measured.calls
+        traced = _traced_ops(fn, *_layernorm_inputs(40), dynamic=True)
+        assert not any("shortcut_fast." in op for op in traced)
+        assert measured.calls == calls  # nothing timed while tracing

@@ -184,13 +184,13 @@ def _key(name: str, namespace: str, args: tuple) -> Key:
 
 
 @torch.compiler.assume_constant_result
-def _choice_while_tracing(name: str, namespace: str, device, dtypes: tuple, grad: bool, bucket: tuple) -> bool:
-    """The decision of a call that ``torch.compile`` traces: run at trace time and kept as a constant of the
-    graph, so a compiled model runs what ``auto`` decided before it was compiled (``shortcut_fast.tune``)."""
-    key = _key_of(name, namespace, device, dtypes, grad, bucket)
+def _choice_while_tracing(name: str, namespace: str, device, dtypes: tuple, grad: bool) -> bool:
+    """The decision of a call that ``torch.compile`` traces, of any size: what most of the op's decided buckets
+    chose (ties: the kernel), else the fixed rule. Run at trace time and kept as a constant of the graph, so a
+    compiled model runs what ``auto`` decided before it was compiled (``shortcut_fast.tune``)."""
+    key = _key_of(name, namespace, device, dtypes, grad, ())
     with _lock:
-        choice = _choices.get(key)
-        return _fallback(key) if choice is None else choice
+        return _fallback(key)
 
 
 def _text(key: Key) -> str:
@@ -206,7 +206,10 @@ def keeps(name: str, namespace: str, fused: Callable, reference: Callable, args:
     if not active():
         return True
     if torch.compiler.is_compiling():
-        return _choice_while_tracing(name, namespace, *_signature(args))
+        # no bucket: under dynamic shapes the sizes are symbolic while tracing (dynamo shows them as ints, so
+        # that cannot be told), and a constant of the graph must not depend on them
+        device, dtypes, grad, _ = _signature(args)
+        return _choice_while_tracing(name, namespace, device, dtypes, grad)
     # the raw attributes of the call: no string or bucket built once its key is decided
     call = (
         name,
@@ -367,6 +370,8 @@ def _fallback(key: Key) -> bool:
         near = [(k, d) for k, d in _decisions.items() if k[:5] == key[:5]]
         if failed:
             choice = False
+        elif near and not key[5]:  # a traced call (no bucket): what most of the op's buckets chose
+            choice = 2 * sum(d.fused for _, d in near) >= len(near)
         elif near:
             size = sum(b.bit_length() for b in key[5])
             choice = min(near, key=lambda kd: abs(sum(b.bit_length() for b in kd[0][5]) - size))[1].fused
