@@ -37,7 +37,7 @@ from shortcut_fast.objective import ShortcutConfig
 from shortcut_fast.ops import autotune
 from shortcut_fast.ops import reference as SF
 from shortcut_fast.ops.decision_cache import DecisionCache
-from shortcut_fast.steps import resolve_schedule
+from shortcut_fast.sampling import schedule_of
 
 DIGITS_DIT = dict(input_size=8, in_channels=1, patch_size=4, hidden_size=192, depth=4, num_heads=4, num_classes=10)
 TINY_DIT = dict(input_size=8, in_channels=1, patch_size=2, hidden_size=64, depth=2, num_heads=2, num_classes=10)
@@ -250,7 +250,7 @@ def raw_engine_op(model, steps: int) -> Callable:
     """
     tensors, config = sf.engine._pack(model)
     config = [*config, sf.engine.ISAS[sf.engine.active_isa()], sf.engine.ATEN_ROWS]
-    schedule = list(resolve_schedule(steps, model.min_step))  # the engine takes the step sizes in order
+    schedule = list(schedule_of(model, steps))  # the engine takes the step sizes in order
 
     def call(x, y):
         return torch.ops.shortcut_fast_engine.sample(tensors, config, x, y, None, schedule)

@@ -139,7 +139,7 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     """The module's tensors in the order of csrc/engine/engine.cpp, and its configuration ints."""
     empty = torch.empty(0)
     cond = base.cond
-    assert isinstance(cond, ConditionEmbedder)  # _unsupported() refuses conditioning="official"
+    assert isinstance(cond, ConditionEmbedder)  # _unsupported_model() refuses conditioning="official"
     tensors = [
         _freqs(cond.freq_dim, stretch=not base.continuous_steps),
         *_linear(cond.t_mlp[0]),
@@ -191,12 +191,22 @@ def _pack(base: ShortcutDiT | ShortcutMLP) -> tuple[list[torch.Tensor], list[int
     return tensors, config
 
 
-def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None:
-    """Why the engine cannot serve this call for reasons of the call or the model's settings, or None."""
+def _unsupported_model(base: nn.Module) -> str | None:
+    """Why the engine cannot serve this model for reasons of its settings, or None (its weights: see
+    ``_unsupported_weights``)."""
     if not available():
         return "the native extension with the engine is not built"
     if getattr(base, "conditioning", "shortcut") != "shortcut":
         return "the engine runs the package's own conditioning, not conditioning='official'"
+    # the cached module list (graphs.modules_of): a walk of model.modules() on every call costs more than the
+    # engine's whole batch-1 step
+    if any(m._forward_hooks or m._forward_pre_hooks for m in modules_of(base)):
+        return "the model has forward hooks, which the engine would skip"
+    return None
+
+
+def _unsupported_call(x: torch.Tensor, progress: bool) -> str | None:
+    """Why the engine cannot serve a call on the noise ``x``, or None."""
     if x.device.type != "cpu":
         return f"the engine runs on the CPU; the noise is on {x.device}"
     if x.dtype != torch.float32:
@@ -205,10 +215,6 @@ def _unsupported(base: nn.Module, x: torch.Tensor, progress: bool) -> str | None
         return "CPU autocast is on"
     if progress:
         return "the engine shows no progress bar"
-    # the cached module list (graphs.modules_of): a walk of model.modules() on every call costs more than the
-    # engine's whole batch-1 step
-    if any(m._forward_hooks or m._forward_pre_hooks for m in modules_of(base)):
-        return "the model has forward hooks, which the engine would skip"
     return None
 
 
@@ -258,7 +264,7 @@ def run(
         if _mode == "on":
             raise ValueError(f"the engine serves ShortcutDiT and ShortcutMLP only, not {type(base).__name__}")
         return None
-    reason = _unsupported(base, x, progress)
+    reason = _unsupported_model(base) or _unsupported_call(x, progress)
     if reason is not None:
         _fall_back(reason)
         return None

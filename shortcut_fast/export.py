@@ -30,8 +30,7 @@ from . import checks
 from .checkpoint import atomic_file
 from .models import ShortcutDiT, ShortcutMLP, unwrap_model
 from .ops import backends
-from .sampling import _euler_loop
-from .steps import resolve_schedule
+from .sampling import _euler_loop, schedule_of
 
 ONNX_FILE_LIMIT = 2**31 - 1  # bytes: one protobuf file; larger models need ONNX's external data
 
@@ -88,7 +87,7 @@ def export_onnx(
     if any(p.dtype != torch.float32 for p in base.parameters()):
         raise TypeError("export_onnx exports fp32 models; call model.float() first")
     checks.check_int("example_batch", example_batch, 2)  # a batch of 1 would be traced as a constant
-    schedule = tuple(resolve_schedule(steps, base.min_step, base.continuous_steps))
+    schedule = schedule_of(base, steps)
     classes = base.num_classes
     if cfg_scale is not None:
         if not checks.is_number(cfg_scale) or not math.isfinite(cfg_scale):

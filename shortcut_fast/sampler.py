@@ -37,8 +37,7 @@ import torch.nn as nn
 from . import engine, graphs
 from .checks import LABEL_DTYPES
 from .models import ShortcutDiT, ShortcutMLP, unwrap_model
-from .sampling import check_cfg_scale, sample
-from .steps import DEFAULT_MIN_STEP, resolve_schedule
+from .sampling import check_cfg_scale, sample, schedule_of
 
 
 class _Packing:
@@ -50,7 +49,7 @@ class _Packing:
         modules = graphs.modules_of(base)
         # every parameter, buffer and child by name: a replaced or deleted one reads back as another object
         tables: list[dict] = [t for m in modules for t in (m._parameters, m._buffers, m._modules)]
-        self.tables = [table for table in tables for _ in table]
+        self.entry_tables = [table for table in tables for _ in table]
         self.keys = [key for table in tables for key in table]
         self.values = [value for table in tables for value in table.values()]
         # the engine would skip hooks (sample() refuses them): none when packed, none now
@@ -61,7 +60,7 @@ class _Packing:
         count every one), the same object under every name, and no forward hook added."""
         return (
             graphs._generation == self.generation
-            and all(map(operator.is_, map(dict.get, self.tables, self.keys), self.values))
+            and all(map(operator.is_, map(dict.get, self.entry_tables, self.keys), self.values))
             and not any(map(len, self.hooks))
         )
 
@@ -80,9 +79,7 @@ class Sampler:
             raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
         self.model = model
         self._base = unwrap_model(model)
-        self.schedule = resolve_schedule(
-            steps, getattr(self._base, "min_step", DEFAULT_MIN_STEP), getattr(self._base, "continuous_steps", False)
-        )
+        self.schedule = schedule_of(self._base, steps)
         check_cfg_scale(self._base, cfg_scale)
         self.cfg_scale = None if cfg_scale is None else float(cfg_scale)
         self._steps = list(self.schedule)
@@ -98,10 +95,8 @@ class Sampler:
         if type(base) not in (ShortcutDiT, ShortcutMLP) or not engine.available():
             return
         assert isinstance(base, (ShortcutDiT, ShortcutMLP))
-        probe = torch.empty((1, 1), dtype=torch.float32)  # what the engine asks of the noise is checked per call
-        if engine._unsupported(base, probe, progress=False) or engine._unsupported_weights(
-            [t for t in (*base.parameters(), *base.buffers())]
-        ):
+        # what the engine asks of the noise is checked per call (_serves)
+        if engine._unsupported_model(base) or engine._unsupported_weights(engine._Weights(base).tensors):
             return
         self._shape = (
             (base.in_channels, base.input_size, base.input_size) if isinstance(base, ShortcutDiT) else (int(base.dim),)

@@ -236,6 +236,14 @@ def _graph_run_chunked(model, x, y, scale, steps, null_class, net_dtype, autocas
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def schedule_of(base: nn.Module, steps) -> tuple[float, ...]:
+    """``sample()``'s ``steps`` as the schedule the (unwrapped) model ``base`` runs (``steps.resolve_schedule``
+    with its ``min_step``, 1/128 when it has none, and its ``continuous_steps``)."""
+    return resolve_schedule(
+        steps, getattr(base, "min_step", DEFAULT_MIN_STEP), getattr(base, "continuous_steps", False)
+    )
+
+
 def check_cfg_scale(base: nn.Module, cfg_scale: float | None) -> None:
     """``cfg_scale`` of ``sample()`` for the (unwrapped) model ``base``: None, or a finite number for a
     class-conditional model (``>= 0`` where it is the model's guidance input)."""
@@ -309,9 +317,7 @@ def sample(
         raise TypeError(f"model must be an nn.Module called as model(x, t, d, y), got {type(model).__name__}")
     checks.check_optional_bool("use_graph", use_graph, "automatic")
     base = unwrap_model(model)
-    steps = resolve_schedule(
-        steps, getattr(base, "min_step", DEFAULT_MIN_STEP), getattr(base, "continuous_steps", False)
-    )
+    steps = schedule_of(base, steps)
     x, conditions = _noise(model, noise, shape, generator, dtype)
     batch = x.shape[0]
     null_class = getattr(base, "num_classes", 0)
