@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -92,6 +93,19 @@ def test_ema_update_rule():
     for e0, e1, w1 in zip(before, trainer.ema_model.parameters(), trainer.model.parameters(), strict=True):
         torch.testing.assert_close(e1, 0.75 * e0 + 0.25 * w1.detach())
     assert not any(p.requires_grad for p in trainer.ema_model.parameters())
+
+
+def test_fit_warns_once_while_the_ema_still_holds_much_of_the_initial_weights():
+    x, y = make_data(16)
+    trainer = sf.Trainer(make_model(), (x, y), config(ema_decay=0.9))
+    with pytest.warns(UserWarning, match=r"after 3 steps the EMA model \(ema_decay=0.9\) still holds 73%") as seen:
+        trainer.fit(3)  # 0.9 ** 3 of the EMA is the initial weights
+    assert "train to about 29 steps" in str(seen[0].message)  # 0.9 ** 29 < 0.05 <= 0.9 ** 28
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.fit(2)  # warned once
+        settled = sf.Trainer(make_model(), (x, y), config(ema_decay=0.5))
+        settled.fit(5)  # 0.5 ** 5 = 3%
 
 
 @pytest.mark.slow

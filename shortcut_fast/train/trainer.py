@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +35,9 @@ from .step import graph_targets, step_on_checked_inputs
 STATE_FILE, TRAINER_FILE = "state.safetensors", "trainer.json"
 TARGET_EMA_FILE = "ema_target.safetensors"  # the fast EMA of twin EMA
 TRAINER_FORMAT = "shortcut_fast.trainer/1"
+# The share of the initial weights in the EMA (ema_decay ** step) above which fit() warns: at the zero-initialised
+# output layer they give a zero velocity, so an EMA that still holds much of them samples little but the noise.
+EMA_INITIAL_SHARE_LIMIT = 0.05
 
 
 class NonFiniteError(RuntimeError, ValueError):
@@ -205,6 +209,7 @@ class Trainer:
         self._bad_run = torch.zeros((), dtype=torch.long, device=self.device)
         self._stopped_at = torch.full((), -1, dtype=torch.long, device=self.device)
         self.history: list[dict] = []
+        self._ema_warned = False
         self._kernels_decided = False
 
     # ---------------------------------------------------------------- one step
@@ -372,7 +377,27 @@ class Trainer:
         self._raise_if_stopped()
         if cfg.checkpoint_dir and steps and saved_at != self.step:
             self.checkpoint()
+        if steps:
+            self._warn_if_ema_near_start()
         return self.history
+
+    def _warn_if_ema_near_start(self) -> None:
+        """Warn (once, on rank 0) where the EMA model still holds much of the initial weights: its samples would
+        be near the noise, and with ``ema_targets`` the self-consistency targets near zero."""
+        decay = self.config.ema_decay
+        share = decay**self.step
+        if self._ema_warned or not self.is_main or share <= EMA_INITIAL_SHARE_LIMIT:
+            return
+        self._ema_warned = True
+        lower = f"lower ema_decay (about {EMA_INITIAL_SHARE_LIMIT ** (1 / self.step):.4g} for {self.step} steps)"
+        if decay < 1:
+            lower = f"train to about {math.ceil(math.log(EMA_INITIAL_SHARE_LIMIT) / math.log(decay))} steps, or {lower}"
+        warnings.warn(
+            f"after {self.step} steps the EMA model (ema_decay={decay}) still holds {share:.0%} of the initial "
+            f"weights, so its samples stay close to the noise: {lower}",
+            UserWarning,
+            stacklevel=2,
+        )
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Path | None:
