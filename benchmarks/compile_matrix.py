@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kernels import attention, elementwise, embedding, layernorm  # noqa: E402
+from kernels import attention, attention_jvp, elementwise, embedding, layernorm  # noqa: E402
 from shortcut_fast.models import DIT_PRESETS, FREQ_DIM  # noqa: E402
 from shortcut_fast.ops import contract  # noqa: E402
 
@@ -66,6 +67,10 @@ _HALF_FORWARD_SM80 = (
     "a few bytes in the 4-warp 128x32 tile at Dh 128 on sm_80 (255 registers), which stay in L1; the "
     "autotuner times it against the three configurations that do not spill"
 )
+_HALF_JVP_SM80 = (
+    "up to 3.1 KB in the JVP's 64-row tiles at Dh 128 on sm_80 (two query blocks and two fp32 sums in 255 "
+    "registers), which stay in L1; the autotuner times them against the 32x64 tile, which does not spill"
+)
 _FP32_LAYERNORM_BWD_SM80 = (
     "8 B stores and 8 B loads in the fp32 backward's 8x512 tile (C=384 padded to 512 channels) on sm_80, "
     "which stay in L1; bf16/fp16 and sm_90 do not spill, nor does any other width"
@@ -83,10 +88,16 @@ ACCEPTED: dict[tuple[str, str, int], tuple[int, str]] = {
         for target in TARGETS
     },
     **{("attention_fwd", dtype, 80): (64, _HALF_FORWARD_SM80) for dtype in ("bf16", "fp16")},
+    **{("attention_jvp", dtype, 80): (3200, _HALF_JVP_SM80) for dtype in ("bf16", "fp16")},
     ("modulate_layernorm_bwd", "fp32", 80): (16, _FP32_LAYERNORM_BWD_SM80),
 }
 # wgmma works on 64-row tiles per warpgroup; a kernel's dots whose row block is smaller get mma.sync.
-_DOT_ROWS = {"attention_fwd": "BLOCK_M", "attention_bwd_dq": "BLOCK_M", "attention_bwd_dkdv": "BLOCK_N"}
+_DOT_ROWS = {
+    "attention_fwd": "BLOCK_M",
+    "attention_jvp": "BLOCK_M",
+    "attention_bwd_dq": "BLOCK_M",
+    "attention_bwd_dkdv": "BLOCK_N",
+}
 WGMMA_ROWS = 64
 
 
@@ -186,6 +197,18 @@ KERNELS = {
         attention._attention_fwd_kernel,
         {"lse_ptr": "*fp32", "seq_len": "i32", "sm_scale": "fp32", "batch_bucket": "i32", **_STRIDES},
     ),
+    "attention_jvp": (
+        attention_jvp._attention_jvp_kernel,
+        {
+            "lse_ptr": "*fp32",
+            "d_lse_ptr": "*fp32",
+            "seq_len": "i32",
+            "sm_scale": "fp32",
+            "batch_bucket": "i32",
+            **_STRIDES,
+            **{f"tangent_{name}": "i32" for name in ("stride_b", "stride_h", "stride_n")},
+        },
+    ),
     "attention_bwd_delta": (attention._attention_bwd_delta_kernel, {"delta_ptr": "*fp32", "n_rows": "i32"}),
     "attention_bwd_dkdv": (
         attention._attention_bwd_dkdv_kernel,
@@ -258,7 +281,10 @@ def _cases_for(target: int, dtype: torch.dtype) -> list[Case]:
     precision = attention._dot_precision(dtype)
     for head_dim in contract.support("attention_fwd", "triton").head_dims:
         shape, fixed = f"Dh={head_dim}", {"HEAD_DIM": head_dim, "DOT_PRECISION": precision}
-        for name in ("attention_fwd", "attention_bwd_dkdv", "attention_bwd_dq"):
+        for name in ("attention_fwd", "attention_jvp", "attention_bwd_dkdv", "attention_bwd_dq"):
+            op = "attention_bwd" if name.startswith("attention_bwd") else name
+            if not contract.support(op, "triton").runs(dtype, head_dim):
+                continue  # the contract sends it to the reference (attention_jvp in fp32)
             cases += _autotuned_cases(name, KERNELS[name][0], dtype, target, shape, fixed, "q_ptr", True)
         # attention_backward launches the delta kernel with BLOCK_M 64 and Triton's default warps and stages
         cases.append(_fixed_case("attention_bwd_delta", dtype, target, shape, {"HEAD_DIM": head_dim, "BLOCK_M": 64}))
@@ -354,7 +380,7 @@ def compile_case(case: Case) -> dict:
     attrs = {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
-        if signature[name][0] == "*" or name.startswith("stride_")
+        if signature[name][0] == "*" or name.startswith(("stride_", "tangent_stride_"))
     }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()
@@ -386,9 +412,33 @@ def compile_case(case: Case) -> dict:
     }
 
 
+def compile_apart(case: Case) -> dict:
+    """``compile_case`` in a forked child, so that a compiler that aborts (an LLVM assertion) is a failed row of
+    the matrix rather than the end of it."""
+    start = time.perf_counter()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, send the row, leave without running the parent's exit handlers
+        os.close(read)
+        with os.fdopen(write, "w") as out:
+            out.write(json.dumps(compile_case(case)))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) or not text:
+        why = f"signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else "no result"
+        return {"ok": False, "error": f"the compiler aborted ({why})", "seconds": time.perf_counter() - start}
+    return json.loads(text)
+
+
 def verdict(case: Case, result: dict) -> tuple[bool, str]:
-    """Whether the case passes, and the decision the table shows."""
+    """Whether the case passes, and the decision the table shows. A pruned case never launches: that it does not
+    compile is shown, and fails nothing."""
     if not result["ok"]:
+        if case.pruned:
+            return True, f"does not compile ({result['error'].splitlines()[0][:120]}); {case.pruned}"
         return False, "does not compile"
     notes = []
     if result["shared"] > SHARED_LIMIT[case.target]:
@@ -436,7 +486,7 @@ def run(cases: list[Case], log=sys.stderr) -> list[dict]:
             saved = json.loads(stored.read_text())
             result = saved["result"] if saved.get("sources") == sources else None
         if result is None:
-            result = compile_case(case)
+            result = compile_apart(case)
             stored.write_text(json.dumps({"sources": sources, "result": result}))
         passed, decision = verdict(case, result)
         rows.append({**dataclasses.asdict(case), "key": case.key, **result, "passed": passed, "decision": decision})

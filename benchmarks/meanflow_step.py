@@ -19,8 +19,6 @@ Prints the median of ``--repeats`` rounds per row and the ratios to ``flow``; ``
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import shortcut_fast as sf
 from shortcut_fast.ops import autotune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved_medians  # noqa: E402
+from timing import cpu_line, interleaved_medians, save_results  # noqa: E402
 
 MODELS = {
     "DiT-S/2": dict(input_size=32, in_channels=4, num_classes=1000),
@@ -95,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, fp32")
+    print(cpu_line())
     for name in args.preset:
         if name not in MODELS and name not in sf.models.DIT_PRESETS:
             parser.error(f"unknown model {name!r}; choose 'digits' or a DiT preset")
@@ -103,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         for label, s in r["seconds"].items():
             print(f"{name} batch {args.batch}: {label:<29} {1e3 * s:8.1f} ms  {r['ratio_to_flow'][label]:.2f}x flow")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    save_results(results, args.json)
     return 0
 
 

@@ -13,8 +13,6 @@ images and labels. Prints medians and the share of the step the pairing takes.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import shortcut_fast as sf
 from shortcut_fast.techniques.pairing import ot_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved_medians  # noqa: E402
+from timing import cpu_line, interleaved_medians, save_results  # noqa: E402
 
 
 def model() -> sf.ShortcutDiT:
@@ -67,16 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, fp32")
+    print(cpu_line())
     results = []
     for batch in args.batch:
         r = measure(batch, args.repeats)
         results.append(r)
         cells = ", ".join(f"{label} {1e3 * s:.1f} ms" for label, s in r["seconds"].items())
         print(f"batch {batch}: {cells}; step with OT / without: {r['step_ratio']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    save_results(results, args.json)
     return 0
 
 

@@ -13,6 +13,9 @@ TORCH_LIBRARY(shortcut_fast, m) {
       "attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse)"
       " -> (Tensor dq, Tensor dk, Tensor dv)");
   m.def(
+      "attention_jvp(Tensor q, Tensor k, Tensor v, Tensor dq, Tensor dk, Tensor dv)"
+      " -> (Tensor out, Tensor lse, Tensor d_out, Tensor d_lse)");
+  m.def(
       "modulate_layernorm_fwd(Tensor x, Tensor shift, Tensor scale, float eps)"
       " -> (Tensor y, Tensor mean, Tensor rstd)");
   m.def(

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <utility>
 
 namespace shortcut_fast {
 
@@ -72,6 +73,31 @@ inline AttentionSizes check_attention_bwd(const at::Tensor& grad_out, const at::
   check_dtype(op, "lse", lse, at::kFloat);
   check_layout(op, "lse", lse, q);
   return sizes;
+}
+
+// The fused JVP of attention: six (B, H, N, Dh) tensors of one shape, dtype
+// (fp32, fp64, fp16 or bf16: what the CPU kernels sum) and device, contiguous.
+// Unlike the ops above it raises ValueError (shapes, devices, layouts) and
+// TypeError (dtypes), as its Triton twin does.
+inline AttentionSizes check_attention_jvp(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv) {
+  const char* op = "shortcut_fast::attention_jvp: ";
+  TORCH_CHECK_VALUE(q.dim() == 4, op, "q must be (B, H, N, Dh), got shape ", q.sizes());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   "q must be float32, float64, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK_VALUE(q.size(2) > 0 && q.size(3) > 0, op, "q must have tokens and head dims, got shape ", q.sizes());
+  const std::pair<const char*, const at::Tensor*> others[] = {
+      {"k", &k}, {"v", &v}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
+  for (const auto& [name, t] : others) {
+    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), op, name, " must have the shape of q ", q.sizes(), ", got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == dtype, op, name, " must have the dtype of q (", dtype, "), got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == q.device(), op, name, " is on ", t->device(), ", q on ", q.device());
+  }
+  TORCH_CHECK_VALUE(q.is_contiguous(), op, "q must be contiguous");
+  for (const auto& [name, t] : others) TORCH_CHECK_VALUE(t->is_contiguous(), op, name, " must be contiguous");
+  return {q.size(0) * q.size(1), q.size(2), q.size(3)};
 }
 
 struct RowSizes {

@@ -7,6 +7,7 @@ compiled on its own; the launchers take whatever a kernel needs as arguments.
 ops of the op contract. By family:
 
 * ``attention``: flash-attention forward (online softmax, log-sum-exp kept) and backward;
+* ``attention_jvp``: the attention's forward-mode derivative (out, lse and their tangents) in one pass;
 * ``layernorm``: ``modulate_layernorm`` forward and backward;
 * ``elementwise``: ``gated_residual``, ``euler_step``, ``bootstrap_midpoint``, ``bootstrap_target``;
 * ``embedding``: ``timestep_features``, ``condition_sum``;

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 from helpers import double_gradient, micro_dit, run_or_show_hang
 
 import shortcut_fast as sf
 from shortcut_fast import doctor
 from shortcut_fast.ops import autotune, backends, dispatch
+from shortcut_fast.ops import jvp as jvp_rules
 from shortcut_fast.ops import reference as SF
 from shortcut_fast.ops.decision_cache import DecisionCache, fingerprint
 from shortcut_fast.train import trainer as trainer_module
@@ -109,6 +111,24 @@ def test_gradients_are_decided_apart_from_the_forward(measured):
         sf.ops.modulate_layernorm(x, shift, scale)
     grads = {row["grad"] for row in autotune.table() if row["op"] == "modulate_layernorm"}
     assert grads == {True, False}
+
+
+@pytest.mark.parametrize("kernel_faster", [True, False])
+def test_the_fused_attention_jvp_is_kept_only_where_it_measures_faster(measured, monkeypatch, kernel_faster):
+    g = torch.Generator().manual_seed(0)
+    q, k, v, dq, dk, dv = (torch.randn(2, 3, 17, 32, generator=g) for _ in range(6))
+    sf.ops.attention(q, k, v)  # the forward decided (kernel faster), so the jvp below runs _Attention's rule
+    assert _choices("attention") == {"kernel"}
+    measured.seconds = {"kernel": 1.0, "reference": 2.0} if kernel_faster else {"kernel": 3.0, "reference": 1.0}
+    spy = CountingKernel(jvp_rules._AttentionTangent.apply)
+    monkeypatch.setattr(jvp_rules._AttentionTangent, "apply", spy)
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in ((q, dq), (k, dk), (v, dv))]
+        tangent = fwAD.unpack_dual(sf.ops.attention(*duals)).tangent
+    assert _choices("attention_jvp") == {"kernel" if kernel_faster else "reference"}
+    assert spy.calls == int(kernel_faster)
+    want = torch.func.jvp(SF.attention, (q, k, v), (dq, dk, dv))[1]
+    torch.testing.assert_close(tangent, want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_wrong_kernel_falls_back_with_one_warning_and_reference_results(measured, monkeypatch):

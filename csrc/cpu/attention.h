@@ -86,20 +86,29 @@ void forward_block(const F* q, const F* k, const F* v, F* out, float* lse, int64
   }
 }
 
-template <class Tiles, typename F>
-void forward(const F* q, const F* k, const F* v, F* out, float* lse, int64_t heads, int64_t n, int64_t dh) {
+// body(scratch, head, i0, qb) for every (head, query block [i0, i0 + qb))
+// unit, the units split over the threads, each thread with its own
+// Scratch(n, dh): each unit writes its own rows.
+template <class Scratch, class Body>
+void for_query_blocks(int64_t heads, int64_t n, int64_t dh, const Body& body) {
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
 #pragma omp parallel if (heads * n * n * dh > kMinParallelAttention)
   {
-    ForwardScratch<F> scratch(n, dh);
+    Scratch scratch(n, dh);
 #pragma omp for schedule(static)
     for (int64_t unit = 0; unit < heads * q_blocks; ++unit) {
       const int64_t head = unit / q_blocks, i0 = (unit % q_blocks) * kQueryBlock;
-      const int64_t at = head * n * dh;
-      forward_block<Tiles>(q + at, k + at, v + at, out + at, lse + head * n, n, dh, i0, std::min(kQueryBlock, n - i0),
-                           scratch);
+      body(scratch, head, i0, std::min(kQueryBlock, n - i0));
     }
   }
+}
+
+template <class Tiles, typename F>
+void forward(const F* q, const F* k, const F* v, F* out, float* lse, int64_t heads, int64_t n, int64_t dh) {
+  for_query_blocks<ForwardScratch<F>>(heads, n, dh, [&](ForwardScratch<F>& w, int64_t head, int64_t i0, int64_t qb) {
+    const int64_t at = head * n * dh;
+    forward_block<Tiles>(q + at, k + at, v + at, out + at, lse + head * n, n, dh, i0, qb, w);
+  });
 }
 
 // A thread's buffers for backward_keys, no larger than n asks.

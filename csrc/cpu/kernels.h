@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "attention_jvp.h"
 #include "parallel.h"
 
 namespace shortcut_fast::cpu {

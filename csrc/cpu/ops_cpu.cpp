@@ -53,6 +53,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& g
   return {dq, dk, dv};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_jvp(const at::Tensor& q, const at::Tensor& k,
+                                                                         const at::Tensor& v, const at::Tensor& dq,
+                                                                         const at::Tensor& dk, const at::Tensor& dv) {
+  const AttentionSizes s = check_attention_jvp(q, k, v, dq, dk, dv);
+  if (is_16_bit(q)) {
+    const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    auto [out, lse, d_out, d_lse] = attention_jvp(f32(q), f32(k), f32(v), f32(dq), f32(dk), f32(dv));
+    return {out.to(q.scalar_type()), lse, d_out.to(q.scalar_type()), d_lse};
+  }
+  at::Tensor out = at::empty_like(q), d_out = at::empty_like(q);
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  at::Tensor d_lse = at::empty_like(lse);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_jvp", [&] {
+    cpu::attention_jvp(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(),
+                       dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                       lse.data_ptr<float>(), d_out.data_ptr<scalar_t>(), d_lse.data_ptr<float>(), s.heads, s.tokens,
+                       s.head_dim);
+  });
+  return {out, lse, d_out, d_lse};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> modulate_layernorm_fwd(const at::Tensor& x, const at::Tensor& shift,
                                                                       const at::Tensor& scale, double eps) {
   const RowSizes s = check_modulate_layernorm_fwd(x, shift, scale);
@@ -164,6 +185,7 @@ at::Tensor bootstrap_target(const at::Tensor& v1, const at::Tensor& v2, std::opt
 TORCH_LIBRARY_IMPL(shortcut_fast, CPU, m) {
   m.impl("attention_fwd", &attention_fwd);
   m.impl("attention_bwd", &attention_bwd);
+  m.impl("attention_jvp", &attention_jvp);
   m.impl("modulate_layernorm_fwd", &modulate_layernorm_fwd);
   m.impl("modulate_layernorm_bwd", &modulate_layernorm_bwd);
   m.impl("gated_residual", &gated_residual);

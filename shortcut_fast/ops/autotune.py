@@ -288,7 +288,7 @@ def _decide(key: Key, kernel: Callable, reference: Callable, args: tuple) -> boo
 
 def _check_key(key: Key, args: tuple) -> tuple:
     name, namespace, device = key[:3]
-    head_dim = args[0].shape[-1] if name == "attention" else None
+    head_dim = args[0].shape[-1] if name in ("attention", "attention_jvp") else None
     return (name, namespace, device, key[3][0] if key[3] else "", head_dim)
 
 

@@ -3,8 +3,9 @@
 Each ``RawOp`` names an op, gives its schema (the same in the native
 ``shortcut_fast`` and the Triton ``shortcut_fast_triton`` namespaces), the public
 function of ``dispatch.py`` it serves, whether autograd flows through it, and,
-per backend, the storage dtypes of its main input, the attention head sizes
-it runs and whether it has a forward-mode (JVP) rule. ``triton.py`` registers
+per backend, the storage dtypes of its main input (none: the backend has no
+kernel for it), the attention head sizes it runs and whether it has a
+forward-mode (JVP) rule. ``triton.py`` registers
 its ops from these schemas, ``formulas.py`` registers a fake for each,
 ``dispatch.py`` falls back to the reference outside what is declared here
 (``jvp.py`` holds the JVP rules), and ``docs/kernels.md`` holds the tables
@@ -49,10 +50,10 @@ TOLERANCE = {
 
 @dataclass(frozen=True)
 class Support:
-    """What one backend runs of an op: the dtypes of its main input; head sizes (None: any, or not a head op);
-    ``jvp``: whether calls under forward-mode AD and the ``torch.func`` transforms (jvp, grad, vjp, vmap) run the
-    kernel, through the autograd.Function of ``jvp.py`` that adds the op's JVP rule; where not, ``dispatch.py``
-    runs the reference for them (with one warning per op and backend)."""
+    """What one backend runs of an op: the dtypes of its main input (none: no kernel there); head sizes (None: any,
+    or not a head op); ``jvp``: whether calls under forward-mode AD and the ``torch.func`` transforms (jvp, grad,
+    vjp, vmap) run the kernel, through the autograd.Function of ``jvp.py`` that adds the op's JVP rule; where not,
+    ``dispatch.py`` runs the reference for them (with one warning per op and backend)."""
 
     dtypes: tuple[torch.dtype, ...]
     head_dims: tuple[int, ...] | None = None
@@ -75,6 +76,18 @@ _ATTENTION = {
     "native-cuda": Support(_FLOATS, _CUDA_HEAD_DIMS, jvp=True),
     "triton": Support(_FLOATS, _TRITON_HEAD_DIMS, jvp=True),
     "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS, jvp=True),
+}
+
+
+# The fused JVP of attention (attention_fwd's jvp rule in jvp.py runs it where the table says so, else the plain rule
+# over the (N, N) scores): the native CPU and Triton kernels; the native CUDA backend has none (no dtypes). On a GPU
+# the Triton kernel runs 16-bit storage only: in fp32 LLVM's SLP vectorizer aborts compiling it for sm_90
+# (benchmarks/compile_matrix.py, Triton 3.9), which would end the process; fp32 takes the plain rule there.
+_ATTENTION_JVP = {
+    "native-cpu": Support(_CPU_FLOATS),
+    "native-cuda": Support(()),
+    "triton": Support((torch.float16, torch.bfloat16), _TRITON_HEAD_DIMS),
+    "triton-interpret": Support(_INTERPRET_FLOATS, _TRITON_HEAD_DIMS),
 }
 
 
@@ -117,6 +130,17 @@ OPS: tuple[RawOp, ...] = (
         False,
         "the gradients of `attention_fwd`'s `out`",
         _without_jvp(_ATTENTION),
+    ),
+    RawOp(
+        "attention_jvp",
+        "(Tensor q, Tensor k, Tensor v, Tensor dq, Tensor dk, Tensor dv)"
+        " -> (Tensor out, Tensor lse, Tensor d_out, Tensor d_lse)",
+        "attention",
+        False,
+        "`attention_fwd`'s out and lse and their tangents for the tangents dq, dk, dv of q, k, v (all six of one "
+        "shape and dtype), in one pass with an online softmax (no (N, N) scores); d_out dtype of q, d_lse (B, H, N) "
+        "fp32. The JVP rule of `attention_fwd` under forward-mode AD; its gradient is the plain rule's",
+        _ATTENTION_JVP,
     ),
     RawOp(
         "modulate_layernorm_fwd",
@@ -215,6 +239,6 @@ def markdown() -> str:
         for name in BACKENDS:
             s = op.support[name]
             heads = "" if s.head_dims is None else "; Dh " + ", ".join(map(str, s.head_dims))
-            cells.append(_dtype_names(s.dtypes) + heads + ("; JVP" if s.jvp else ""))
+            cells.append((_dtype_names(s.dtypes) or "no kernel") + heads + ("; JVP" if s.jvp else ""))
         lines.append(f"| `{op.name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,11 @@ def _fake_attention_bwd(grad_out, q, k, v, out, lse):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
+def _fake_attention_jvp(q, k, v, dq, dk, dv):
+    out, lse = _fake_attention_fwd(q, k, v)
+    return out, lse, q.new_empty(q.shape), torch.empty_like(lse)
+
+
 def _fake_modulate_layernorm_fwd(x, shift, scale, eps):
     stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
     return torch.empty_like(x), stats, torch.empty_like(stats)
@@ -64,6 +69,7 @@ def _fake_bootstrap_target(v1, v2, clip):
 FAKES = {
     "attention_fwd": _fake_attention_fwd,
     "attention_bwd": _fake_attention_bwd,
+    "attention_jvp": _fake_attention_jvp,
     "modulate_layernorm_fwd": _fake_modulate_layernorm_fwd,
     "modulate_layernorm_bwd": _fake_modulate_layernorm_bwd,
     "gated_residual": _fake_gated_residual,

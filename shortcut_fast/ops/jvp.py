@@ -14,8 +14,13 @@ tangent back-propagates through it). ``torch.func.vmap`` runs the forward per sa
 The rules, with ``d·`` a tangent (an input without one contributes nothing):
 
 * attention: ``S = q kᵀ / √Dh``, ``P = softmax(S)``, ``dS = (dq kᵀ + q dkᵀ) / √Dh``,
-  ``dP = P ⊙ (dS - rowsum(P ⊙ dS))``, ``d out = dP v + P dv`` (plain ops over the (N, N) scores: a fused
-  kernel is still to come);
+  ``dP = P ⊙ (dS - rowsum(P ⊙ dS))``, ``d out = dP v + P dv``, ``d lse = rowsum(P ⊙ dS)``. Where the contract
+  gives the namespace an ``attention_jvp`` kernel for the dtype and head size (the native CPU and the Triton
+  ones; not native CUDA) and ``auto`` keeps it (self-checked, and measured faster than this rule on the call's
+  inputs), that kernel computes them in one pass with an online softmax, never holding the
+  (N, N) scores, through ``_AttentionTangent``, whose backward differentiates the plain rule ``attention_jvp``
+  (the kernel's reference, recomputed on the saved primals and tangents only when a gradient is asked for);
+  elsewhere the plain rule, over the (N, N) scores, is the tangent;
 * modulate_layernorm: ``x̂ = (x - μ) rstd``, ``dx̂ = rstd (dx - mean(dx) - x̂ mean(dx x̂))``,
   ``dy = dx̂ (1 + scale) + x̂ dscale + dshift``;
 * gated_residual ``dx + dgate y + gate dy``; condition_sum ``dc + dd_table[level] + dy_table[y]``;
@@ -32,6 +37,7 @@ The backward kernels have no forward-mode rule: a backward that meets tangents a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -39,7 +45,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import formulas
+from . import autotune, backends, contract, formulas
 from . import reference as SF
 
 Tensor = torch.Tensor
@@ -217,7 +223,101 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, _, dq, dk, dv):
         q, k, v, out, lse = ctx.saved_tensors
+        tangents = (dq, dk, dv)
+        if any(t is not None for t in tangents) and _keeps_fused_jvp(ctx.namespace, q, k, v, *tangents, out, lse):
+            return _AttentionTangent.apply(ctx.namespace, q, k, v, dq, dk, dv)
         return attention_jvp(q, k, v, dq, dk, dv, out, lse)
+
+
+def _keeps_fused_jvp(namespace: str, q, k, v, dq, dk, dv, out, lse) -> bool:
+    """Whether the tangent of this attention comes from the fused kernel: the contract gives ``namespace`` one for
+    q's device, dtype and head size, and ``auto`` keeps it (``autotune.py``: self-checked, and timed against the
+    plain rule on these inputs, with the forward's out and lse that the rule reads; always, on a forced backend).
+
+    Timed only on plain tensors (``forward_ad``, as the MeanFlow objective and the trainer's first-batch decisions
+    run it); under a ``torch.func`` transform, whose wrapped tensors the raw kernel does not take, an undecided
+    call takes the nearest decision.
+    """
+    from .dispatch import contract_backend  # dispatch imports this module
+
+    if not contract.support("attention_jvp", contract_backend(namespace, q.device.type)).runs(q.dtype, q.shape[-1]):
+        return False
+    args = tuple(t.detach() for t in (q, k, v, *_zeros_for_none((dq, dk, dv), q), out, lse))
+    wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in args)
+    with autotune.no_timing() if wrapped else contextlib.nullcontext():
+        return autotune.keeps("attention_jvp", namespace, _fused_attention_tangent, _plain_attention_tangent, args)
+
+
+def _zeros_for_none(tangents: tuple[Tensor | None, ...], like: Tensor) -> tuple[Tensor, ...]:
+    """The tangents as the kernel takes them: zeros for an input without one."""
+    return tuple(torch.zeros_like(like) if t is None else t for t in tangents)
+
+
+def _kernel_attention_jvp(namespace: str, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """``(out, lse, d_out, d_lse)`` of the ``attention_jvp`` kernel of ``namespace`` on q, k, v, dq, dk, dv."""
+    if namespace != backends.TRITON_NAMESPACE:  # the native kernels index contiguous tensors; Triton reads strides
+        tensors = tuple(t.contiguous() for t in tensors)
+    return _ops(namespace).attention_jvp.default(*tensors)
+
+
+def _fused_attention_tangent(ops, q, k, v, dq, dk, dv, out, lse) -> Tensor:
+    """d out from the kernel, as ``auto`` self-checks and times it (``out`` and ``lse``: the rule's, unread)."""
+    return _kernel_attention_jvp(ops.name, q, k, v, dq, dk, dv)[2]
+
+
+def _plain_attention_tangent(q, k, v, dq, dk, dv, out, lse) -> Tensor:
+    """d out from the plain rule, which the kernel races."""
+    return attention_jvp(q, k, v, dq, dk, dv, out, lse)[0]
+
+
+class _AttentionTangent(torch.autograd.Function):
+    """The tangents ``(d out, d lse)`` of attention from the fused ``attention_jvp`` kernel of a namespace (a tangent
+    that is None enters as zeros). The kernel keeps no (N, N) scores and its result no graph; a gradient of the
+    tangent (a loss on it, or ``grad`` of a ``jvp``) recomputes the plain rule on the saved primals and tangents and
+    differentiates that, so it is exact (once: a gradient of that gradient raises, never comes back zero)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(namespace, q, k, v, dq, dk, dv):
+        _, _, d_out, d_lse = _kernel_attention_jvp(namespace, q, k, v, *_zeros_for_none((dq, dk, dv), q))
+        return d_out, d_lse
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, *tensors = inputs
+        ctx.given = [t is not None for t in tensors]  # q, k, v, dq, dk, dv: a None tangent stays None
+        ctx.save_for_backward(*(t for t in tensors if t is not None))
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        saved = iter(ctx.saved_tensors)
+        tensors = [next(saved) if given else None for given in ctx.given]
+        wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[1 + i]]
+        pairs = [(i, g) for i, g in enumerate((grad_out, grad_lse)) if g is not None]
+        grads: list[Tensor | None] = [None] * len(tensors)
+        if not wanted or not pairs:
+            return None, *grads
+
+        def rule(*free: Tensor) -> tuple[Tensor, ...]:
+            args = list(tensors)
+            for i, t in zip(wanted, free, strict=True):
+                args[i] = t
+            q, k, v, dq, dk, dv = args
+            assert q is not None and k is not None and v is not None
+            lse = q.new_empty(q.shape[:-1], dtype=torch.float32)  # with q, gives the tangents their dtypes and shapes
+            results = attention_jvp(q, k, v, dq, dk, dv, q, lse)
+            return tuple(results[i] for i, _ in pairs)
+
+        # torch.func.vjp rather than autograd.grad: it also runs inside a torch.func transform (grad of a jvp), which
+        # refuses requires_grad_ on its tensors; inputs the outputs do not read get zeros
+        pullback = torch.func.vjp(rule, *(tensors[i] for i in wanted))[1]
+        found = pullback(tuple(g for _, g in pairs))
+        for i, g in zip(wanted, found, strict=True):
+            grads[i] = g
+        return None, *grads
 
 
 class _ModulateLayerNorm(torch.autograd.Function):

@@ -50,6 +50,11 @@ def cases(name: str, device: torch.device, dtype: torch.dtype, head_dim: int = 3
     d = torch.tensor([0.25, 0.5], device=device)
     if name == "attention":
         return (rand(2, 3, 33, head_dim), rand(2, 3, 33, head_dim), rand(2, 3, 33, head_dim)), (0, 1, 2)
+    if name == "attention_jvp":  # the JVP rule's inputs: q, k, v, their tangents, and the forward's out and lse
+        q, k, v, dq, dk, dv = (rand(2, 3, 33, head_dim) for _ in range(6))
+        scores = (q.float() @ k.float().transpose(-1, -2)) * head_dim**-0.5
+        out = (scores.softmax(-1) @ v.float()).to(dtype)
+        return (q, k, v, dq, dk, dv, out, scores.logsumexp(-1)), ()
     if name == "modulate_layernorm":
         return (x, shift, scale), (0, 1, 2)
     if name == "gated_residual":

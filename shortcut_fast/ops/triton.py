@@ -15,6 +15,7 @@ import functools
 import torch
 
 from ..kernels import attention, elementwise, embedding, layernorm
+from ..kernels import attention_jvp as attention_tangents
 from ..kernels.launch import INTERPRET
 from . import contract
 from .reference import T_SCALE
@@ -150,6 +151,42 @@ def attention_bwd(
     _check_head_dim(op, q)
     q, k, v = _strided_alike(q, k, v)
     return attention.attention_backward(grad_out.contiguous(), q, k, v, out.contiguous(), lse.contiguous())
+
+
+def _check_attention_jvp(tensors: dict[str, Tensor]) -> None:
+    """The fused JVP's six inputs, against the contract; unlike the ops above it raises ValueError (shapes, devices,
+    head sizes) and TypeError (dtypes), as its native twin does."""
+    op = "attention_jvp"
+    support = contract.support(op, BACKEND)
+    q = tensors["q"]
+    if q.dim() != 4:
+        raise ValueError(f"{op}: q must be (B, H, N, Dh), got shape {tuple(q.shape)}")
+    if q.dtype not in support.dtypes:
+        raise TypeError(f"{op}: dtype {q.dtype} is not supported here (expected one of {support.dtypes})")
+    for name, t in tensors.items():
+        if t.shape != q.shape:
+            raise ValueError(f"{op}: {name} must have the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device}, q on {q.device}")
+    if INTERPRET and q.device.type != "cpu":
+        raise ValueError(f"{op}: under TRITON_INTERPRET=1 the Triton kernels take CPU tensors")
+    if not INTERPRET and q.device.type != "cuda":
+        raise ValueError(f"{op}: the Triton kernels take CUDA tensors (CPU ones with TRITON_INTERPRET=1)")
+    assert support.head_dims is not None  # the contract lists the Triton attention's head sizes
+    if q.shape[-1] not in support.head_dims:
+        raise ValueError(f"{op}: head size {q.shape[-1]} not in {support.head_dims}")
+    if q.shape[2] == 0:
+        raise ValueError(f"{op}: q must have tokens, got shape {tuple(q.shape)}")
+
+
+@_op
+def attention_jvp(
+    q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_attention_jvp({"q": q, "k": k, "v": v, "dq": dq, "dk": dk, "dv": dv})
+    return attention_tangents.attention_jvp(*_strided_alike(q, k, v), *_strided_alike(dq, dk, dv))
 
 
 @_op

@@ -8,6 +8,8 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -23,20 +25,46 @@ using Vec = std::vector<double>;
 
 int failures = 0;
 
+// OpenMP runs `threads` threads while this lives, then 1 again.
+struct ThreadsInScope {
+  explicit ThreadsInScope(int threads) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~ThreadsInScope() {
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+  }
+};
+
+// A check's name: "<what> <tensor> (a, b, c) x<threads>".
+std::string case_name(const std::string& what, const char* tensor, int64_t a, int64_t b, int64_t c, int threads) {
+  char name[128];
+  std::snprintf(name, sizeof name, "%s %s (%ld, %ld, %ld) x%d", what.c_str(), tensor, long(a), long(b), long(c),
+                threads);
+  return name;
+}
+
+const char* isa_name(sf::Isa isa) { return isa == sf::Isa::kAvx512 ? "avx512" : "portable"; }
+
 template <typename T>
 Vec widen(const std::vector<T>& values) {
   return Vec(values.begin(), values.end());
 }
 
-void expect_close(const char* what, const Vec& actual, const Vec& expected, double tol) {
+void expect_close(const std::string& what, const Vec& actual, const Vec& expected, double tol) {
   for (size_t i = 0; i < expected.size(); ++i) {
     if (!(std::abs(actual[i] - expected[i]) <= tol * (1 + std::abs(expected[i])))) {
-      std::printf("FAIL %s[%zu]: %.9g, expected %.9g\n", what, i, actual[i], expected[i]);
+      std::printf("FAIL %s[%zu]: %.9g, expected %.9g\n", what.c_str(), i, actual[i], expected[i]);
       ++failures;
       return;
     }
   }
-  std::printf("ok   %s\n", what);
+  std::printf("ok   %s\n", what.c_str());
 }
 
 Vec random_values(size_t n, std::mt19937& rng) {
@@ -117,9 +145,7 @@ AttentionRef naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec
 // The fp32 kernels of `isa` against naive_attention; run with `threads`
 // threads, so that one head with several key blocks splits over them.
 void check_attention(std::mt19937& rng, int64_t heads, int64_t n, int64_t dh, sf::Isa isa, int threads) {
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#endif
+  const ThreadsInScope scope(threads);
   const size_t size = heads * n * dh;
   const Vec q = random_values(size, rng), k = random_values(size, rng), v = random_values(size, rng);
   const Vec grad_out = random_values(size, rng);
@@ -128,21 +154,13 @@ void check_attention(std::mt19937& rng, int64_t heads, int64_t n, int64_t dh, sf
   sf::attention_fwd(narrow(q).data(), narrow(k).data(), narrow(v).data(), out.data(), lse.data(), heads, n, dh, isa);
   sf::attention_bwd(narrow(grad_out).data(), narrow(q).data(), narrow(k).data(), narrow(v).data(), out.data(),
                     lse.data(), dq.data(), dk.data(), dv.data(), heads, n, dh, isa);
-  char what[96];
-  const char* isa_name = isa == sf::Isa::kAvx512 ? "avx512" : "portable";
-  const auto name = [&](const char* tensor) {
-    std::snprintf(what, sizeof what, "attention %s %s (%ld, %ld, %ld) x%d", isa_name, tensor, long(heads), long(n),
-                  long(dh), threads);
-    return what;
-  };
+  const std::string op = std::string("attention ") + isa_name(isa);
+  const auto name = [&](const char* tensor) { return case_name(op, tensor, heads, n, dh, threads); };
   expect_close(name("out"), widen(out), ref.out, 1e-5);
   expect_close(name("lse"), widen(lse), ref.lse, 1e-5);
   expect_close(name("dq"), widen(dq), ref.dq, 1e-4);
   expect_close(name("dk"), widen(dk), ref.dk, 1e-4);
   expect_close(name("dv"), widen(dv), ref.dv, 1e-4);
-#ifdef _OPENMP
-  omp_set_num_threads(1);
-#endif
 }
 
 void test_attention(std::mt19937& rng) {
@@ -179,6 +197,71 @@ void test_attention(std::mt19937& rng) {
   expect_close("attention_bwd dq", dq, numeric_grad(loss, q), 1e-5);
   expect_close("attention_bwd dk", dk, numeric_grad(loss, k), 1e-5);
   expect_close("attention_bwd dv", dv, numeric_grad(loss, v), 1e-5);
+}
+
+// Random q, k, v and tangents dq, dk, dv of (heads, n, dh), and the fp64
+// book (naive_attention) along them.
+struct JvpCase {
+  JvpCase(std::mt19937& rng, int64_t heads, int64_t n, int64_t dh) : heads(heads), n(n), dh(dh), size(heads * n * dh) {
+    for (Vec* x : {&q, &k, &v, &dq, &dk, &dv}) *x = random_values(size, rng);
+  }
+  // out and lse at q + h dq, k + h dk, v + h dv
+  AttentionRef along(double h) const {
+    Vec qh(q), kh(k), vh(v);
+    for (size_t x = 0; x < size; ++x) qh[x] += h * dq[x], kh[x] += h * dk[x], vh[x] += h * dv[x];
+    return naive_attention(qh, kh, vh, Vec(size), heads, n, dh);
+  }
+  // The central differences of out and lse along the tangents.
+  std::pair<Vec, Vec> differences(double step) const {
+    const AttentionRef up = along(step), down = along(-step);
+    Vec d_out(size), d_lse(heads * n);
+    for (size_t x = 0; x < size; ++x) d_out[x] = (up.out[x] - down.out[x]) / (2 * step);
+    for (int64_t x = 0; x < heads * n; ++x) d_lse[x] = (up.lse[x] - down.lse[x]) / (2 * step);
+    return {d_out, d_lse};
+  }
+  int64_t heads, n, dh;
+  size_t size;
+  Vec q, k, v, dq, dk, dv;
+};
+
+// The JVP kernel in fp32 against central differences of the fp64 book
+// along the tangents, with `threads` threads.
+void check_attention_jvp(std::mt19937& rng, int64_t heads, int64_t n, int64_t dh, sf::Isa isa, int threads) {
+  const ThreadsInScope scope(threads);
+  const JvpCase c(rng, heads, n, dh);
+  const AttentionRef ref = c.along(0);
+  const auto [want_d_out, want_d_lse] = c.differences(1e-5);
+  std::vector<float> out(c.size), lse(heads * n), d_out(c.size), d_lse(heads * n);
+  sf::attention_jvp(narrow(c.q).data(), narrow(c.k).data(), narrow(c.v).data(), narrow(c.dq).data(),
+                    narrow(c.dk).data(), narrow(c.dv).data(), out.data(), lse.data(), d_out.data(), d_lse.data(), heads,
+                    n, dh, isa);
+  const std::string op = std::string("attention_jvp ") + isa_name(isa);
+  const auto name = [&](const char* tensor) { return case_name(op, tensor, heads, n, dh, threads); };
+  expect_close(name("out"), widen(out), ref.out, 1e-5);
+  expect_close(name("lse"), widen(lse), ref.lse, 1e-5);
+  expect_close(name("d_out"), widen(d_out), want_d_out, 1e-4);
+  expect_close(name("d_lse"), widen(d_lse), want_d_lse, 1e-4);
+}
+
+void test_attention_jvp(std::mt19937& rng) {
+  // one row; n on both sides of the 64-query and 256-key blocks (300: two
+  // key blocks, so the sums are rescaled); head sizes off the vector widths
+  const int64_t sizes[][3] = {{2, 1, 33}, {3, 7, 5}, {2, 65, 48}, {1, 300, 33}};
+  std::vector<sf::Isa> isas = {sf::Isa::kPortable};
+  if (sf::use_avx512(sf::Isa::kAuto)) isas.push_back(sf::Isa::kAvx512);
+  for (const sf::Isa isa : isas) {
+    for (const auto& s : sizes) check_attention_jvp(rng, s[0], s[1], s[2], isa, 1);
+    check_attention_jvp(rng, 3, 130, 64, isa, 3);  // (head, query block) units over three threads
+  }
+  // fp64 storage sums in fp64: its d_out agrees with the difference quotient to its truncation error
+  const JvpCase c(rng, 2, 9, 5);
+  const Vec want = c.differences(1e-4).first;
+  Vec out(c.size), d_out(c.size);
+  std::vector<float> lse(c.heads * c.n), d_lse(c.heads * c.n);
+  sf::attention_jvp(c.q.data(), c.k.data(), c.v.data(), c.dq.data(), c.dk.data(), c.dv.data(), out.data(), lse.data(),
+                    d_out.data(), d_lse.data(), c.heads, c.n, c.dh);
+  expect_close("attention_jvp out (fp64)", out, c.along(0).out, 1e-12);
+  expect_close("attention_jvp d_out (fp64)", d_out, want, 1e-7);
 }
 
 // The tile kernels of attention against loops: every register tile shape,
@@ -234,9 +317,7 @@ void test_tiles(const char* isa_name, std::mt19937& rng) {
 // modulate_layernorm in fp32 against its formulas in double, run with
 // `threads` threads (more than samples: a sample's tokens split over them).
 void check_modulate_layernorm(std::mt19937& rng, int64_t batch, int64_t tokens, int64_t channels, int threads) {
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#endif
+  const ThreadsInScope scope(threads);
   const double eps = 1e-6;
   const size_t size = batch * tokens * channels;
   const Vec x = random_values(size, rng), grad_y = random_values(size, rng);
@@ -268,19 +349,13 @@ void check_modulate_layernorm(std::mt19937& rng, int64_t batch, int64_t tokens, 
                              rstd.data(), batch, tokens, channels);
   sf::modulate_layernorm_bwd(narrow(grad_y).data(), narrow(x).data(), narrow(scale).data(), mean.data(), rstd.data(),
                              dx.data(), dshift.data(), dscale.data(), batch, tokens, channels);
-  char what[96];
   const auto name = [&](const char* tensor) {
-    std::snprintf(what, sizeof what, "modulate_layernorm %s (%ld, %ld, %ld) x%d", tensor, long(batch), long(tokens),
-                  long(channels), threads);
-    return what;
+    return case_name("modulate_layernorm", tensor, batch, tokens, channels, threads);
   };
   expect_close(name("y"), widen(y), y_ref, 1e-5);
   expect_close(name("dx"), widen(dx), dx_ref, 1e-4);
   expect_close(name("dshift"), widen(dshift), dshift_ref, 1e-4);
   expect_close(name("dscale"), widen(dscale), dscale_ref, 1e-4);
-#ifdef _OPENMP
-  omp_set_num_threads(1);
-#endif
 }
 
 void test_modulate_layernorm(std::mt19937& rng) {
@@ -374,6 +449,7 @@ void test_small_ops(std::mt19937& rng) {
 int main() {
   std::mt19937 rng(0);
   test_attention(rng);
+  test_attention_jvp(rng);
   test_tiles<sf::PortableTiles<float>>("portable", rng);
 #if defined(__x86_64__) && defined(__GNUC__)
   if (sf::use_avx512(sf::Isa::kAuto)) test_tiles<sf::avx512::Tiles>("avx512", rng);
