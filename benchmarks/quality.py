@@ -427,10 +427,19 @@ def plan(budget: Budget, digits_best: tuple[str, ...] | None = None) -> list[Job
     return jobs
 
 
+def _settings(budget: dict) -> dict:
+    """A budget (``asdict`` of one, or a report's) less its sections: what the results depend on."""
+    return {k: v for k, v in budget.items() if k != "sections"}
+
+
+def _machine() -> str:
+    """The machine as the report names it."""
+    return f"{platform.machine()} CPU ({os.cpu_count()} cores)"
+
+
 def _job_key(budget: Budget, job: Job) -> str:
     """What a stored result depends on: the budget (less the sections) and the job."""
-    settings = {k: v for k, v in asdict(budget).items() if k != "sections"}
-    text = json.dumps({"budget": settings, "job": asdict(job)}, sort_keys=True, default=str)
+    text = json.dumps({"budget": _settings(asdict(budget)), "job": asdict(job)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -975,7 +984,7 @@ def write_markdown(report: dict, path: Path) -> None:
         'on its trained step size d_min at every step. MeanFlow (`objective="meanflow"`, a model with '
         '`step_embedding="sinusoidal"`, the paper\'s settings but the plain squared error, `adaptive_power=0`) '
         "samples with N equal steps. Settings: "
-        f"`{json.dumps({k: v for k, v in b.items() if k != 'sections'})}`.",
+        f"`{json.dumps(_settings(b))}`.",
         "",
         "![metric against steps](img/quality_vs_steps.png)",
         "",
@@ -1032,7 +1041,7 @@ def run(budget: Budget, out: Path, work: Path, workers: int = 1, quick: bool = F
         quick=quick,
         jobs=workers,
         torch=torch.__version__,
-        machine=f"{platform.machine()} CPU ({os.cpu_count()} cores)",
+        machine=_machine(),
         wall_seconds=time.perf_counter() - start,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -1053,8 +1062,8 @@ def add_rows(budget: Budget, out: Path, work: Path, objectives: tuple[str, ...],
     if not path.is_file():
         raise ValueError(f"--add merges into an earlier report, and {path} does not exist: run without --add first")
     report = json.loads(path.read_text())
-    settings = {k: v for k, v in json.loads(json.dumps(asdict(budget))).items() if k != "sections"}
-    stored = {k: v for k, v in report["budget"].items() if k != "sections"}
+    settings = _settings(json.loads(json.dumps(asdict(budget))))  # tuples as the report's lists
+    stored = _settings(report["budget"])
     if settings != stored:
         changed = sorted(k for k in settings.keys() | stored.keys() if settings.get(k) != stored.get(k))
         raise ValueError(f"{path} was made with another budget (differs in {changed}): its rows would not compare")
@@ -1075,7 +1084,7 @@ def add_rows(budget: Budget, out: Path, work: Path, objectives: tuple[str, ...],
             "wall_seconds": time.perf_counter() - start,
             "jobs": workers,
             "torch": torch.__version__,
-            "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores)",
+            "machine": _machine(),
         }
     text = json.dumps(report, indent=1, sort_keys=True)
     path.write_text(text + "\n")

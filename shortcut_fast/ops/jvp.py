@@ -224,25 +224,31 @@ class _Attention(torch.autograd.Function):
     def jvp(ctx, _, dq, dk, dv):
         q, k, v, out, lse = ctx.saved_tensors
         tangents = (dq, dk, dv)
-        if any(t is not None for t in tangents) and _keeps_fused_jvp(ctx.namespace, q, k, v, *tangents, out, lse):
-            return _AttentionTangent.apply(ctx.namespace, q, k, v, dq, dk, dv)
+        if any(t is not None for t in tangents) and _has_fused_jvp(ctx.namespace, q):
+            tq, tk, tv = _zeros_for_none(tangents, q)  # once, for the decision and the kernel
+            if _keeps_fused_jvp(ctx.namespace, q, k, v, tq, tk, tv, out, lse):
+                given = tuple(t is not None for t in tangents)
+                return _AttentionTangent.apply(ctx.namespace, given, q, k, v, tq, tk, tv)
         return attention_jvp(q, k, v, dq, dk, dv, out, lse)
 
 
+def _has_fused_jvp(namespace: str, q: Tensor) -> bool:
+    """Whether the contract gives ``namespace`` an ``attention_jvp`` kernel for q's device, dtype and head size."""
+    from .dispatch import contract_backend  # dispatch imports this module
+
+    return contract.support("attention_jvp", contract_backend(namespace, q.device.type)).runs(q.dtype, q.shape[-1])
+
+
 def _keeps_fused_jvp(namespace: str, q, k, v, dq, dk, dv, out, lse) -> bool:
-    """Whether the tangent of this attention comes from the fused kernel: the contract gives ``namespace`` one for
-    q's device, dtype and head size, and ``auto`` keeps it (``autotune.py``: self-checked, and timed against the
-    plain rule on these inputs, with the forward's out and lse that the rule reads; always, on a forced backend).
+    """Whether ``auto`` keeps the fused kernel of ``namespace`` for this tangent (``autotune.py``: self-checked, and
+    timed against the plain rule on these inputs, with the forward's out and lse that the rule reads; always, on a
+    forced backend); every tangent is a tensor here.
 
     Timed only on plain tensors (``forward_ad``, as the MeanFlow objective and the trainer's first-batch decisions
     run it); under a ``torch.func`` transform, whose wrapped tensors the raw kernel does not take, an undecided
     call takes the nearest decision.
     """
-    from .dispatch import contract_backend  # dispatch imports this module
-
-    if not contract.support("attention_jvp", contract_backend(namespace, q.device.type)).runs(q.dtype, q.shape[-1]):
-        return False
-    args = tuple(t.detach() for t in (q, k, v, *_zeros_for_none((dq, dk, dv), q), out, lse))
+    args = tuple(t.detach() for t in (q, k, v, dq, dk, dv, out, lse))
     wrapped = any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in args)
     with autotune.no_timing() if wrapped else contextlib.nullcontext():
         return autotune.keeps("attention_jvp", namespace, _fused_attention_tangent, _plain_attention_tangent, args)
@@ -271,23 +277,24 @@ def _plain_attention_tangent(q, k, v, dq, dk, dv, out, lse) -> Tensor:
 
 
 class _AttentionTangent(torch.autograd.Function):
-    """The tangents ``(d out, d lse)`` of attention from the fused ``attention_jvp`` kernel of a namespace (a tangent
-    that is None enters as zeros). The kernel keeps no (N, N) scores and its result no graph; a gradient of the
-    tangent (a loss on it, or ``grad`` of a ``jvp``) recomputes the plain rule on the saved primals and tangents and
-    differentiates that, so it is exact (once: a gradient of that gradient raises, never comes back zero)."""
+    """The tangents ``(d out, d lse)`` of attention from the fused ``attention_jvp`` kernel of a namespace, for the
+    tangents dq, dk, dv (zeros where ``given``, one flag each, says the input had none). The kernel keeps no (N, N)
+    scores and its result no graph; a gradient of the tangent (a loss on it, or ``grad`` of a ``jvp``) recomputes
+    the plain rule on the saved primals and given tangents and differentiates that, so it is exact (once: a
+    gradient of that gradient raises, never comes back zero)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(namespace, q, k, v, dq, dk, dv):
-        _, _, d_out, d_lse = _kernel_attention_jvp(namespace, q, k, v, *_zeros_for_none((dq, dk, dv), q))
+    def forward(namespace, given, q, k, v, dq, dk, dv):
+        _, _, d_out, d_lse = _kernel_attention_jvp(namespace, q, k, v, dq, dk, dv)
         return d_out, d_lse
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, *tensors = inputs
-        ctx.given = [t is not None for t in tensors]  # q, k, v, dq, dk, dv: a None tangent stays None
-        ctx.save_for_backward(*(t for t in tensors if t is not None))
+        _, given, *tensors = inputs
+        ctx.given = [True, True, True, *given]  # q, k, v, dq, dk, dv: a missing tangent is None to the rule
+        ctx.save_for_backward(*(t for t, g in zip(tensors, ctx.given, strict=True) if g))
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -295,11 +302,11 @@ class _AttentionTangent(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         saved = iter(ctx.saved_tensors)
         tensors = [next(saved) if given else None for given in ctx.given]
-        wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[1 + i]]
+        wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[2 + i]]
         pairs = [(i, g) for i, g in enumerate((grad_out, grad_lse)) if g is not None]
         grads: list[Tensor | None] = [None] * len(tensors)
         if not wanted or not pairs:
-            return None, *grads
+            return None, None, *grads
 
         def rule(*free: Tensor) -> tuple[Tensor, ...]:
             args = list(tensors)
@@ -317,7 +324,7 @@ class _AttentionTangent(torch.autograd.Function):
         found = pullback(tuple(g for _, g in pairs))
         for i, g in zip(wanted, found, strict=True):
             grads[i] = g
-        return None, *grads
+        return None, None, *grads
 
 
 class _ModulateLayerNorm(torch.autograd.Function):
